@@ -1,0 +1,1 @@
+"""Stages that make a model smaller or cheaper: training, pruning, distillation, quantization."""

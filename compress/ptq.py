@@ -1,0 +1,128 @@
+"""`ptq`: static INT8 post-training quantization with onnxruntime.quantization (QDQ, per-channel)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from edgepress.errors import UserError
+from edgepress.schema import closest
+from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
+
+# scheme = activation type + weight type, as ONNX Runtime's docs name them.
+SCHEMES = {"u8s8": ("QUInt8", "QInt8"), "s8s8": ("QInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8")}
+
+
+@dataclass(frozen=True)
+class PtqSettings:
+    scheme: Literal["u8s8", "s8s8", "u8u8"] = "u8s8"
+    # 7-bit weights: on x86 without VNNI, U8S8 kernels (VPMADDUBSW) saturate int16 pair sums with 8-bit weights.
+    reduce_range: bool = True
+    per_channel: bool = True
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_samples: int = 512
+    calibration_batch: int = 32
+    percentile: float = 99.999
+    nodes_to_exclude: tuple[str, ...] = ()
+    op_types: tuple[str, ...] = ()
+    preprocess: bool = True
+
+    def __post_init__(self) -> None:
+        if self.calibration_samples <= 0 or self.calibration_batch <= 0:
+            raise ValueError("calibration_samples and calibration_batch must be positive")
+        if not 90.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (90, 100], got {self.percentile}")
+
+
+class _ArrayReader:
+    """onnxruntime.quantization's one-method data reader over an in-memory array."""
+
+    def __init__(self, input_name: str, inputs: np.ndarray, batch: int) -> None:
+        self._batches = iter([{input_name: inputs[i:i + batch]} for i in range(0, len(inputs), batch)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def _check_excluded(model_path: Path, names: tuple[str, ...]) -> None:
+    import onnx
+
+    graph_names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+    for name in names:
+        if name not in graph_names:
+            guess = closest(name, graph_names)
+            raise UserError(f"nodes_to_exclude names {name!r}, which matches no node of the model",
+                            fix=f"did you mean {guess!r}?" if guess else "list node names from the ONNX graph (e.g. with Netron)")
+
+
+def node_precisions(model_path: Path) -> dict[str, int]:
+    """How many compute nodes run on quantized inputs versus float, in the QDQ graph as saved."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    counts = {"int8_nodes": 0, "float_nodes": 0}
+    compute_ops = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
+    for node in graph.node:
+        if node.op_type in compute_ops:
+            key = "int8_nodes" if node.input and node.input[0] in dequantized else "float_nodes"
+            counts[key] += 1
+    return counts
+
+
+def run(source: Artifact, settings: PtqSettings, ctx: StageContext) -> StageOutput:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgepress.runtime.session import input_info, open_session
+
+    calibration = ctx.data.calibration
+    inputs = calibration.inputs[: settings.calibration_samples]
+    if not np.all(np.isfinite(inputs)):
+        raise UserError(f"calibration set {calibration.name!r} contains NaN or infinite values",
+                        fix="clean the calibration data or its preprocessing")
+    input_name = input_info(open_session(source.path, threads=1)).name
+
+    to_quantize = source.path
+    prepared = ctx.work_dir / "prepared.onnx"
+    if settings.preprocess:
+        ctx.log("quant_pre_process: shape inference and graph optimisation before quantization")
+        quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=True)
+        to_quantize = prepared
+    _check_excluded(to_quantize, settings.nodes_to_exclude)
+
+    activation_type, weight_type = (getattr(QuantType, t) for t in SCHEMES[settings.scheme])
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[settings.calibration_method]
+    extra_options = {"CalibPercentile": settings.percentile} if settings.calibration_method == "percentile" else {}
+    out = ctx.output_path("onnx")
+    ctx.log(f"quantize_static: {settings.scheme}, reduce_range={settings.reduce_range}, per_channel={settings.per_channel}, "
+            f"{settings.calibration_method} calibration on {len(inputs)} samples of {calibration.name}")
+    quantize_static(
+        str(to_quantize), str(out),
+        _ArrayReader(input_name, inputs, settings.calibration_batch),
+        quant_format=QuantFormat.QDQ,
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        activation_type=activation_type,
+        weight_type=weight_type,
+        calibrate_method=method,
+        nodes_to_exclude=list(settings.nodes_to_exclude),
+        op_types_to_quantize=list(settings.op_types) or None,
+        extra_options=extra_options,
+    )
+    if prepared.exists():
+        prepared.unlink()
+    precisions = node_precisions(out)
+    ctx.log(f"quantized: {precisions}")
+    return StageOutput(artifact=Artifact(path=out, format="onnx"),
+                       metrics={"quantization": {"scheme": settings.scheme, "reduce_range": settings.reduce_range,
+                                                 "calibration_method": settings.calibration_method,
+                                                 "calibration_samples": int(len(inputs)), **precisions}})
+
+
+STAGE = StageDef(kind="ptq", settings_type=PtqSettings, input_format="onnx", output_format="onnx", run=run, needs=("calibration",),
+                 summary="static INT8 quantization (QDQ, per-channel) calibrated on [data.calibration]")

@@ -1,0 +1,5 @@
+import sys
+
+from edgepress.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""`edgepress check | run | demo`: exit 0 ok, 1 a budget is violated, 2 bad input or any error."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from edgepress.errors import UserError
+
+EXIT_OK, EXIT_BUDGET, EXIT_ERROR = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgepress", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate a recipe, its files and data without running any stage")
+    check.add_argument("recipe", type=Path)
+    run = sub.add_parser("run", help="run a recipe's stages, write reports, gate on its budgets")
+    run.add_argument("recipe", type=Path)
+    run.add_argument("--out", type=Path, help="output folder (default: runs/<recipe name>)")
+    demo = sub.add_parser("demo", help="the built-in default: train a small CNN on digits, export, INT8, gate")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    return parser
+
+
+def _check(recipe_path: Path) -> int:
+    from edgepress import recipe as recipe_mod
+    from edgepress.pipeline import Pipeline, build_source
+
+    recipe = recipe_mod.load(recipe_path)
+    pipeline = Pipeline(recipe, out_dir=Path(tempfile.gettempdir()))
+    data = pipeline.prepare()
+    with tempfile.TemporaryDirectory() as scratch:
+        build_source(recipe, work_dir=Path(scratch), input_shape=data.input_shape, log=lambda _: None)
+    stages = " -> ".join(["model"] + [s.name for s in recipe.stages])
+    print(f"recipe {recipe.name} is valid: {stages}; input shape {list(data.input_shape or [])}; "
+          f"evaluation on {', '.join(s.name for s in data.evaluation)}")
+    return EXIT_OK
+
+
+def _run(recipe_path: Path, out: Path | None) -> int:
+    from edgepress import recipe as recipe_mod
+    from edgepress.pipeline import Pipeline
+
+    recipe = recipe_mod.load(recipe_path)
+    result = Pipeline(recipe, out_dir=out or Path("runs") / recipe.name).run()
+    gate = result.report["gate"]
+    for violation in gate["violations"]:
+        print(f"edgepress: budget violated: {violation['budget']} = {violation['value']:.4g} "
+              f"(limit {violation['limit']:g})", file=sys.stderr)
+    verdict = "passed" if gate["passed"] else "FAILED"
+    print(f"gate {verdict}; report: {result.out_dir / 'report.md'} and report.html, machine-readable report.json")
+    return EXIT_OK if gate["passed"] else EXIT_BUDGET
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(args.recipe)
+        if args.command == "run":
+            return _run(args.recipe, args.out)
+        with resources.as_file(resources.files("edgepress") / "builtin" / "demo.toml") as demo_recipe:
+            return _run(demo_recipe, args.out)
+    except UserError as exc:
+        print(f"edgepress: error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_ERROR
+    except ModuleNotFoundError as exc:
+        if os.environ.get("EDGEPRESS_DEBUG"):
+            raise
+        print(f"edgepress: error: this command needs {exc.name!r}, which is not installed; "
+              "fix: pip install 'edgepress[host]' (devices need only the base install)", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("edgepress: interrupted; finished stages are kept", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input: still one line, the traceback on request
+        if os.environ.get("EDGEPRESS_DEBUG"):
+            raise
+        reason = " ".join(str(exc).split())[:300]
+        print(f"edgepress: internal error: {type(exc).__name__}: {reason}; fix: rerun with EDGEPRESS_DEBUG=1 "
+              "and report the traceback", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

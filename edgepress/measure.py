@@ -1,0 +1,66 @@
+"""Metrics for any model artifact: predictions (torch or ONNX Runtime), size, params, MACs, latency."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from edgepress.datasets import LabeledSet
+from edgepress.progress import Progress
+from edgepress.recipe import Recipe
+from edgepress.stage import Artifact
+
+
+def predict(artifact: Artifact, labeled: LabeledSet, *, batch_size: int) -> np.ndarray:
+    """Top-1 class per sample. ONNX models run under ONNX Runtime, torch ones under torch."""
+    progress = Progress(f"evaluate on {labeled.name}", total=len(labeled.inputs))
+    if artifact.format == "onnx":
+        from edgepress.runtime.session import check_feed, open_session, predict as ort_predict
+
+        # Accuracy does not depend on thread count, so evaluation uses every core.
+        session = open_session(artifact.path, threads=os.cpu_count() or 1)
+        check_feed(session, labeled.inputs[:1], source=f"evaluation set {labeled.name!r}")
+        logits = ort_predict(session, labeled.inputs, batch_size=batch_size, on_batch=progress.update)
+        return logits.argmax(axis=1)
+    import torch
+
+    from edgepress import torch_artifact
+
+    model, _, _ = torch_artifact.load(artifact.path)
+    tops = []
+    with torch.no_grad():
+        for start in range(0, len(labeled.inputs), batch_size):
+            tops.append(model(torch.from_numpy(labeled.inputs[start:start + batch_size])).argmax(1).numpy())
+            progress.update(min(start + batch_size, len(labeled.inputs)))
+    return np.concatenate(tops)
+
+
+def structure(artifact: Artifact) -> dict[str, int]:
+    size_bytes = artifact.path.stat().st_size
+    if artifact.format == "onnx":
+        from edgepress.onnx_stats import count_params_and_macs
+
+        params, macs = count_params_and_macs(artifact.path)
+    else:
+        from edgepress import torch_artifact
+
+        model, input_shape, _ = torch_artifact.load(artifact.path)
+        params, macs = torch_artifact.count_params(model), torch_artifact.count_macs(model, input_shape)
+    return {"size_bytes": int(size_bytes), "params": int(params), "macs": int(macs)}
+
+
+def latency(artifact: Artifact, sample: np.ndarray, recipe: Recipe) -> dict[str, Any] | None:
+    """Latency under ONNX Runtime on the recipe's target; torch artifacts are not what ships, so None."""
+    if artifact.format != "onnx":
+        return None
+    from edgepress.runtime.latency import measure_latency
+    from edgepress.runtime.session import open_session
+
+    session = open_session(artifact.path, threads=recipe.target.threads)
+    batch = np.repeat(sample[None], recipe.bench.batch, axis=0)
+    stats = measure_latency(session, batch, warmup_runs=recipe.bench.warmup_runs, runs=recipe.bench.runs)
+    return {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean, "std": stats.std,
+            "min": stats.min, "max": stats.max, "runs": stats.runs, "threads": recipe.target.threads,
+            "batch": recipe.bench.batch, "target": recipe.target.name}

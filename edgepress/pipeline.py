@@ -1,0 +1,207 @@
+"""Run a recipe: the source model, then each stage in its own folder, then evaluation, gate, report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepress import atomic, gate, measure, report
+from edgepress.datasets import DataProvider
+from edgepress.errors import UserError
+from edgepress.progress import say
+from edgepress.recipe import Recipe
+from edgepress.stage import ARTIFACT_FILE, Artifact, StageContext, StageOutput
+from edgepress.stages import REGISTRY
+
+
+@dataclass(frozen=True)
+class RunResult:
+    report: dict[str, Any]
+    out_dir: Path
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["gate"]["passed"])
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_shape_of(recipe: Recipe) -> tuple[int, ...] | None:
+    if recipe.model.input_shape is not None:
+        return recipe.model.input_shape
+    if recipe.model.onnx is not None:
+        from edgepress.runtime.session import open_session, sample_shape
+
+        return sample_shape(open_session(recipe.model.onnx, threads=1))
+    from edgepress.models.zoo import default_input_shape
+
+    shape = default_input_shape(name=recipe.model.name, entry=recipe.model.entry)
+    if shape is None:
+        raise UserError(f"the model entry {recipe.model.entry!r} does not say its input shape",
+                        fix="add input_shape = [C, H, W] to [model]")
+    return shape
+
+
+def build_source(recipe: Recipe, *, work_dir: Path, input_shape: tuple[int, ...], log) -> StageOutput:
+    """Stage 00: the user's model as an artifact (torch weights, or a copy of the given ONNX file)."""
+    if recipe.model.onnx is not None:
+        from edgepress.runtime.session import open_session
+
+        open_session(recipe.model.onnx, threads=1)  # refuses a file that is not ONNX before copying it
+        out = work_dir / ARTIFACT_FILE["onnx"]
+        shutil.copyfile(recipe.model.onnx, out)
+        return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={})
+    from edgepress import torch_artifact
+    from edgepress.models.checkpoint import load_checkpoint
+    from edgepress.models.zoo import build_model
+
+    spec = recipe.model
+    model = build_model(name=spec.name, entry=spec.entry, kwargs=spec.kwargs)
+    info: dict[str, Any] = {}
+    if spec.checkpoint is not None:
+        info = load_checkpoint(path=spec.checkpoint, model=model)
+        log(f"loaded checkpoint {spec.checkpoint}: {info}")
+    else:
+        log("no checkpoint: the model starts from its initial weights")
+    out = work_dir / ARTIFACT_FILE["torch"]
+    builder = {"name": spec.name, "entry": spec.entry, "kwargs": dict(spec.kwargs)}
+    torch_artifact.save(out, model=model, builder={k: v for k, v in builder.items() if v is not None},
+                        input_shape=input_shape)
+    return StageOutput(artifact=Artifact(path=out, format="torch"),
+                       metrics={"checkpoint": {k: v for k, v in info.items() if isinstance(v, (int, float, str))}})
+
+
+class _StageLog:
+    def __init__(self, path: Path) -> None:
+        self.fh = open(path, "a", encoding="utf-8")
+
+    def __call__(self, message: str) -> None:
+        if message.strip():
+            self.fh.write(f"{time.strftime('%H:%M:%S')} {message.rstrip()}\n")
+            self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, *, out_dir: Path) -> None:
+        self.recipe = recipe
+        self.out_dir = Path(out_dir).resolve()
+        self.records: list[dict[str, Any]] = []
+        self.reference_top1: list[np.ndarray] | None = None
+        self.reference_metrics: dict[str, Any] | None = None
+
+    def prepare(self) -> DataProvider:
+        """Everything that can fail on bad input, checked before any stage runs."""
+        input_shape = input_shape_of(self.recipe)
+        data = DataProvider(self.recipe.data, input_shape=input_shape)
+        needs = {need for stage in self.recipe.stages for need in REGISTRY[stage.kind].needs}
+        data.load_all(calibration="calibration" in needs, training="training" in needs)
+        return data
+
+    def run(self) -> RunResult:
+        recipe = self.recipe
+        say(f"recipe {recipe.name}: {1 + len(recipe.stages)} stages -> {self.out_dir}")
+        data = self.prepare()
+        steps = [("model", "model", None)] + [(s.name, s.kind, s) for s in recipe.stages]
+        current: Artifact | None = None
+        for index, (name, kind, spec) in enumerate(steps):
+            folder = self.out_dir / f"{index:02d}-{name}"
+            say(f"[{index + 1}/{len(steps)}] {kind} -> {folder.name}")
+            with atomic.atomic_dir(folder) as work:
+                log = _StageLog(work / "stage.log")
+                try:
+                    ctx = StageContext(recipe=recipe, data=data, work_dir=work, log=log)
+                    started = time.monotonic()
+                    if spec is None:
+                        output = build_source(recipe, work_dir=work, input_shape=data.input_shape, log=log)
+                    else:
+                        output = REGISTRY[kind].run(current, spec.settings, ctx)
+                    seconds = time.monotonic() - started
+                    record = self._measure(name=name, kind=kind, output=output, data=data, folder=folder,
+                                           seconds=seconds, log=log)
+                    atomic.write_json(work / "metrics.json", record["metrics"])
+                finally:
+                    log.close()
+            current = Artifact(path=folder / output.artifact.path.name, format=output.artifact.format)
+            self.records.append(record)
+            say(f"    {_one_line_metrics(record['metrics'])}")
+        return self._finish()
+
+    def _measure(self, *, name: str, kind: str, output: StageOutput, data: DataProvider, folder: Path,
+                 seconds: float, log) -> dict[str, Any]:
+        artifact = output.artifact
+        metrics: dict[str, Any] = {}
+        per_set: dict[str, Any] = {}
+        tops = []
+        for labeled in data.evaluation:
+            top1 = measure.predict(artifact, labeled, batch_size=self.recipe.data.batch_size)
+            tops.append(top1)
+            per_set[labeled.name] = {"samples": int(len(top1)), "accuracy": float(np.mean(top1 == labeled.labels))}
+        if name == self.recipe.reference_stage:
+            self.reference_top1 = tops
+        if self.reference_top1 is not None:
+            for labeled, top1, ref in zip(data.evaluation, tops, self.reference_top1):
+                per_set[labeled.name]["agreement"] = float(np.mean(top1 == ref))
+        primary = per_set[data.evaluation[0].name]
+        metrics["accuracy"] = primary["accuracy"]
+        if "agreement" in primary:
+            metrics["agreement"] = primary["agreement"]
+        metrics.update(measure.structure(artifact))
+        timing = measure.latency(artifact, data.evaluation[0].inputs[0], self.recipe)
+        if timing is not None:
+            metrics["latency_ms"] = timing
+        metrics["evaluation"] = per_set
+        metrics.update(output.metrics)
+        if name == self.recipe.reference_stage:
+            self.reference_metrics = metrics
+        log(f"metrics: {json.dumps(metrics)}")
+        return {
+            "name": name,
+            "kind": kind,
+            "artifact": f"{folder.name}/{artifact.path.name}",
+            "format": artifact.format,
+            "sha256": sha256(artifact.path),
+            "seconds": round(seconds, 3),
+            "metrics": metrics,
+        }
+
+    def _finish(self) -> RunResult:
+        final = self.records[-1]
+        checks = gate.evaluate(self.recipe.budgets, final=final["metrics"], reference=self.reference_metrics or {},
+                               stage=final["name"])
+        result = {
+            "schema": "edgepress.report/1",
+            "recipe": str(self.recipe.path),
+            "name": self.recipe.name,
+            "reference_stage": self.recipe.reference_stage,
+            "target": {"name": self.recipe.target.name, "threads": self.recipe.target.threads},
+            "stages": self.records,
+            "gate": gate.summary(checks, stage=final["name"]),
+        }
+        report.write_all(result, out_dir=self.out_dir)
+        return RunResult(report=result, out_dir=self.out_dir)
+
+
+def _one_line_metrics(metrics: dict[str, Any]) -> str:
+    parts = [f"accuracy {100 * metrics['accuracy']:.2f}%"]
+    if "agreement" in metrics:
+        parts.append(f"agreement {100 * metrics['agreement']:.2f}%")
+    parts.append(f"size {metrics['size_bytes'] / 1024:.1f} KiB")
+    if "latency_ms" in metrics:
+        parts.append(f"p50 {metrics['latency_ms']['p50']:.3f} ms, p90 {metrics['latency_ms']['p90']:.3f} ms")
+    return ", ".join(parts)

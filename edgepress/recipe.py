@@ -1,0 +1,245 @@
+"""The recipe: one TOML file from checkpoint to gated release, validated before any work."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgepress import datapath
+from edgepress.errors import UserError
+from edgepress.schema import SchemaError, closest, parse, unknown_key_error
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A zoo `name` or a `package.module:function` `entry`, or an existing `onnx` file."""
+
+    name: str | None = None
+    entry: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    onnx: Path | None = None
+    input_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("name", "entry", "onnx") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of name (a zoo model), entry ('package.module:function') "
+                             f"or onnx (a model file); got {given or 'none'}")
+        if self.entry is not None and ":" not in self.entry:
+            raise ValueError(f"entry {self.entry!r} must look like 'package.module:function'")
+        if self.onnx is not None and self.checkpoint is not None:
+            raise ValueError("an onnx model takes no checkpoint")
+        if self.input_shape is not None and any(d <= 0 for d in self.input_shape):
+            raise ValueError(f"input_shape {list(self.input_shape)} must be positive sizes, without the batch axis")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A built-in `dataset` ('cifar10:test_raw_1017', 'digits:test', ...), an npz `path`, or IDX `images`+`labels`."""
+
+    dataset: str | None = None
+    path: Path | None = None
+    images: Path | None = None
+    labels: Path | None = None
+    limit: int | None = None
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("dataset", "path", "images") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of dataset, path (npz) or images (+labels, IDX); got {given or 'none'}")
+        if (self.images is None) != (self.labels is None):
+            raise ValueError("IDX data needs both images and labels")
+        if self.limit is not None and self.limit <= 0:
+            raise ValueError(f"limit must be positive, got {self.limit}")
+
+    @property
+    def display_name(self) -> str:
+        if self.label:
+            return self.label
+        if self.dataset:
+            return self.dataset
+        return Path(self.path or self.images).name
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """uint8 pixels -> float: x * scale, then (x - mean) / std per channel."""
+
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    evaluation: tuple[DatasetSpec, ...]
+    calibration: DatasetSpec | None = None
+    training: DatasetSpec | None = None
+    preprocess: PreprocessSpec = PreprocessSpec()
+    metric: Literal["top1"] = "top1"
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.evaluation:
+            raise ValueError("at least one [[data.evaluation]] set is needed")
+        if self.batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: Literal["local"] = "local"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threads <= 0:
+            raise ValueError("threads must be positive")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    warmup_runs: int = 50
+    runs: int = 200
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.runs < 200:
+            raise ValueError(f"runs must be at least 200 for stable percentiles, got {self.runs}")
+        if self.warmup_runs < 1 or self.batch < 1:
+            raise ValueError("warmup_runs and batch must be positive")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Release budgets, checked on the last stage; a budget left out is not checked."""
+
+    size_bytes: int | None = None
+    latency_p90_ms: float | None = None
+    accuracy_drop_points: float | None = None
+    agreement_min: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.agreement_min is not None and not 0.0 <= self.agreement_min <= 1.0:
+            raise ValueError(f"agreement_min is a share in [0, 1], got {self.agreement_min}")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    kind: str
+    name: str
+    settings: Any
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    stages: tuple[StageSpec, ...]
+    target: TargetSpec = TargetSpec()
+    bench: BenchSpec = BenchSpec()
+    budgets: Budgets = Budgets()
+    reference_stage: str = "model"
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+_TOP_LEVEL = {"name", "model", "data", "stages", "target", "bench", "budgets", "reference_stage"}
+
+
+def load(path: Path) -> Recipe:
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise UserError(f"recipe {path} does not exist", fix="pass the path of a .toml recipe")
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"recipe {path.name} is not valid TOML ({exc})", fix="correct the TOML syntax") from None
+    return from_table(table, path=path)
+
+
+def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
+    from edgepress.stages import REGISTRY  # the registry imports stage modules, which import this one
+
+    def resolve(value: str) -> Path:
+        return datapath.resolve(value, base=path.parent)
+
+    for key in table:
+        if key not in _TOP_LEVEL:
+            raise unknown_key_error(key, "", _TOP_LEVEL)
+    for key in ("model", "data"):
+        if key not in table:
+            raise SchemaError(f"missing table [{key}]", fix=f"add a [{key}] table to the recipe")
+    stages_table = table.get("stages", [])
+    if not isinstance(stages_table, list):
+        raise SchemaError("'stages' must be an array of tables", fix="write each stage as [[stages]] with kind = ...")
+    stages = []
+    seen_names = {"model"}
+    for index, stage_table in enumerate(stages_table):
+        where = f"stages[{index}]"
+        if not isinstance(stage_table, dict) or "kind" not in stage_table:
+            raise SchemaError(f"'{where}' has no kind", fix=f"add kind = one of {', '.join(REGISTRY)}")
+        settings_table = dict(stage_table)
+        kind = settings_table.pop("kind")
+        name = settings_table.pop("name", kind)
+        if kind not in REGISTRY:
+            guess = closest(str(kind), REGISTRY)
+            raise SchemaError(f"unknown stage kind {kind!r} in {where}",
+                              fix=f"did you mean {guess!r}?" if guess else f"use one of {', '.join(REGISTRY)}")
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            raise SchemaError(f"'{where}.name' must be letters, digits, '-' or '_', got {name!r}",
+                              fix="choose a short name such as 'ptq-u8s8'")
+        if name in seen_names:
+            raise SchemaError(f"two stages are named {name!r}", fix="give each stage a distinct name = ...")
+        seen_names.add(name)
+        settings = parse(REGISTRY[kind].settings_type, settings_table, where=where, resolve_path=resolve)
+        stages.append(StageSpec(kind=kind, name=name, settings=settings))
+    name = table.get("name", path.stem)
+    if not isinstance(name, str):
+        raise SchemaError("'name' must be a string", fix='write name = "my-recipe"')
+    reference = table.get("reference_stage", "model")
+    if reference not in seen_names:
+        raise SchemaError(f"reference_stage {reference!r} names no stage",
+                          fix=f"use one of {', '.join(sorted(seen_names))}")
+    recipe = Recipe(
+        path=path,
+        name=name,
+        model=parse(ModelSpec, table["model"], where="model", resolve_path=resolve),
+        data=parse(DataSpec, table["data"], where="data", resolve_path=resolve),
+        stages=tuple(stages),
+        target=parse(TargetSpec, table.get("target", {}), where="target", resolve_path=resolve),
+        bench=parse(BenchSpec, table.get("bench", {}), where="bench", resolve_path=resolve),
+        budgets=parse(Budgets, table.get("budgets", {}), where="budgets", resolve_path=resolve),
+        reference_stage=reference,
+    )
+    _check_formats(recipe)
+    return recipe
+
+
+def _check_formats(recipe: Recipe) -> None:
+    """Stages must chain: each one's input format is what the previous one produced."""
+    from edgepress.stages import REGISTRY
+
+    current = "onnx" if recipe.model.onnx is not None else "torch"
+    for stage in recipe.stages:
+        wanted = REGISTRY[stage.kind].input_format
+        if wanted != current:
+            raise SchemaError(f"stage {stage.name!r} ({stage.kind}) takes a {wanted} model but gets a {current} one",
+                              fix="reorder the stages (export turns a torch model into ONNX)")
+        current = REGISTRY[stage.kind].output_format
+    if current != "onnx" and recipe.budgets.latency_p90_ms is not None:
+        raise SchemaError("budgets.latency_p90_ms needs the last stage to produce an ONNX model",
+                          fix="add an export stage (and ptq) after the torch stages")

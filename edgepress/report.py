@@ -1,0 +1,128 @@
+"""report.json for machines; report.md and report.html (with plots) for people."""
+
+from __future__ import annotations
+
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from edgepress import atomic
+
+COLUMNS = ("stage", "kind", "format", "accuracy", "agreement", "size", "params", "MACs", "p50 ms", "p90 ms", "p99 ms", "seconds")
+
+
+def _row(stage: dict[str, Any]) -> list[str]:
+    m = stage["metrics"]
+    lat = m.get("latency_ms")
+
+    def pct(key: str) -> str:
+        return f"{100 * m[key]:.2f}%" if key in m else "–"
+
+    return [stage["name"], stage["kind"], stage["format"], pct("accuracy"), pct("agreement"),
+            f"{m['size_bytes'] / 1024:.1f} KiB", f"{m['params']:,}", f"{m['macs'] / 1e6:.2f} M",
+            f"{lat['p50']:.3f}" if lat else "–", f"{lat['p90']:.3f}" if lat else "–",
+            f"{lat['p99']:.3f}" if lat else "–", f"{stage['seconds']:.1f}"]
+
+
+def _per_set_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for stage in report["stages"]:
+        for name, values in stage["metrics"].get("evaluation", {}).items():
+            agreement = f"{100 * values['agreement']:.2f}%" if "agreement" in values else "–"
+            rows.append([stage["name"], name, str(values["samples"]), f"{100 * values['accuracy']:.2f}%", agreement])
+    return rows
+
+
+def _gate_lines(report: dict[str, Any]) -> list[str]:
+    g = report["gate"]
+    lines = [f"**Gate on stage `{g['stage']}`: {'PASSED' if g['passed'] else 'FAILED'}**", ""]
+    if g["checks"]:
+        lines += ["| budget | limit | value | result |", "|---|---|---|---|"]
+        lines += [f"| {c['budget']} | {c['limit']:g} | {c['value']:.4g} | {'ok' if c['passed'] else 'VIOLATED'} |"
+                  for c in g["checks"]]
+    else:
+        lines.append("No budgets were set.")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# edgepress report: {report['name']}", "",
+             f"Target: {report['target']['name']}, {report['target']['threads']} thread(s). "
+             f"Agreement is against stage `{report['reference_stage']}`.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_row(s)) + " |" for s in report["stages"]]
+    lines += ["", "## Every evaluation set", "", "| stage | set | samples | accuracy | agreement |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in _per_set_rows(report)]
+    lines += ["", "## Gate", ""] + _gate_lines(report)
+    return "\n".join(lines) + "\n"
+
+
+def _plots_svg(report: dict[str, Any]) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "<p>(matplotlib is not installed: no plots)</p>"
+    stages = report["stages"]
+    names = [s["name"] for s in stages]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].bar(names, [s["metrics"]["size_bytes"] / 1024 for s in stages], color="#4c72b0")
+    axes[0].set_title("size (KiB)")
+    timed = [s for s in stages if "latency_ms" in s["metrics"]]
+    if timed:
+        labels = [s["name"] for s in timed]
+        axes[1].bar(labels, [s["metrics"]["latency_ms"]["p50"] for s in timed], color="#55a868", label="p50")
+        axes[1].scatter(labels, [s["metrics"]["latency_ms"]["p90"] for s in timed], color="k", marker="_", s=400,
+                        label="p90", zorder=3)
+        axes[1].legend()
+        for s in timed:
+            axes[2].scatter(s["metrics"]["latency_ms"]["p50"], 100 * s["metrics"]["accuracy"])
+            axes[2].annotate(s["name"], (s["metrics"]["latency_ms"]["p50"], 100 * s["metrics"]["accuracy"]),
+                             textcoords="offset points", xytext=(4, 4))
+    axes[1].set_title("latency (ms)")
+    axes[2].set_title("accuracy (%) vs p50 latency (ms)")
+    for ax in axes[:2]:
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg"):]
+
+
+def _html_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_page(report: dict[str, Any]) -> str:
+    g = report["gate"]
+    verdict = "PASSED" if g["passed"] else "FAILED"
+    gate_rows = [[c["budget"], f"{c['limit']:g}", f"{c['value']:.4g}", "ok" if c["passed"] else "VIOLATED"]
+                 for c in g["checks"]]
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>edgepress: {html.escape(report['name'])}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}
+.PASSED{{color:#1a7f37}}.FAILED{{color:#cf222e}}</style></head><body>
+<h1>edgepress report: {html.escape(report['name'])}</h1>
+<p>Target {html.escape(report['target']['name'])}, {report['target']['threads']} thread(s); agreement against stage
+<code>{html.escape(report['reference_stage'])}</code>.</p>
+<h2>Stages</h2>{_html_table(COLUMNS, [_row(s) for s in report['stages']])}
+<h2>Plots</h2>{_plots_svg(report)}
+<h2>Every evaluation set</h2>{_html_table(["stage", "set", "samples", "accuracy", "agreement"], _per_set_rows(report))}
+<h2>Gate on stage <code>{html.escape(g['stage'])}</code>: <span class="{verdict}">{verdict}</span></h2>
+{_html_table(["budget", "limit", "value", "result"], gate_rows) if gate_rows else "<p>No budgets were set.</p>"}
+</body></html>
+"""
+
+
+def write_all(report: dict[str, Any], *, out_dir: Path) -> None:
+    atomic.write_json(out_dir / "report.json", report)
+    atomic.write_text(out_dir / "report.md", markdown(report))
+    atomic.write_text(out_dir / "report.html", html_page(report))

@@ -1,0 +1,50 @@
+"""What a stage is: model artifact on disk in, new artifact plus metrics out, input untouched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+if TYPE_CHECKING:
+    from edgepress.datasets import DataProvider
+    from edgepress.recipe import Recipe
+
+ArtifactFormat = Literal["torch", "onnx"]
+ARTIFACT_FILE = {"torch": "model.pt", "onnx": "model.onnx"}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    format: ArtifactFormat
+
+
+@dataclass(frozen=True)
+class StageContext:
+    recipe: Recipe
+    data: DataProvider
+    work_dir: Path
+    log: Callable[[str], None]
+
+    def output_path(self, fmt: ArtifactFormat) -> Path:
+        return self.work_dir / ARTIFACT_FILE[fmt]
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    artifact: Artifact
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """One registry entry: the settings schema, the formats it chains, and the function that runs it."""
+
+    kind: str
+    settings_type: type
+    input_format: ArtifactFormat
+    output_format: ArtifactFormat
+    run: Callable[..., StageOutput]
+    summary: str
+    needs: tuple[Literal["calibration", "training"], ...] = ()

@@ -1,0 +1,16 @@
+"""The one explicit registry of stages. Stage modules import torch lazily, so `check` stays fast."""
+
+from __future__ import annotations
+
+from edgepress.compress import ptq, train
+from edgepress.export import onnx_export
+from edgepress.stage import StageDef
+
+REGISTRY: dict[str, StageDef] = {
+    stage.kind: stage
+    for stage in (
+        train.STAGE,
+        onnx_export.STAGE,
+        ptq.STAGE,
+    )
+}
