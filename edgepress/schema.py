@@ -83,6 +83,8 @@ def _convert(tp: Any, value: Any, place: str, resolve_path: Callable[[str], Path
         return value
     if origin in (Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error is the precise one
+            return _convert(options[0], value, place, resolve_path)
         for option in options:
             try:
                 return _convert(option, value, place, resolve_path)

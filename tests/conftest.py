@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgepress.datapath import data_root
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    return data_root()
+
+
+requires_shared_data = pytest.mark.skipif(
+    not (data_root() / "weights").is_dir(),
+    reason=f"shared data folder {data_root()} is absent (set EDGEPRESS_DATA to the folder of ../shared/data)",
+)
+
+TINY_RECIPE = """
+name = "tiny"
+reference_stage = "train"
+
+[model]
+name = "small_cnn_8"
+kwargs = {{ width = 8 }}
+
+[data]
+training = {{ dataset = "digits:train", limit = 400 }}
+calibration = {{ dataset = "digits:train", limit = 64 }}
+evaluation = [{{ dataset = "digits:test" }}]
+preprocess = {{ mean = [0.5], std = [0.5] }}
+
+[[stages]]
+kind = "train"
+epochs = {epochs}
+batch_size = 32
+
+[[stages]]
+kind = "export"
+
+[[stages]]
+kind = "ptq"
+
+[bench]
+warmup_runs = 5
+runs = 200
+
+[budgets]
+{budgets}
+"""
+
+
+def write_recipe(folder: Path, *, text: str | None = None, epochs: int = 3, budgets: str = "", name: str = "recipe.toml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text) if text is not None else TINY_RECIPE.format(epochs=epochs, budgets=budgets))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The real command line, in a fresh interpreter, as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("EDGEPRESS_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "edgepress", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("edgepress: error:")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert "fix:" in errors[0], errors[0]
+    return errors[0]

@@ -1,0 +1,100 @@
+"""A whole recipe through the real CLI: stage folders, report contract, gate exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from tests.conftest import run_cli, write_recipe
+
+STAGE_KEYS = {"name", "kind", "artifact", "format", "sha256", "seconds", "metrics"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    recipe = write_recipe(folder, budgets="size_bytes = 1000000\naccuracy_drop_points = 5.0\nagreement_min = 0.9")
+    proc = run_cli("run", str(recipe), "--out", str(folder / "out"))
+    return folder, proc
+
+
+def test_run_passes_gate_and_writes_every_stage(tiny_run):
+    folder, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr
+    out = folder / "out"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00-model", "01-train", "02-export", "03-ptq"]
+    for stage_dir, artifact in (("00-model", "model.pt"), ("01-train", "model.pt"), ("02-export", "model.onnx"),
+                                ("03-ptq", "model.onnx")):
+        assert (out / stage_dir / artifact).is_file()
+        assert (out / stage_dir / "stage.log").is_file()
+        json.loads((out / stage_dir / "metrics.json").read_text())
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    assert "[edgepress]" in proc.stderr  # progress is shown
+
+
+def test_report_follows_the_contract(tiny_run):
+    folder, _ = tiny_run
+    report = json.loads((folder / "out" / "report.json").read_text())
+    assert report["schema"] == "edgepress.report/1"
+    assert [s["kind"] for s in report["stages"]] == ["model", "train", "export", "ptq"]
+    for stage in report["stages"]:
+        assert STAGE_KEYS <= stage.keys()
+        m = stage["metrics"]
+        assert 0.0 <= m["accuracy"] <= 1.0
+        assert m["size_bytes"] > 0 and m["params"] > 0 and m["macs"] > 0
+        assert len(stage["sha256"]) == 64
+        if stage["format"] == "onnx":
+            assert m["latency_ms"]["p50"] <= m["latency_ms"]["p90"] <= m["latency_ms"]["p99"]
+            assert m["latency_ms"]["runs"] >= 200
+        else:
+            assert "latency_ms" not in m  # absent, not zero
+    model, train, export, ptq = report["stages"]
+    assert "agreement" not in model["metrics"]  # before the reference stage, agreement does not apply
+    assert train["metrics"]["agreement"] == 1.0
+    assert export["metrics"]["agreement"] >= 0.99
+    assert export["metrics"]["parity"]["max_abs_diff"] < 1e-3
+    assert ptq["metrics"]["size_bytes"] < export["metrics"]["size_bytes"]
+    assert ptq["metrics"]["quantization"]["int8_nodes"] > 0
+    assert report["gate"] == {**report["gate"], "passed": True, "violations": []}
+    assert {c["budget"] for c in report["gate"]["checks"]} == {"size_bytes", "accuracy_drop_points", "agreement_min"}
+
+
+def test_quantized_artifact_is_a_qdq_graph(tiny_run):
+    folder, _ = tiny_run
+    graph = onnx.load(str(folder / "out" / "03-ptq" / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") >= 3
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch axis stays dynamic
+
+
+def test_human_reports_show_every_stage(tiny_run):
+    folder, _ = tiny_run
+    md = (folder / "out" / "report.md").read_text()
+    html = (folder / "out" / "report.html").read_text()
+    for name in ("model", "train", "export", "ptq"):
+        assert f"| {name} |" in md
+        assert f"<td>{name}</td>" in html
+    assert "<svg" in html and "PASSED" in html
+
+
+def test_violated_budget_exits_1_and_lists_it(tmp_path):
+    recipe = write_recipe(tmp_path, epochs=1, budgets="size_bytes = 100\nagreement_min = 0.5")
+    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 1, proc.stderr
+    assert "budget violated: size_bytes" in proc.stderr
+    assert "agreement_min" not in proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["gate"]["passed"] is False
+    assert [v["budget"] for v in report["gate"]["violations"]] == ["size_bytes"]
+    assert report["gate"]["violations"][0]["value"] > 100
+    assert "VIOLATED" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_check_validates_without_running(tmp_path):
+    recipe = write_recipe(tmp_path)
+    proc = run_cli("check", str(recipe), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "is valid" in proc.stdout
+    assert not (tmp_path / "runs").exists()
