@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -73,55 +74,57 @@ def node_precisions(model_path: Path) -> dict[str, int]:
     return counts
 
 
-def run(source: Artifact, settings: PtqSettings, ctx: StageContext) -> StageOutput:
+def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqSettings,
+             log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Quantize ONNX file `source` into `out` (files in, files out); return what was done."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgepress.runtime.session import input_info, open_session
 
-    calibration = ctx.data.calibration
-    inputs = calibration.inputs[: settings.calibration_samples]
+    inputs = calibration[: settings.calibration_samples]
     if not np.all(np.isfinite(inputs)):
-        raise UserError(f"calibration set {calibration.name!r} contains NaN or infinite values",
+        raise UserError("the calibration data contains NaN or infinite values",
                         fix="clean the calibration data or its preprocessing")
-    input_name = input_info(open_session(source.path, threads=1)).name
-
-    to_quantize = source.path
-    prepared = ctx.work_dir / "prepared.onnx"
-    if settings.preprocess:
-        ctx.log("quant_pre_process: shape inference and graph optimisation before quantization")
-        quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=True)
-        to_quantize = prepared
-    _check_excluded(to_quantize, settings.nodes_to_exclude)
-
-    activation_type, weight_type = (getattr(QuantType, t) for t in SCHEMES[settings.scheme])
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[settings.calibration_method]
-    extra_options = {"CalibPercentile": settings.percentile} if settings.calibration_method == "percentile" else {}
-    out = ctx.output_path("onnx")
-    ctx.log(f"quantize_static: {settings.scheme}, reduce_range={settings.reduce_range}, per_channel={settings.per_channel}, "
-            f"{settings.calibration_method} calibration on {len(inputs)} samples of {calibration.name}")
-    quantize_static(
-        str(to_quantize), str(out),
-        _ArrayReader(input_name, inputs, settings.calibration_batch),
-        quant_format=QuantFormat.QDQ,
-        per_channel=settings.per_channel,
-        reduce_range=settings.reduce_range,
-        activation_type=activation_type,
-        weight_type=weight_type,
-        calibrate_method=method,
-        nodes_to_exclude=list(settings.nodes_to_exclude),
-        op_types_to_quantize=list(settings.op_types) or None,
-        extra_options=extra_options,
-    )
-    if prepared.exists():
-        prepared.unlink()
+    input_name = input_info(open_session(source, threads=1)).name
+    with tempfile.TemporaryDirectory(prefix="edgepress-ptq-") as scratch:
+        to_quantize = source
+        if settings.preprocess:
+            log("quant_pre_process: shape inference and graph optimisation before quantization")
+            to_quantize = Path(scratch) / "prepared.onnx"
+            quant_pre_process(str(source), str(to_quantize), skip_symbolic_shape=True)
+        _check_excluded(to_quantize, settings.nodes_to_exclude)
+        activation_type, weight_type = (getattr(QuantType, t) for t in SCHEMES[settings.scheme])
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[settings.calibration_method]
+        extra_options = {"CalibPercentile": settings.percentile} if settings.calibration_method == "percentile" else {}
+        log(f"quantize_static: {settings.scheme}, reduce_range={settings.reduce_range}, "
+            f"per_channel={settings.per_channel}, {settings.calibration_method} calibration on {len(inputs)} samples")
+        quantize_static(
+            str(to_quantize), str(out),
+            _ArrayReader(input_name, inputs, settings.calibration_batch),
+            quant_format=QuantFormat.QDQ,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            activation_type=activation_type,
+            weight_type=weight_type,
+            calibrate_method=method,
+            nodes_to_exclude=list(settings.nodes_to_exclude),
+            op_types_to_quantize=list(settings.op_types) or None,
+            extra_options=extra_options,
+        )
     precisions = node_precisions(out)
-    ctx.log(f"quantized: {precisions}")
-    return StageOutput(artifact=Artifact(path=out, format="onnx"),
-                       metrics={"quantization": {"scheme": settings.scheme, "reduce_range": settings.reduce_range,
-                                                 "calibration_method": settings.calibration_method,
-                                                 "calibration_samples": int(len(inputs)), **precisions}})
+    log(f"quantized: {precisions}")
+    return {"scheme": settings.scheme, "reduce_range": settings.reduce_range,
+            "calibration_method": settings.calibration_method, "calibration_samples": int(len(inputs)), **precisions}
+
+
+def run(source: Artifact, settings: PtqSettings, ctx: StageContext) -> StageOutput:
+    calibration = ctx.data.calibration
+    ctx.log(f"calibration set: {calibration.name}")
+    out = ctx.output_path("onnx")
+    done = quantize(source=source.path, out=out, calibration=calibration.inputs, settings=settings, log=ctx.log)
+    return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={"quantization": done})
 
 
 STAGE = StageDef(kind="ptq", settings_type=PtqSettings, input_format="onnx", output_format="onnx", run=run, needs=("calibration",),

@@ -1,0 +1,116 @@
+"""Named architectures, and building a model from a zoo name or a 'package.module:function' entry."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from edgepress.errors import UserError
+from edgepress.models import cifar_resnet, mobilenetv2, small_cnn
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    builder: Callable[..., nn.Module]
+    input_shape: tuple[int, ...]
+    description: str
+
+
+ZOO: dict[str, ZooEntry] = {
+    "cifar_resnet20": ZooEntry(cifar_resnet.resnet20, (3, 32, 32),
+                               "CIFAR ResNet-20 (akamaster layout, 0.27 M params)"),
+    "cifar_resnet32": ZooEntry(cifar_resnet.resnet32, (3, 32, 32),
+                               "CIFAR ResNet-32 (akamaster layout, 0.46 M params)"),
+    "cifar_resnet44": ZooEntry(cifar_resnet.resnet44, (3, 32, 32),
+                               "CIFAR ResNet-44 (akamaster layout, 0.66 M params)"),
+    "cifar_resnet56": ZooEntry(cifar_resnet.resnet56, (3, 32, 32),
+                               "CIFAR ResNet-56 (akamaster layout, 0.85 M params)"),
+    "mobilenetv2_cifar": ZooEntry(mobilenetv2.mobilenetv2_cifar, (3, 32, 32),
+                                  "MobileNetV2 for 32x32 input (stem and stage-2 stride 1)"),
+    "mobilenetv2_imagenet": ZooEntry(mobilenetv2.mobilenetv2_imagenet, (3, 224, 224),
+                                     "MobileNetV2 for 224x224 input (torchvision layout)"),
+    "small_cnn_28": ZooEntry(small_cnn.small_cnn, (1, 28, 28), "small grayscale CNN, 28x28 (Fashion-MNIST)"),
+    "small_cnn_8": ZooEntry(small_cnn.small_cnn, (1, 8, 8), "small grayscale CNN, 8x8 (sklearn digits)"),
+}
+
+
+def _one_of(name: str | None, entry: str | None) -> None:
+    if (name is None) == (entry is None):
+        raise UserError("a model needs exactly one of name (a zoo model) or entry ('package.module:function')",
+                        fix="set either name or entry in [model]")
+
+
+def _zoo_entry(name: str) -> ZooEntry:
+    if name in ZOO:
+        return ZOO[name]
+    guess = difflib.get_close_matches(name, list(ZOO), n=1, cutoff=0.0)
+    raise UserError(f"unknown zoo model {name!r}",
+                    fix=f"did you mean {guess[0]!r}? (valid: {', '.join(ZOO)})" if guess else
+                    f"use one of {', '.join(ZOO)}")
+
+
+def _import_entry(entry: str) -> Callable[..., Any]:
+    module_name, _, function_name = entry.partition(":")
+    if not module_name or not function_name or ":" in function_name:
+        raise UserError(f"model entry {entry!r} is not of the form 'package.module:function'",
+                        fix="write entry = \"mypackage.models:build\"")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Tell a missing entry module apart from a dependency missing inside it.
+        if exc.name == module_name or module_name.startswith(f"{exc.name}."):
+            raise UserError(f"cannot import module {module_name!r} of model entry {entry!r}",
+                            fix="install the package or add its folder to PYTHONPATH") from None
+        raise UserError(f"module {module_name!r} of model entry {entry!r} needs {exc.name!r}, which is not installed",
+                        fix=f"install {exc.name!r}") from None
+    except Exception as exc:  # the user's module failing at import is their bug, reported in one line
+        raise UserError(f"importing {module_name!r} for model entry {entry!r} failed: "
+                        f"{type(exc).__name__}: {exc}", fix=f"fix the error in {module_name!r}") from None
+    function = getattr(module, function_name, None)
+    if function is None:
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        guess = difflib.get_close_matches(function_name, public, n=1)
+        raise UserError(f"module {module_name!r} has no function {function_name!r}",
+                        fix=f"did you mean {guess[0]!r}?" if guess else "name a function defined in that module")
+    if not callable(function):
+        raise UserError(f"{entry!r} is a {type(function).__name__}, not a function",
+                        fix="point entry at a function that returns a torch.nn.Module")
+    return function
+
+
+def build_model(*, name: str | None, entry: str | None, kwargs: dict[str, Any]) -> nn.Module:
+    """A fresh (untrained) model from a zoo name or an entry function, called with **kwargs."""
+    _one_of(name, entry)
+    if name is not None:
+        builder, what = _zoo_entry(name).builder, f"zoo model {name!r}"
+    else:
+        builder, what = _import_entry(entry), f"model entry {entry!r}"
+    try:
+        model = builder(**kwargs)
+    except Exception as exc:  # e.g. an unexpected keyword: a recipe problem, not a crash
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no kwargs"
+        raise UserError(f"building {what} with {shown} failed: {type(exc).__name__}: {exc}",
+                        fix="correct [model].kwargs to arguments the builder accepts") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{what} returned a {type(model).__name__}, not a torch.nn.Module",
+                        fix="make the function return the model instance")
+    return model
+
+
+def default_input_shape(*, name: str | None, entry: str | None) -> tuple[int, ...] | None:
+    """The input shape without batch axis: the zoo's, an entry function's `input_shape`, else None."""
+    _one_of(name, entry)
+    if name is not None:
+        return _zoo_entry(name).input_shape
+    shape = getattr(_import_entry(entry), "input_shape", None)
+    if shape is None:
+        return None
+    if (not isinstance(shape, (tuple, list)) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise UserError(f"{entry!r} has input_shape {shape!r}, not a tuple of positive ints",
+                        fix="set it like build.input_shape = (3, 32, 32), without the batch axis")
+    return tuple(shape)
