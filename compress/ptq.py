@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from edgepress.errors import UserError
+from edgepress.compress.saturation import signed_input_nodes, weight_tensors
 from edgepress.schema import closest
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
@@ -20,10 +23,13 @@ SCHEMES = {"u8s8": ("QUInt8", "QInt8"), "s8s8": ("QInt8", "QInt8"), "u8u8": ("QU
 @dataclass(frozen=True)
 class PtqSettings:
     scheme: Literal["u8s8", "s8s8", "u8u8"] = "u8s8"
-    # 7-bit weights: on x86 without VNNI, U8S8 kernels (VPMADDUBSW) saturate int16 pair sums with 8-bit weights.
-    reduce_range: bool = True
+    # Nodes fed by possibly-negative activations saturate x86 U8S8 kernels (see saturation.py):
+    # "fp32" keeps them in float, "uint8_weights" runs them with the U8U8 kernel, "off" leaves them be.
+    saturation_guard: Literal["off", "uint8_weights", "fp32"] = "uint8_weights"
+    # 7-bit weights everywhere: the blunt alternative to the guard, at a cost in precision.
+    reduce_range: bool = False
     per_channel: bool = True
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "percentile"
     calibration_samples: int = 512
     calibration_batch: int = 32
     percentile: float = 99.999
@@ -69,7 +75,9 @@ def node_precisions(model_path: Path) -> dict[str, int]:
     compute_ops = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
     for node in graph.node:
         if node.op_type in compute_ops:
-            key = "int8_nodes" if node.input and node.input[0] in dequantized else "float_nodes"
+            # Integer kernels need both the activation and the weight quantized.
+            quantized = len(node.input) > 1 and node.input[0] in dequantized and node.input[1] in dequantized
+            key = "int8_nodes" if quantized else "float_nodes"
             counts[key] += 1
     return counts
 
@@ -94,28 +102,43 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
             to_quantize = Path(scratch) / "prepared.onnx"
             quant_pre_process(str(source), str(to_quantize), skip_symbolic_shape=True)
         _check_excluded(to_quantize, settings.nodes_to_exclude)
+        excluded = list(settings.nodes_to_exclude)
+        overrides: dict[str, Any] = {}
+        guarded = signed_input_nodes(to_quantize) if settings.saturation_guard != "off" and settings.scheme == "u8s8" else []
+        if guarded:
+            log(f"saturation guard ({settings.saturation_guard}) on nodes with possibly negative inputs: {guarded}")
+        if settings.saturation_guard == "fp32":
+            excluded += [n for n in guarded if n not in excluded]
+        elif settings.saturation_guard == "uint8_weights":
+            overrides = {w: [{"quant_type": QuantType.QUInt8}] for w in weight_tensors(to_quantize, guarded).values()}
         activation_type, weight_type = (getattr(QuantType, t) for t in SCHEMES[settings.scheme])
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[settings.calibration_method]
-        extra_options = {"CalibPercentile": settings.percentile} if settings.calibration_method == "percentile" else {}
+        extra_options: dict[str, Any] = {"TensorQuantOverrides": overrides} if overrides else {}
+        if settings.calibration_method == "percentile":
+            extra_options["CalibPercentile"] = settings.percentile
         log(f"quantize_static: {settings.scheme}, reduce_range={settings.reduce_range}, "
             f"per_channel={settings.per_channel}, {settings.calibration_method} calibration on {len(inputs)} samples")
-        quantize_static(
-            str(to_quantize), str(out),
-            _ArrayReader(input_name, inputs, settings.calibration_batch),
-            quant_format=QuantFormat.QDQ,
-            per_channel=settings.per_channel,
-            reduce_range=settings.reduce_range,
-            activation_type=activation_type,
-            weight_type=weight_type,
-            calibrate_method=method,
-            nodes_to_exclude=list(settings.nodes_to_exclude),
-            op_types_to_quantize=list(settings.op_types) or None,
-            extra_options=extra_options,
-        )
+        chatter = io.StringIO()  # quantize_static prints calibration progress; keep it in the stage log
+        with contextlib.redirect_stdout(chatter):
+            quantize_static(
+                str(to_quantize), str(out),
+                _ArrayReader(input_name, inputs, settings.calibration_batch),
+                quant_format=QuantFormat.QDQ,
+                per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
+                activation_type=activation_type,
+                weight_type=weight_type,
+                calibrate_method=method,
+                nodes_to_exclude=excluded,
+                op_types_to_quantize=list(settings.op_types) or None,
+                extra_options=extra_options,
+            )
+        log(chatter.getvalue())
     precisions = node_precisions(out)
     log(f"quantized: {precisions}")
     return {"scheme": settings.scheme, "reduce_range": settings.reduce_range,
+            "saturation_guard": settings.saturation_guard, "guarded_nodes": guarded,
             "calibration_method": settings.calibration_method, "calibration_samples": int(len(inputs)), **precisions}
 
 

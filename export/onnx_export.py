@@ -20,7 +20,7 @@ OUTPUT_NAME = "logits"
 
 @dataclass(frozen=True)
 class ExportSettings:
-    opset: int = 17
+    opset: int = 18  # the dynamo exporter's own; converting down to 17 fails for Pad
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     parity_atol: float = 1e-3
     parity_min_agreement: float = 1.0
@@ -94,8 +94,14 @@ def run(source: Artifact, settings: ExportSettings, ctx: StageContext) -> StageO
     return StageOutput(
         artifact=Artifact(path=out, format="onnx"),
         metrics={"parity": {"samples": int(len(inputs)), "max_abs_diff": max_abs_diff, "top1_agreement": agreement},
-                 "opset": settings.opset},
+                 "opset": _opset(out)},
     )
+
+
+def _opset(path) -> int:
+    import onnx
+
+    return max(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
 
 
 STAGE = StageDef(kind="export", settings_type=ExportSettings, input_format="torch", output_format="onnx", run=run,
