@@ -98,3 +98,21 @@ def test_check_validates_without_running(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "is valid" in proc.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_users_own_model_through_an_entry_point_runs_like_a_zoo_model(tmp_path):
+    (tmp_path / "usernet.py").write_text(
+        "import torch\n\n"
+        "def build(*, width=6, num_classes=10):\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(1, width, 3, padding=1), torch.nn.ReLU(),\n"
+        "                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(width, num_classes))\n\n"
+        "build.input_shape = (1, 8, 8)\n")
+    recipe = write_recipe(tmp_path, epochs=2, budgets="agreement_min = 0.5")
+    recipe.write_text(recipe.read_text().replace('name = "small_cnn_8"\nkwargs = { width = 8 }',
+                                                 'entry = "usernet:build"\nkwargs = { width = 6 }'))
+    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"), env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [s["kind"] for s in report["stages"]] == ["model", "train", "export", "ptq"]
+    assert report["stages"][0]["metrics"]["params"] == 6 * 9 + 6 + 6 * 10 + 10
+    assert report["stages"][-1]["metrics"]["quantization"]["int8_nodes"] == 2
