@@ -84,6 +84,7 @@ def _plots_svg(report: dict[str, Any]) -> str:
                              textcoords="offset points", xytext=(4, 4))
     axes[1].set_title("latency (ms)")
     axes[2].set_title("accuracy (%) vs p50 latency (ms)")
+    axes[2].margins(0.25)
     for ax in axes[:2]:
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
