@@ -68,7 +68,10 @@ def build_source(recipe: Recipe, *, work_dir: Path, input_shape: tuple[int, ...]
     from edgepress.models.checkpoint import load_checkpoint
     from edgepress.models.zoo import build_model
 
+    import torch
+
     spec = recipe.model
+    torch.manual_seed(spec.seed)
     model = build_model(name=spec.name, entry=spec.entry, kwargs=spec.kwargs)
     info: dict[str, Any] = {}
     if spec.checkpoint is not None:

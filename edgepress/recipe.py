@@ -22,6 +22,7 @@ class ModelSpec:
     checkpoint: Path | None = None
     onnx: Path | None = None
     input_shape: tuple[int, ...] | None = None
+    seed: int = 0  # initial weights when there is no checkpoint: runs are reproducible
 
     def __post_init__(self) -> None:
         given = [k for k in ("name", "entry", "onnx") if getattr(self, k) is not None]

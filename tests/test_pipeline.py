@@ -116,3 +116,14 @@ def test_users_own_model_through_an_entry_point_runs_like_a_zoo_model(tmp_path):
     assert [s["kind"] for s in report["stages"]] == ["model", "train", "export", "ptq"]
     assert report["stages"][0]["metrics"]["params"] == 6 * 9 + 6 + 6 * 10 + 10
     assert report["stages"][-1]["metrics"]["quantization"]["int8_nodes"] == 2
+
+
+def test_runs_without_checkpoint_are_reproducible(tmp_path):
+    recipe = write_recipe(tmp_path, epochs=1)
+    reports = []
+    for out in ("a", "b"):
+        assert run_cli("run", str(recipe), "--out", str(tmp_path / out)).returncode == 0
+        reports.append(json.loads((tmp_path / out / "report.json").read_text()))
+    for first, second in zip(*(r["stages"] for r in reports)):
+        assert first["metrics"]["accuracy"] == second["metrics"]["accuracy"], first["name"]
+    assert reports[0]["stages"][1]["sha256"] == reports[1]["stages"][1]["sha256"]  # trained weights identical
