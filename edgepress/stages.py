@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgepress.compress import ptq, train
+from edgepress.compress import prune, ptq, train
 from edgepress.export import onnx_export
 from edgepress.stage import StageDef
 
@@ -10,6 +10,7 @@ REGISTRY: dict[str, StageDef] = {
     stage.kind: stage
     for stage in (
         train.STAGE,
+        prune.STAGE,
         onnx_export.STAGE,
         ptq.STAGE,
     )

@@ -38,6 +38,7 @@ def load(path: Path) -> tuple[torch.nn.Module, tuple[int, ...], dict[str, Any]]:
         raise UserError(f"{path} is not an edgepress torch artifact", fix="rerun the stage that produced it")
     builder = payload["builder"]
     model = build_model(name=builder.get("name"), entry=builder.get("entry"), kwargs=builder.get("kwargs", {}))
+    conform_to(model, payload["state_dict"], path=path)
     model.load_state_dict(payload["state_dict"], strict=True)
     model.eval()
     return model, tuple(payload["input_shape"]), builder
@@ -55,3 +56,37 @@ def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
     macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape))
     model.train(was_training)
     return int(macs)
+
+
+def conform_to(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, path: Path) -> None:
+    """Resize layers to the stored tensors' shapes, so a channel-pruned model rebuilds from its builder.
+
+    Pruning changes only channel counts; re-creating each layer's tensors at the stored shapes
+    (and its size attributes) recovers the pruned architecture without pickling any code.
+    """
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        own = {k[len(prefix):]: v for k, v in state_dict.items()
+               if k.startswith(prefix) and "." not in k[len(prefix):]}
+        current = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+        changed = {k for k, v in own.items() if k in current and current[k] is not None and current[k].shape != v.shape}
+        if not changed:
+            continue
+        if isinstance(module, torch.nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            out_channels, in_per_group = own["weight"].shape[:2]
+            module.groups = out_channels if depthwise else module.groups
+            module.out_channels, module.in_channels = out_channels, in_per_group * module.groups
+        elif isinstance(module, torch.nn.Linear):
+            module.out_features, module.in_features = own["weight"].shape
+        elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.num_features = own["running_mean"].shape[0]
+        else:
+            raise UserError(f"{path} resizes {type(module).__name__} {name!r}, which edgepress cannot rebuild",
+                            fix="prune only Conv2d, Linear and BatchNorm layers (list others in ignored_layers)")
+        for key in changed:
+            fresh = torch.empty(own[key].shape, dtype=own[key].dtype)
+            if key in dict(module.named_parameters(recurse=False)):
+                setattr(module, key, torch.nn.Parameter(fresh))
+            else:
+                module.register_buffer(key, fresh)

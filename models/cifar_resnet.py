@@ -58,6 +58,11 @@ class CifarResNet(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight)
 
+    def unprunable_layers(self) -> list[nn.Module]:
+        """The residual stream: option-A shortcuts zero-pad channels at fixed positions, so the
+        stem and every block's output conv must keep their channels; block-inner ones may go."""
+        return [self.conv1] + [block.conv2 for stage in (self.layer1, self.layer2, self.layer3) for block in stage]
+
     def _make_layer(self, planes: int, blocks: int, *, stride: int) -> nn.Sequential:
         layers = []
         for block_stride in [stride] + [1] * (blocks - 1):

@@ -1,0 +1,105 @@
+"""Structural pruning removes channels for real, keeps coupled layers consistent, and reloads safely."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgepress import torch_artifact
+from edgepress.compress.prune import PruneSettings, prune_copy
+from edgepress.errors import UserError
+from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.models.zoo import build_model
+from edgepress.onnx_stats import count_params_and_macs
+
+
+def built(name: str, **kwargs):
+    torch.manual_seed(0)
+    model = build_model(name=name, entry=None, kwargs=kwargs).eval()
+    # Random BN statistics so that pruned channels matter and outputs are not trivially equal.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.1, 1.0)
+    return model
+
+
+@pytest.mark.parametrize(("name", "shape"), [("small_cnn_8", (1, 8, 8)), ("mobilenetv2_cifar", (3, 32, 32)),
+                                             ("cifar_resnet20", (3, 32, 32))])
+def test_pruned_model_is_smaller_reloads_and_exports_smaller(tmp_path, name, shape):
+    model = built(name)
+    example = torch.zeros(1, *shape)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = prune_copy(model, example=example, ratio=0.5, settings=PruneSettings(channel_ratio=0.5))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the input model changed"
+    assert torch_artifact.count_params(pruned) < 0.7 * torch_artifact.count_params(model)
+    assert torch_artifact.count_macs(pruned, shape) < 0.7 * torch_artifact.count_macs(model, shape)
+
+    path = tmp_path / "model.pt"
+    torch_artifact.save(path, model=pruned, builder={"name": name, "kwargs": {}}, input_shape=shape)
+    reloaded, reloaded_shape, _ = torch_artifact.load(path)
+    x = torch.randn(4, *shape)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), reloaded(x), atol=1e-5)
+    assert reloaded_shape == shape
+
+    full, small = tmp_path / "full.onnx", tmp_path / "small.onnx"
+    for module, out in ((model, full), (reloaded, small)):
+        export_onnx(model=module, input_shape=shape, path=out, settings=ExportSettings(), log=lambda _: None)
+    (full_params, full_macs), (small_params, small_macs) = count_params_and_macs(full), count_params_and_macs(small)
+    assert small_params < 0.7 * full_params and small_macs < 0.7 * full_macs
+    assert small.stat().st_size < 0.8 * full.stat().st_size
+
+
+def test_resnet_keeps_its_residual_stream_and_classifier():
+    model = built("cifar_resnet20")
+    pruned = prune_copy(model, example=torch.zeros(1, 3, 32, 32), ratio=0.5, settings=PruneSettings(channel_ratio=0.5))
+    for stage, planes in ((pruned.layer1, 16), (pruned.layer2, 32), (pruned.layer3, 64)):
+        for block in stage:
+            assert block.conv2.out_channels == planes  # the zero-padded shortcut fixes these
+            assert block.conv1.out_channels == planes // 2  # the block-inner channels are cut
+    assert pruned.linear.out_features == 10 and pruned.linear.in_features == 64
+
+
+def test_round_to_and_global_ranking():
+    model = built("mobilenetv2_cifar")
+    pruned = prune_copy(model, example=torch.zeros(1, 3, 32, 32), ratio=0.4,
+                        settings=PruneSettings(channel_ratio=0.4, round_to=8, global_ranking=True))
+    convs = [m for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert any(c.out_channels != o.out_channels for c, o in
+               zip(convs, [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]))
+    prunable = [c for c in convs if c.groups == 1 and c is not convs[-1]]
+    assert all(c.out_channels % 8 == 0 for c in prunable)
+
+
+def test_taylor_importance_uses_data():
+    model = built("small_cnn_8")
+    data = (torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,)))
+    pruned = prune_copy(model, example=torch.zeros(1, 1, 8, 8), ratio=0.5,
+                        settings=PruneSettings(channel_ratio=0.5, importance="taylor"), calibration=data)
+    assert torch_artifact.count_params(pruned) < torch_artifact.count_params(model)
+    with pytest.raises(UserError, match="taylor importance needs data"):
+        prune_copy(model, example=torch.zeros(1, 1, 8, 8), ratio=0.5,
+                   settings=PruneSettings(channel_ratio=0.5, importance="taylor"))
+
+
+def test_ignored_layer_that_matches_nothing_names_the_closest():
+    model = built("cifar_resnet20")
+    with pytest.raises(UserError, match="layer1.0.conv9.*did you mean 'layer1.0.conv[12]'"):
+        prune_copy(model, example=torch.zeros(1, 3, 32, 32), ratio=0.5,
+                   settings=PruneSettings(channel_ratio=0.5, ignored_layers=("layer1.0.conv9",)))
+
+
+def test_ignored_layer_keeps_its_channels():
+    model = built("cifar_resnet20")
+    pruned = prune_copy(model, example=torch.zeros(1, 3, 32, 32), ratio=0.5,
+                        settings=PruneSettings(channel_ratio=0.5, ignored_layers=("layer2.1.conv1",)))
+    assert pruned.layer2[1].conv1.out_channels == 32
+    assert pruned.layer2[2].conv1.out_channels == 16
+
+
+@pytest.mark.parametrize("bad", [{"channel_ratio": 1.0}, {"channel_ratio": 0.0}, {"macs_target": 1.5},
+                                 {}, {"channel_ratio": 0.5, "macs_target": 0.5}])
+def test_ratio_outside_open_unit_interval_is_rejected(bad):
+    with pytest.raises(ValueError):
+        PruneSettings(**bad)
