@@ -105,6 +105,7 @@ class Pipeline:
         self.recipe = recipe
         self.out_dir = Path(out_dir).resolve()
         self.records: list[dict[str, Any]] = []
+        self.artifacts: dict[str, Artifact] = {}
         self.reference_top1: list[np.ndarray] | None = None
         self.reference_metrics: dict[str, Any] | None = None
 
@@ -128,7 +129,10 @@ class Pipeline:
             with atomic.atomic_dir(folder) as work:
                 log = _StageLog(work / "stage.log")
                 try:
-                    ctx = StageContext(recipe=recipe, data=data, work_dir=work, log=log)
+                    resume_dir = self.out_dir / f".resume-{folder.name}"
+                    ctx = StageContext(recipe=recipe, data=data, work_dir=work, log=log, resume_dir=resume_dir,
+                                       source_sha256=sha256(current.path) if current else "",
+                                       artifacts=dict(self.artifacts))
                     started = time.monotonic()
                     if spec is None:
                         output = build_source(recipe, work_dir=work, input_shape=data.input_shape, log=log)
@@ -141,6 +145,8 @@ class Pipeline:
                 finally:
                     log.close()
             current = Artifact(path=folder / output.artifact.path.name, format=output.artifact.format)
+            self.artifacts[name] = current
+            shutil.rmtree(resume_dir, ignore_errors=True)  # the stage is complete: its checkpoints are spent
             self.records.append(record)
             say(f"    {_one_line_metrics(record['metrics'])}")
         return self._finish()

@@ -24,8 +24,11 @@ class Artifact:
 class StageContext:
     recipe: Recipe
     data: DataProvider
-    work_dir: Path
+    work_dir: Path  # becomes the stage folder once the stage succeeds
     log: Callable[[str], None]
+    resume_dir: Path | None = None  # survives a killed stage: per-epoch checkpoints live here
+    source_sha256: str = ""
+    artifacts: dict[str, Artifact] = field(default_factory=dict)  # finished stages, by name
 
     def output_path(self, fmt: ArtifactFormat) -> Path:
         return self.work_dir / ARTIFACT_FILE[fmt]

@@ -1,0 +1,102 @@
+"""Distillation after pruning, and a training stage killed mid-run that resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from edgepress.compress.distill import DistillSettings, distillation_loss
+from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, write_recipe
+
+
+def test_distillation_loss_matches_its_formula():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 10), torch.randn(8, 10)
+    labels = torch.randint(0, 10, (8,))
+    temperature, alpha = 3.0, 0.7
+    p_teacher = torch.softmax(teacher / temperature, 1)
+    kl = (p_teacher * (p_teacher.log() - torch.log_softmax(student / temperature, 1))).sum(1).mean()
+    expected = alpha * temperature ** 2 * kl + (1 - alpha) * torch.nn.functional.cross_entropy(student, labels)
+    got = distillation_loss(student, teacher, labels, alpha=alpha, temperature=temperature)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert float(distillation_loss(teacher, teacher, labels, alpha=1.0, temperature=temperature)) == pytest.approx(0, abs=1e-6)
+
+
+def test_distill_settings_are_validated():
+    with pytest.raises(ValueError, match="alpha"):
+        DistillSettings(alpha=1.5)
+    with pytest.raises(ValueError, match="validation_split"):
+        DistillSettings(early_stopping_patience=2)
+
+
+PRUNE_DISTILL = TINY_RECIPE.replace('''[[stages]]
+kind = "export"''', '''[[stages]]
+kind = "prune"
+channel_ratio = 0.5
+
+[[stages]]
+kind = "distill"
+teacher = "train"
+epochs = 3
+augment = "crop_flip"
+crop_padding = 1
+validation_split = 0.1
+early_stopping_patience = 2
+
+[[stages]]
+kind = "export"''')
+
+
+def test_prune_then_distill_runs_and_shrinks_the_exported_graph(tmp_path):
+    recipe = write_recipe(tmp_path, text=PRUNE_DISTILL.format(epochs=4, budgets=""))
+    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
+    assert stages["prune"]["params"] < 0.6 * stages["train"]["params"]
+    assert stages["distill"]["distill"]["teacher"] == "train"
+    assert "val_accuracy" in stages["distill"]["distill"]["history"][-1]
+    assert stages["distill"]["accuracy"] > stages["prune"]["accuracy"] - 0.02
+    assert stages["export"]["params"] < 0.6 * stages["train"]["params"]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # checkpoints cleaned up
+
+
+def test_teacher_that_is_not_a_finished_stage(tmp_path):
+    recipe = write_recipe(tmp_path, text=PRUNE_DISTILL.format(epochs=1, budgets="").replace('teacher = "train"',
+                                                                                             'teacher = "export"'))
+    assert_one_line_error(run_cli("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'export'")
+
+
+def test_training_killed_mid_run_resumes_to_identical_weights(tmp_path):
+    text = TINY_RECIPE.format(epochs=12, budgets="").replace("limit = 400", "limit = 1400")
+    text = text.replace('[[stages]]\nkind = "export"\n\n[[stages]]\nkind = "ptq"\n', "")
+    recipe = write_recipe(tmp_path, text=text)
+    clean = run_cli("run", str(recipe), "--out", str(tmp_path / "clean"))
+    assert clean.returncode == 0, clean.stderr
+
+    out = tmp_path / "killed"
+    victim = subprocess.Popen([sys.executable, "-m", "edgepress", "run", str(recipe), "--out", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = out / ".resume-01-train" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.02)
+    assert victim.poll() is None, "training finished before it could be killed: raise epochs"
+    time.sleep(0.3)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (out / "01-train").exists() and checkpoint.exists()
+
+    resumed = run_cli("run", str(recipe), "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    log = (out / "01-train" / "stage.log").read_text()
+    assert "resuming train after epoch" in log
+    first = json.loads((tmp_path / "clean" / "report.json").read_text())["stages"][1]
+    second = json.loads((out / "report.json").read_text())["stages"][1]
+    assert second["sha256"] == first["sha256"]  # bit-identical weights to the uninterrupted run
+    assert second["metrics"]["train"]["history"] == first["metrics"]["train"]["history"]
