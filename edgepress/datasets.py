@@ -49,7 +49,12 @@ class DataProvider:
         if self.spec.training is None:
             raise UserError("this recipe has a stage that needs training data but [data.training] is missing",
                             fix='add [data.training] with dataset = "..." or path = "..."')
-        return self._load(self.spec.training, "training")
+        specs = self.spec.training if isinstance(self.spec.training, tuple) else (self.spec.training,)
+        parts = [self._load(spec, "training") for spec in specs]
+        if len(parts) == 1:
+            return parts[0]
+        return LabeledSet(name=" + ".join(p.name for p in parts), inputs=np.concatenate([p.inputs for p in parts]),
+                          labels=np.concatenate([p.labels for p in parts]))
 
     def load_all(self, *, calibration: bool, training: bool) -> None:
         """Load up front what the stages will need, so bad data fails before any work."""

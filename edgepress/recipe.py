@@ -85,7 +85,7 @@ class PreprocessSpec:
 class DataSpec:
     evaluation: tuple[DatasetSpec, ...]
     calibration: DatasetSpec | None = None
-    training: DatasetSpec | None = None
+    training: DatasetSpec | tuple[DatasetSpec, ...] | None = None  # several sets are concatenated
     preprocess: PreprocessSpec = PreprocessSpec()
     metric: Literal["top1"] = "top1"
     batch_size: int = 256

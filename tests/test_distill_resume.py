@@ -100,3 +100,20 @@ def test_training_killed_mid_run_resumes_to_identical_weights(tmp_path):
     second = json.loads((out / "report.json").read_text())["stages"][1]
     assert second["sha256"] == first["sha256"]  # bit-identical weights to the uninterrupted run
     assert second["metrics"]["train"]["history"] == first["metrics"]["train"]["history"]
+
+
+def test_bf16_without_native_support_falls_back_to_fp32(tmp_path):
+    from edgepress.compress.loop import LoopSettings, fit
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    messages = []
+
+    def loss_fn(net, batch, target):
+        logits = net(batch)
+        return torch.nn.functional.cross_entropy(logits, target), logits
+
+    fit(model, inputs=torch.randn(16, 1, 2, 2), labels=torch.randint(0, 3, (16,)),
+        settings=LoopSettings(epochs=1, precision="bf16", device="cpu"), loss_fn=loss_fn, resume_dir=None, key="k",
+        log=messages.append)
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert any("no native bf16" in m for m in messages) == (not native)
