@@ -95,6 +95,29 @@ def prune_copy(model, *, example, ratio: float, settings: PruneSettings, calibra
     return pruned
 
 
+def prune_to_macs(model, *, input_shape: tuple[int, ...], settings: PruneSettings, calibration=None):
+    """(pruned copy, ratio): the smallest ratio whose MACs are at most settings.macs_target of the model's."""
+    import torch
+
+    from edgepress import torch_artifact
+
+    example = torch.zeros(1, *input_shape)
+    limit = settings.macs_target * torch_artifact.count_macs(model, input_shape)
+    # MACs fall monotonically with the ratio, so bisect.
+    low, high, best = 0.0, 0.95, None
+    for _ in range(12):
+        middle = (low + high) / 2
+        candidate = prune_copy(model, example=example, ratio=middle, settings=settings, calibration=calibration)
+        if torch_artifact.count_macs(candidate, input_shape) <= limit:
+            high, best = middle, (candidate, middle)
+        else:
+            low = middle
+    if best is None:
+        raise UserError(f"macs_target {settings.macs_target} cannot be reached with the prunable layers",
+                        fix="raise macs_target, or take layers out of ignored_layers")
+    return best
+
+
 def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOutput:
     import torch
 
@@ -110,26 +133,11 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
     macs_before = torch_artifact.count_macs(model, input_shape)
     params_before = torch_artifact.count_params(model)
 
-    def pruned_at(ratio: float):
-        return prune_copy(model, example=example, ratio=ratio, settings=settings, calibration=calibration)
-
     if settings.channel_ratio is not None:
-        ratio, pruned = settings.channel_ratio, pruned_at(settings.channel_ratio)
+        ratio = settings.channel_ratio
+        pruned = prune_copy(model, example=example, ratio=ratio, settings=settings, calibration=calibration)
     else:
-        # MACs fall monotonically with the ratio: bisect for the smallest ratio that meets the target.
-        low, high, pruned, ratio = 0.0, 0.95, None, 0.95
-        for _ in range(12):
-            middle = (low + high) / 2
-            candidate = pruned_at(middle)
-            if torch_artifact.count_macs(candidate, input_shape) <= settings.macs_target * macs_before:
-                high, pruned, ratio = middle, candidate, middle
-            else:
-                low = middle
-        if pruned is None:
-            pruned = pruned_at(high)
-            if torch_artifact.count_macs(pruned, input_shape) > settings.macs_target * macs_before:
-                raise UserError(f"macs_target {settings.macs_target} cannot be reached with the prunable layers",
-                                fix="raise macs_target, or take layers out of ignored_layers")
+        pruned, ratio = prune_to_macs(model, input_shape=input_shape, settings=settings, calibration=calibration)
     macs_after = torch_artifact.count_macs(pruned, input_shape)
     params_after = torch_artifact.count_params(pruned)
     ctx.log(f"ratio {ratio:.4f}: MACs {macs_before} -> {macs_after}, params {params_before} -> {params_after}")

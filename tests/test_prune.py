@@ -103,3 +103,18 @@ def test_ignored_layer_keeps_its_channels():
 def test_ratio_outside_open_unit_interval_is_rejected(bad):
     with pytest.raises(ValueError):
         PruneSettings(**bad)
+
+
+def test_macs_target_is_met_with_the_smallest_ratio():
+    from edgepress.compress.prune import prune_to_macs
+
+    model = built("cifar_resnet20")
+    macs = torch_artifact.count_macs(model, (3, 32, 32))
+    pruned, ratio = prune_to_macs(model, input_shape=(3, 32, 32), settings=PruneSettings(macs_target=0.6))
+    assert torch_artifact.count_macs(pruned, (3, 32, 32)) <= 0.6 * macs
+    assert 0.2 < ratio < 0.6
+    lighter = prune_copy(model, example=torch.zeros(1, 3, 32, 32), ratio=ratio - 0.1,
+                         settings=PruneSettings(channel_ratio=ratio - 0.1))
+    assert torch_artifact.count_macs(lighter, (3, 32, 32)) > 0.6 * macs  # a clearly smaller ratio misses it
+    with pytest.raises(UserError, match="cannot be reached"):
+        prune_to_macs(model, input_shape=(3, 32, 32), settings=PruneSettings(macs_target=0.05))

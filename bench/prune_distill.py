@@ -1,0 +1,157 @@
+"""Prune the real ResNet-56 to at most 50 % of its MACs, recover with and without a teacher.
+
+Trains on train_raw_5085 + train_jpeg_10000 (CPU, the shipped fine-tuning loop), then measures
+every model under ONNX Runtime in one run: accuracy on test_raw_1017 and test_jpeg_10000,
+agreement with the unpruned model, parameters, MACs, ONNX size, and batch-1 latency at 1 thread
+in interleaved rounds. Prints a table and the issue's goals as MET / NOT MET; --json PATH too.
+
+    python bench/prune_distill.py [--epochs 12] [--train-limit N] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgepress.compress.distill import distillation_loss
+from edgepress.compress.loop import LoopSettings, fit
+from edgepress.compress.prune import PruneSettings, prune_to_macs
+from edgepress.datapath import data_root
+from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.models.checkpoint import load_checkpoint
+from edgepress.models.data import load_dataset, preprocess
+from edgepress.models.zoo import build_model
+from edgepress.onnx_stats import count_params_and_macs
+from edgepress.recipe import DatasetSpec, PreprocessSpec
+from edgepress.runtime.session import open_session, predict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from int8_vs_plain_ort import interleaved_latency  # noqa: E402  (one latency method for every benchmark)
+
+NORMALISE = PreprocessSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+TESTS = ("test_raw_1017", "test_jpeg_10000")
+
+
+def load(stem: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    raw = load_dataset(DatasetSpec(dataset=f"cifar10:{stem}", limit=limit))
+    return preprocess(images=raw.images, spec=NORMALISE), raw.labels.astype(np.int64)
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=0.02)
+    parser.add_argument("--macs-target", type=float, default=0.5)
+    parser.add_argument("--importance", default="l1", choices=["l1", "l2", "bn_scale"])
+    parser.add_argument("--train-limit", type=int, help="use only the first N training images (smoke runs)")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--runs-per-round", type=int, default=25)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if not (data_root() / "weights").is_dir():
+        print(f"bench: error: shared data not found at {data_root()}; fix: set EDGEPRESS_DATA", file=sys.stderr)
+        return 2
+    started = time.time()
+    torch.set_num_threads(2)
+    parts = [load("train_raw_5085"), load("train_jpeg_10000")]
+    train_x, train_y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    if args.train_limit:
+        train_x, train_y = train_x[:args.train_limit], train_y[:args.train_limit]
+    tests = {stem: load(stem) for stem in TESTS}
+
+    teacher = build_model(name="cifar_resnet56", entry=None, kwargs={})
+    load_checkpoint(path=data_root() / "weights" / "resnet56-4bfd9763.th", model=teacher)
+    teacher.eval()
+    pruned, ratio = prune_to_macs(teacher, input_shape=(3, 32, 32),
+                                  settings=PruneSettings(macs_target=args.macs_target, importance=args.importance))
+    say(f"pruned with channel ratio {ratio:.3f}")
+    loop = LoopSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                        warmup_epochs=1 if args.epochs > 1 else 0, augment="crop_flip", weight_decay=5e-4)
+    inputs, labels = torch.from_numpy(train_x), torch.from_numpy(train_y)
+
+    def kd_loss(net, batch, target):
+        with torch.no_grad():
+            teacher_logits = teacher(batch)
+        logits = net(batch)
+        return distillation_loss(logits, teacher_logits, target, alpha=0.9, temperature=4.0), logits
+
+    def ce_loss(net, batch, target):
+        logits = net(batch)
+        return torch.nn.functional.cross_entropy(logits, target), logits
+
+    models = {"unpruned": teacher, "pruned, no fine-tuning": pruned}
+    train_seconds = {}
+    for name, loss in (("pruned + distillation", kd_loss), ("pruned + cross-entropy", ce_loss)):
+        student = copy.deepcopy(pruned)
+        say(f"{name}: {args.epochs} epochs on {len(inputs)} images")
+        began = time.time()
+        fit(student, inputs=inputs, labels=labels, settings=loop, loss_fn=loss, resume_dir=None, key=name,
+            log=lambda m: None, label=name)
+        train_seconds[name] = time.time() - began
+        models[name] = student
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgepress-bench-") as scratch:
+        paths = {}
+        for index, (name, model) in enumerate(models.items()):
+            paths[name] = Path(scratch) / f"{index}.onnx"
+            export_onnx(model=model.eval(), input_shape=(3, 32, 32), path=paths[name], settings=ExportSettings(),
+                        log=lambda m: None)
+        say("accuracy under ONNX Runtime")
+        top1 = {name: {s: predict(open_session(p, threads=2), x, batch_size=256).argmax(1) for s, (x, _) in tests.items()}
+                for name, p in paths.items()}
+        say(f"latency: {args.rounds} interleaved rounds x {args.runs_per_round} runs, 1 thread")
+        times = interleaved_latency(paths, tests["test_raw_1017"][0][:1], threads=1, rounds=args.rounds,
+                                    runs_per_round=args.runs_per_round, warmup_runs=50)
+        base_p50 = float(np.median(times["unpruned"]))
+        for name, path in paths.items():
+            params, macs = count_params_and_macs(path)
+            rows.append({"model": name, "params": params, "macs": macs, "size_bytes": path.stat().st_size,
+                         "accuracy": {s: float(np.mean(top1[name][s] == y)) for s, (_, y) in tests.items()},
+                         "agreement": {s: float(np.mean(top1[name][s] == top1["unpruned"][s])) for s in tests},
+                         "p50_ms": float(np.median(times[name])), "p90_ms": float(np.percentile(times[name], 90)),
+                         "p50_vs_unpruned": float(np.median(times[name])) / base_p50,
+                         "train_seconds": train_seconds.get(name)})
+
+    header = "| model | params | MACs | size KiB | acc raw1017 | acc jpeg10k | agree jpeg10k | p50 ms | p90 ms | p50 vs unpruned | train s |"
+    print(header + "\n|" + "---|" * 11)
+    for r in rows:
+        print(f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e6:.1f} M | {r['size_bytes'] / 1024:.0f} | "
+              f"{100 * r['accuracy']['test_raw_1017']:.2f}% | {100 * r['accuracy']['test_jpeg_10000']:.2f}% | "
+              f"{100 * r['agreement']['test_jpeg_10000']:.2f}% | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+              f"{r['p50_vs_unpruned']:.2f}x | {r['train_seconds'] or 0:.0f} |")
+    by_name = {r["model"]: r for r in rows}
+    kd, ce, base = by_name["pruned + distillation"], by_name["pruned + cross-entropy"], by_name["unpruned"]
+    goals = {
+        "MACs at most 50 % of unpruned": kd["macs"] <= 0.5 * base["macs"],
+        "p50 at most 0.6x unpruned": kd["p50_vs_unpruned"] <= 0.6,
+        "test_raw_1017 within 1.5 points of unpruned": base["accuracy"]["test_raw_1017"] - kd["accuracy"]["test_raw_1017"] <= 0.015,
+        "distillation beats plain fine-tuning (test_jpeg_10000)": kd["accuracy"]["test_jpeg_10000"] > ce["accuracy"]["test_jpeg_10000"],
+        "distillation within 30 minutes": train_seconds["pruned + distillation"] <= 1800,
+    }
+    print()
+    for goal, met in goals.items():
+        print(f"- {goal}: {'MET' if met else 'NOT MET'}")
+    print(f"\nchannel ratio {ratio:.3f}; {args.epochs} epochs, batch {args.batch_size}, lr {args.learning_rate}, "
+          f"{len(inputs)} training images; total {time.time() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "goals": goals, "ratio": ratio, "args": vars(args)}, indent=2,
+                                        default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
