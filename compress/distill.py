@@ -1,6 +1,7 @@
 """`distill`: fine-tune the student with a teacher's soft targets (Hinton et al.).
 
 loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, labels)
+       [+ hint_weight * sum over hint pairs of MSE(adapter(student feature), teacher feature)]
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ class DistillSettings(LoopSettings):
     alpha: float = 0.9
     temperature: float = 4.0
     teacher: str = "reference"  # a stage name whose model teaches; "reference" = the recipe's reference_stage
+    hint_layers: tuple[str, ...] = ()  # student module names whose outputs follow the teacher's (feature loss)
+    hint_teacher_layers: tuple[str, ...] = ()  # the teacher's module for each; empty = the same names
+    hint_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -24,6 +28,11 @@ class DistillSettings(LoopSettings):
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
+        if self.hint_teacher_layers and len(self.hint_teacher_layers) != len(self.hint_layers):
+            raise ValueError(f"hint_teacher_layers must name one teacher layer per hint_layers entry "
+                             f"({len(self.hint_layers)}), got {len(self.hint_teacher_layers)}")
+        if self.hint_weight < 0:
+            raise ValueError(f"hint_weight must be >= 0, got {self.hint_weight}")
 
 
 def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, temperature: float,
@@ -40,6 +49,7 @@ def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> Stage
     import torch
 
     from edgepress import torch_artifact
+    from edgepress.compress.hints import FeatureHints
 
     teacher_stage = ctx.recipe.reference_stage if settings.teacher == "reference" else settings.teacher
     teacher_artifact = ctx.artifacts.get(teacher_stage)
@@ -55,24 +65,44 @@ def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> Stage
     if shapes[0] != shapes[1]:
         raise UserError(f"teacher {teacher_stage!r} outputs {list(shapes[0])[1:]} per sample but the student "
                         f"outputs {list(shapes[1])[1:]}", fix="choose a teacher trained on the same classes")
+    hints = None
+    if settings.hint_layers:
+        hints = FeatureHints(student=student, teacher=teacher, student_layers=settings.hint_layers,
+                             teacher_layers=settings.hint_teacher_layers or settings.hint_layers, probe=probe,
+                             teacher_role=f"(stage {teacher_stage!r})", seed=settings.seed)
+        for pair in hints.pairs:
+            ctx.log(f"hint: student {pair.student_layer} {list(pair.student_shape)} -> teacher {pair.teacher_layer} "
+                    f"{list(pair.teacher_shape)}, adapter {pair.adapter}")
     train_set = ctx.data.training
     ctx.log(f"teacher: stage {teacher_stage!r} ({teacher_artifact.path})")
 
     def loss_fn(net, batch, target):
+        if hints is not None:
+            hints.reset()
         with torch.no_grad():
             teacher_logits = teacher.to(batch.device)(batch)
         logits = net(batch)
-        return distillation_loss(logits.float(), teacher_logits.float(), target, alpha=settings.alpha,
-                                 temperature=settings.temperature, label_smoothing=settings.label_smoothing), logits
+        loss = distillation_loss(logits.float(), teacher_logits.float(), target, alpha=settings.alpha,
+                                 temperature=settings.temperature, label_smoothing=settings.label_smoothing)
+        if hints is not None:
+            loss = loss + settings.hint_weight * hints.loss()
+        return loss, logits
 
-    history = fit(student, inputs=torch.from_numpy(train_set.inputs), labels=torch.from_numpy(train_set.labels),
-                  settings=settings, loss_fn=loss_fn, resume_dir=ctx.resume_dir,
-                  key=resume_key(source_sha256=ctx.source_sha256, settings=settings), log=ctx.log, label="distill")
+    try:
+        history = fit(student, inputs=torch.from_numpy(train_set.inputs), labels=torch.from_numpy(train_set.labels),
+                      settings=settings, loss_fn=loss_fn, resume_dir=ctx.resume_dir,
+                      key=resume_key(source_sha256=ctx.source_sha256, settings=settings), log=ctx.log, label="distill",
+                      extra_modules=hints.adapters if hints is not None else None)
+    finally:
+        if hints is not None:
+            hints.close()  # the adapters end here: the artifact is the student alone
     out = ctx.output_path("torch")
     torch_artifact.save(out, model=student, builder=builder, input_shape=input_shape)
-    return StageOutput(artifact=Artifact(path=out, format="torch"),
-                       metrics={"distill": {"teacher": teacher_stage, "samples": int(len(train_set.inputs)),
-                                            "epochs_run": len(history), "history": history}})
+    metrics = {"teacher": teacher_stage, "samples": int(len(train_set.inputs)), "epochs_run": len(history),
+               "history": history}
+    if hints is not None:
+        metrics["hints"] = {"weight": settings.hint_weight, "pairs": [pair.as_metrics() for pair in hints.pairs]}
+    return StageOutput(artifact=Artifact(path=out, format="torch"), metrics={"distill": metrics})
 
 
 STAGE = StageDef(kind="distill", settings_type=DistillSettings, input_format="torch", output_format="torch", run=run,

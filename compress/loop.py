@@ -8,9 +8,12 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from edgepress.progress import Progress
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,13 @@ def _augment(batch, *, padding: int, generator):
 
 
 def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resume_dir: Path | None,
-        key: str, log: Callable[[str], None], label: str = "train") -> list[dict[str, float]]:
-    """Train `model` in place; returns per-epoch history. Resumes from `resume_dir` when its key matches."""
+        key: str, log: Callable[[str], None], label: str = "train",
+        extra_modules: torch.nn.Module | None = None) -> list[dict[str, float]]:
+    """Train `model` in place; returns per-epoch history. Resumes from `resume_dir` when its key matches.
+
+    `extra_modules` trains alongside `model` without being part of it, e.g. the
+    distillation hint adapters: its parameters join the optimizer and its state the resume checkpoint.
+    """
     import torch
 
     from edgepress.atomic import atomic_path
@@ -125,15 +133,18 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
     torch.manual_seed(settings.seed)
     device = _device(settings.device)
     model.to(device)
+    if extra_modules is not None:
+        extra_modules.to(device).train()
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(settings.seed))
     n_val = int(len(inputs) * settings.validation_split)
     train_idx, val_idx = order[n_val:], order[:n_val]
     steps_per_epoch = math.ceil(len(train_idx) / settings.batch_size)
+    parameters = list(model.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
     if settings.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum,
+        optimizer = torch.optim.SGD(parameters, lr=settings.learning_rate, momentum=settings.momentum,
                                     weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(settings, steps_per_epoch))
     history: list[dict[str, float]] = []
     start_epoch, best_val, best_state, stale = 0, -1.0, None, 0
@@ -143,6 +154,8 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if saved.get("key") == key:
             model.load_state_dict(saved["model"])
+            if extra_modules is not None:
+                extra_modules.load_state_dict(saved["extra"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             start_epoch, best_val, best_state, stale = saved["epoch"], saved["best_val"], saved["best_state"], saved["stale"]
@@ -194,6 +207,8 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
             state = {"key": key, "epoch": epoch + 1, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_val": best_val,
                      "best_state": best_state, "stale": stale, "history": history, "rng": torch.get_rng_state()}
+            if extra_modules is not None:
+                state["extra"] = {k: v.detach().cpu() for k, v in extra_modules.state_dict().items()}
             with atomic_path(checkpoint) as tmp:
                 torch.save(state, tmp)
         if stop:
