@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgepress.compress import distill, prune, ptq, train
+from edgepress.compress import depth, distill, prune, ptq, sparsify, train
 from edgepress.export import onnx_export
 from edgepress.stage import StageDef
 
@@ -11,6 +11,8 @@ REGISTRY: dict[str, StageDef] = {
     for stage in (
         train.STAGE,
         prune.STAGE,
+        depth.STAGE,
+        sparsify.STAGE,
         distill.STAGE,
         onnx_export.STAGE,
         ptq.STAGE,

@@ -38,10 +38,22 @@ def load(path: Path) -> tuple[torch.nn.Module, tuple[int, ...], dict[str, Any]]:
         raise UserError(f"{path} is not an edgepress torch artifact", fix="rerun the stage that produced it")
     builder = payload["builder"]
     model = build_model(name=builder.get("name"), entry=builder.get("entry"), kwargs=builder.get("kwargs", {}))
+    replace_with_identity(model, builder.get("removed_blocks", []), path=path)
     conform_to(model, payload["state_dict"], path=path)
     model.load_state_dict(payload["state_dict"], strict=True)
     model.eval()
     return model, tuple(payload["input_shape"]), builder
+
+
+def replace_with_identity(model: torch.nn.Module, names: list[str], *, path: Path | None = None) -> None:
+    """Depth pruning's record: the named blocks become nn.Identity (their state_dict keys vanish)."""
+    modules = dict(model.named_modules())
+    for name in names:
+        if not isinstance(name, str) or not name or name not in modules:
+            raise UserError(f"{path or 'the model'} removes block {name!r}, which the model does not have",
+                            fix="rerun the stage that produced it")
+        parent, _, child = name.rpartition(".")
+        setattr(modules[parent], child, torch.nn.Identity())
 
 
 def count_params(model: torch.nn.Module) -> int:

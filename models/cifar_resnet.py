@@ -61,7 +61,15 @@ class CifarResNet(nn.Module):
     def unprunable_layers(self) -> list[nn.Module]:
         """The residual stream: option-A shortcuts zero-pad channels at fixed positions, so the
         stem and every block's output conv must keep their channels; block-inner ones may go."""
-        return [self.conv1] + [block.conv2 for stage in (self.layer1, self.layer2, self.layer3) for block in stage]
+        return [self.conv1] + [block.conv2 for stage in (self.layer1, self.layer2, self.layer3) for block in stage
+                              if isinstance(block, BasicBlock)]
+
+    def removable_blocks(self) -> list[str]:
+        """Blocks whose removal leaves identity: their shortcut is the identity and their input is
+        already post-ReLU, so relu(x + 0) == x. Downsampling blocks change the shape and must stay."""
+        return [f"{stage}.{index}" for stage in ("layer1", "layer2", "layer3")
+                for index, block in enumerate(getattr(self, stage))
+                if isinstance(block, BasicBlock) and isinstance(block.shortcut, nn.Identity)]
 
     def _make_layer(self, planes: int, blocks: int, *, stride: int) -> nn.Sequential:
         layers = []

@@ -103,6 +103,11 @@ class MobileNetV2(nn.Module):
                 nn.init.normal_(module.weight, 0, 0.01)
                 nn.init.zeros_(module.bias)
 
+    def removable_blocks(self) -> list[str]:
+        """Inverted residuals with a skip connection: without their branch they are the identity."""
+        return [f"features.{index}" for index, block in enumerate(self.features)
+                if isinstance(block, InvertedResidual) and block.use_residual]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
