@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,75 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(_row(s)) + " |" for s in report["stages"]]
     lines += ["", "## Every evaluation set", "", "| stage | set | samples | accuracy | agreement |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in _per_set_rows(report)]
+    for stage, sensitivity in _sensitivities(report):
+        lines += ["", f"## Pruning sensitivity: stage `{stage}`", "",
+                  f"Accuracy on the sensitivity subset with one layer pruned at a time "
+                  f"(unpruned: {100 * sensitivity['baseline_accuracy']:.2f}%).", ""]
+        header, rows = _sensitivity_rows(sensitivity)
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+        lines += ["", f"![accuracy against prune ratio, per layer]({sensitivity_svg_name(stage)})"]
     lines += ["", "## Gate", ""] + _gate_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def _sensitivities(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(stage name, table) for each stage whose metrics hold a pruning sensitivity table."""
+    return [(s["name"], s["metrics"]["sensitivity"]) for s in report["stages"] if "sensitivity" in s["metrics"]]
+
+
+def sensitivity_svg_name(stage: str) -> str:
+    """The plot's file beside report.md (Markdown viewers show images from files, not inline SVG)."""
+    return "sensitivity-" + re.sub(r"[^A-Za-z0-9_.-]", "_", stage) + ".svg"
+
+
+def _sensitivity_rows(sensitivity: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    ratios = sorted({p["ratio"] for points in sensitivity["layers"].values() for p in points})
+    rows = []
+    for name, points in sensitivity["layers"].items():
+        by_ratio = {p["ratio"]: p["accuracy"] for p in points}
+        rows.append([name] + [f"{100 * by_ratio[r]:.2f}%" if r in by_ratio else "–" for r in ratios])
+    return ["layer"] + [f"ratio {r:g}" for r in ratios], rows
+
+
+def _figure_svg(fig, plt) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg"):]
+
+
+def sensitivity_plot_svg(sensitivity: Any) -> str:
+    """Accuracy (%) against the share of channels removed, one line per layer, each pruned alone.
+
+    `sensitivity` is a SensitivityTable or its to_json() dict (as stored in report.json); each
+    layer's line is an SVG group with id `sensitivity-<layer>`, so it can be found and styled."""
+    table = sensitivity.to_json() if hasattr(sensitivity, "to_json") else sensitivity
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "<p>(matplotlib is not installed: no plots)</p>"
+    layers = table["layers"]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    colors = plt.get_cmap("viridis")  # up to 0.85 only: its end is a pale yellow, unreadable on white
+    for index, (name, points) in enumerate(layers.items()):
+        points = sorted(points, key=lambda p: p["ratio"])
+        # Ratio 0 is the unpruned model, so every line starts from the same point.
+        (line,) = ax.plot([0.0] + [p["ratio"] for p in points],
+                          [100 * table["baseline_accuracy"]] + [100 * p["accuracy"] for p in points],
+                          marker="o", markersize=3, label=name, color=colors(0.85 * index / max(len(layers) - 1, 1)))
+        line.set_gid(f"sensitivity-{name}")
+    ax.set_xlabel("share of the layer's channels removed")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("pruning sensitivity: accuracy with one layer pruned at a time")
+    ax.grid(alpha=0.3)
+    # Outside the axes: deep models have dozens of layers, and the legend must not hide lines.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(layers) // 20, frameon=False)
+    fig.tight_layout()
+    return _figure_svg(fig, plt)
 
 
 def _plots_svg(report: dict[str, Any]) -> str:
@@ -88,11 +156,7 @@ def _plots_svg(report: dict[str, Any]) -> str:
     for ax in axes[:2]:
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg")
-    plt.close(fig)
-    svg = buffer.getvalue()
-    return svg[svg.index("<svg"):]
+    return _figure_svg(fig, plt)
 
 
 def _html_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
@@ -106,6 +170,9 @@ def html_page(report: dict[str, Any]) -> str:
     verdict = "PASSED" if g["passed"] else "FAILED"
     gate_rows = [[c["budget"], f"{c['limit']:g}", f"{c['value']:.4g}", "ok" if c["passed"] else "VIOLATED"]
                  for c in g["checks"]]
+    sensitivity_html = "".join(f"<h2>Pruning sensitivity: stage <code>{html.escape(stage)}</code></h2>"
+                               f"{sensitivity_plot_svg(table)}{_html_table(*_sensitivity_rows(table))}"
+                               for stage, table in _sensitivities(report))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgepress: {html.escape(report['name'])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse;margin:1em 0}}
@@ -117,6 +184,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f
 <h2>Stages</h2>{_html_table(COLUMNS, [_row(s) for s in report['stages']])}
 <h2>Plots</h2>{_plots_svg(report)}
 <h2>Every evaluation set</h2>{_html_table(["stage", "set", "samples", "accuracy", "agreement"], _per_set_rows(report))}
+{sensitivity_html}
 <h2>Gate on stage <code>{html.escape(g['stage'])}</code>: <span class="{verdict}">{verdict}</span></h2>
 {_html_table(["budget", "limit", "value", "result"], gate_rows) if gate_rows else "<p>No budgets were set.</p>"}
 </body></html>
@@ -125,5 +193,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f
 
 def write_all(report: dict[str, Any], *, out_dir: Path) -> None:
     atomic.write_json(out_dir / "report.json", report)
+    for stage, sensitivity in _sensitivities(report):
+        atomic.write_text(out_dir / sensitivity_svg_name(stage), sensitivity_plot_svg(sensitivity))
     atomic.write_text(out_dir / "report.md", markdown(report))
     atomic.write_text(out_dir / "report.html", html_page(report))
