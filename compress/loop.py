@@ -4,12 +4,14 @@ augmentation, validation, early stopping, mixed precision, seeding, checkpoints 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
+from edgepress.compress import distributed
 from edgepress.progress import Progress
 
 if TYPE_CHECKING:
@@ -65,7 +67,8 @@ def _device(kind: str):
     import torch
 
     if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
+        # Under torchrun each process drives the GPU torchrun gave it.
+        return torch.device("cuda", distributed.local_rank()) if distributed.is_distributed() else torch.device("cuda")
     return torch.device("cpu")
 
 
@@ -82,7 +85,8 @@ def _bf16_is_fast(device, log: Callable[[str], None]) -> bool:
     if not supported:
         message = f"precision bf16 requested, but this {device.type} has no native bf16; training in fp32"
         log(message)
-        say(f"warning: {message}")
+        if distributed.is_main():
+            say(f"warning: {message}")
     return supported
 
 
@@ -102,14 +106,20 @@ def _lr_factor(settings: LoopSettings, steps_per_epoch: int) -> Callable[[int], 
     return factor
 
 
-def _augment(batch, *, padding: int, generator):
-    """Random crop after zero padding, and horizontal flip, per sample."""
+def _augment(batch, *, padding: int, generator, share: slice = slice(None), global_count: int | None = None):
+    """Random crop after zero padding, and horizontal flip, per sample.
+
+    Under data parallelism `batch` is this rank's `share` of a global batch of `global_count`: the draws
+    cover the whole global batch, so every rank's generator stays in step and each sample gets the
+    crop and flip it would get in a single-process run.
+    """
     import torch
 
     n, _, height, width = batch.shape
+    drawn = n if global_count is None else global_count
     padded = torch.nn.functional.pad(batch, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
+    offsets = torch.randint(0, 2 * padding + 1, (drawn, 2), generator=generator)[share]
+    flips = (torch.rand(drawn, generator=generator) < 0.5)[share]
     out = torch.empty_like(batch)
     for i in range(n):
         top, left = int(offsets[i, 0]), int(offsets[i, 1])
@@ -125,11 +135,20 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
 
     `extra_modules` trains alongside `model` without being part of it, e.g. the
     distillation hint adapters: its parameters join the optimizer and its state the resume checkpoint.
+
+    Under `torchrun --nproc_per_node N` (WORLD_SIZE > 1) it runs data-parallel: `settings.batch_size`
+    stays the global batch, each rank trains on its share of it, and only rank 0 logs and writes the
+    checkpoint. Every rank ends with the same weights.
     """
     import torch
 
     from edgepress.atomic import atomic_path
 
+    distributed.init()  # joins torchrun's process group unless the caller did; a no-op in a single process
+    world, rank = distributed.world_size(), distributed.rank()
+    main = rank == 0
+    if not main:
+        log = _quiet
     torch.manual_seed(settings.seed)
     device = _device(settings.device)
     model.to(device)
@@ -138,7 +157,13 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(settings.seed))
     n_val = int(len(inputs) * settings.validation_split)
     train_idx, val_idx = order[n_val:], order[:n_val]
-    steps_per_epoch = math.ceil(len(train_idx) / settings.batch_size)
+    # A last global batch smaller than the number of ranks would leave a rank with nothing to
+    # train on (and nothing for DDP to reduce), so it is dropped, on every rank alike.
+    tail = len(train_idx) % settings.batch_size
+    trained = len(train_idx) - (tail if 0 < tail < world else 0)
+    if trained < len(train_idx):
+        log(f"{label}: the last {tail} samples of each epoch are skipped: fewer than the {world} ranks")
+    steps_per_epoch = math.ceil(trained / settings.batch_size)
     parameters = list(model.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
     if settings.optimizer == "sgd":
         optimizer = torch.optim.SGD(parameters, lr=settings.learning_rate, momentum=settings.momentum,
@@ -165,33 +190,66 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
         else:
             log(f"ignoring {checkpoint}: it belongs to other settings or another input")
 
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        distributed.broadcast_state(model)
+        if extra_modules is not None:
+            distributed.broadcast_state(extra_modules)
+        # SyncBatchNorm would make BatchNorm see the global batch, but in torch 2.13 it raises on CPU
+        # tensors ("expected input tensor to be on GPU"), so each rank normalises with its own share's
+        # statistics, as the usual per-GPU BatchNorm does; the buffers are reconciled once per epoch
+        # (sync_buffers) instead of being overwritten with rank 0's at every step.
+        # The flag's name since torch 2.13; older torch (the project allows >= 2.4) calls it broadcast_buffers.
+        no_buffer_sync = ("forward_sync_buffers" if "forward_sync_buffers" in
+                          inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers")
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      **{no_buffer_sync: False})
+    extra_parameters = list(extra_modules.parameters()) if extra_modules is not None else []
+
     autocast = settings.precision == "bf16" and _bf16_is_fast(device, log)
-    progress = Progress(label, total=settings.epochs)
+    progress = Progress(label, total=settings.epochs) if main else None
     for epoch in range(start_epoch, settings.epochs):
         model.train()
         # Seeded per epoch, so a resumed run sees exactly the batches an uninterrupted one would.
         generator = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
         shuffled = train_idx[torch.randperm(len(train_idx), generator=generator)]
         total_loss, correct, seen = 0.0, 0, 0
-        for start in range(0, len(shuffled), settings.batch_size):
+        for start in range(0, trained, settings.batch_size):
             index = shuffled[start:start + settings.batch_size]
-            batch = inputs[index]
+            # Each rank takes its share of the same seeded global batch, so the ranks' shares together are
+            # exactly the single-process batch. Not DistributedSampler: it shards the whole epoch and pads
+            # it with repeated samples to equal lengths, which changes the batches and the gradient.
+            share = distributed.shard(len(index), rank=rank, world=world)
+            mine = index[share]
+            batch = inputs[mine]
             if settings.augment == "crop_flip":
-                batch = _augment(batch, padding=settings.crop_padding, generator=generator)
-            batch, target = batch.to(device), labels[index].to(device)
+                batch = _augment(batch, padding=settings.crop_padding, generator=generator, share=share,
+                                 global_count=len(index))
+            batch, target = batch.to(device), labels[mine].to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss, logits = loss_fn(model, batch, target)
+                loss, logits = loss_fn(net, batch, target)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
+            # global batch makes that average the global-batch mean even when the shares are uneven.
+            (loss * (len(mine) * world / len(index)) if world > 1 else loss).backward()
+            distributed.average_gradients(extra_parameters)  # DDP reduces only the wrapped model's
             optimizer.step()
             scheduler.step()
-            total_loss += loss.item() * len(index)
+            total_loss += loss.item() * len(mine)
             correct += int((logits.argmax(1) == target).sum())
-            seen += len(index)
+            seen += len(mine)
+        distributed.sync_buffers(model)
+        total_loss, correct, seen = distributed.sum_across([total_loss, correct, seen], device=device)
         record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
                   "learning_rate": scheduler.get_last_lr()[0]}
         if n_val:
-            record["val_accuracy"] = evaluate(model, inputs[val_idx], labels[val_idx], device=device)
+            # Every rank scores its share and the counts are summed, so every rank gets the same
+            # accuracy and takes the same early-stopping decision.
+            mine = val_idx[distributed.shard(n_val, rank=rank, world=world)]
+            hits = _count_correct(model, inputs[mine], labels[mine], device=device)
+            record["val_accuracy"] = distributed.sum_across([hits], device=device)[0] / n_val
             if record["val_accuracy"] > best_val:
                 best_val, stale = record["val_accuracy"], 0
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -199,10 +257,11 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
                 stale += 1
         history.append(record)
         log(f"{label} epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
-        progress.update(epoch + 1, note=f"loss {record['loss']:.3f} acc {record['train_accuracy']:.3f}"
-                        + (f" val {record['val_accuracy']:.3f}" if n_val else ""))
+        if progress is not None:
+            progress.update(epoch + 1, note=f"loss {record['loss']:.3f} acc {record['train_accuracy']:.3f}"
+                            + (f" val {record['val_accuracy']:.3f}" if n_val else ""))
         stop = settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience
-        if checkpoint is not None:
+        if checkpoint is not None and main:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             state = {"key": key, "epoch": epoch + 1, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_val": best_val,
@@ -211,16 +270,27 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
                 state["extra"] = {k: v.detach().cpu() for k, v in extra_modules.state_dict().items()}
             with atomic_path(checkpoint) as tmp:
                 torch.save(state, tmp)
+        if checkpoint is not None:
+            distributed.barrier()  # no rank runs ahead of the checkpoint it would resume from
         if stop:
             log(f"early stopping after epoch {epoch + 1}: no better validation accuracy for {stale} epochs")
             break
+    del net  # the DDP wrapper and its gradient hooks end here; the caller keeps the plain module
     if best_state is not None:
         model.load_state_dict(best_state)
     model.to("cpu").eval()
     return history
 
 
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0: rank 0 speaks for all of them."""
+
+
 def evaluate(model, inputs, labels, *, device, batch_size: int = 256) -> float:
+    return _count_correct(model, inputs, labels, device=device, batch_size=batch_size) / max(1, len(inputs))
+
+
+def _count_correct(model, inputs, labels, *, device, batch_size: int = 256) -> int:
     import torch
 
     model.eval()
@@ -230,4 +300,4 @@ def evaluate(model, inputs, labels, *, device, batch_size: int = 256) -> float:
             logits = model(inputs[start:start + batch_size].to(device))
             correct += int((logits.argmax(1).cpu() == labels[start:start + batch_size]).sum())
     model.train()
-    return correct / max(1, len(inputs))
+    return correct

@@ -9,6 +9,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from edgepress.compress import distributed
 from edgepress.errors import UserError
 
 EXIT_OK, EXIT_BUDGET, EXIT_ERROR = 0, 1, 2
@@ -47,7 +48,15 @@ def _run(recipe_path: Path, out: Path | None) -> int:
     from edgepress.pipeline import Pipeline
 
     recipe = recipe_mod.load(recipe_path)
-    result = Pipeline(recipe, out_dir=out or Path("runs") / recipe.name).run()
+    # Under `torchrun --nproc_per_node N -m edgepress run ...` every rank trains; rank 0 alone writes and reports.
+    joined = distributed.init()
+    try:
+        result = Pipeline(recipe, out_dir=out or Path("runs") / recipe.name).run()
+    finally:
+        if joined:
+            distributed.teardown()
+    if result is None:
+        return EXIT_OK  # a rank other than 0: rank 0 reports for all
     gate = result.report["gate"]
     for violation in gate["violations"]:
         print(f"edgepress: budget violated: {violation['budget']} = {violation['value']:.4g} "
@@ -67,24 +76,31 @@ def main(argv: list[str] | None = None) -> int:
         with resources.as_file(resources.files("edgepress") / "builtin" / "demo.toml") as demo_recipe:
             return _run(demo_recipe, args.out)
     except UserError as exc:
-        print(f"edgepress: error: {exc.one_line()}", file=sys.stderr)
+        _say_once(f"edgepress: error: {exc.one_line()}")
         return EXIT_ERROR
     except ModuleNotFoundError as exc:
         if os.environ.get("EDGEPRESS_DEBUG"):
             raise
-        print(f"edgepress: error: this command needs {exc.name!r}, which is not installed; "
-              "fix: pip install 'edgepress[host]' (devices need only the base install)", file=sys.stderr)
+        _say_once(f"edgepress: error: this command needs {exc.name!r}, which is not installed; "
+                  "fix: pip install 'edgepress[host]' (devices need only the base install)")
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("edgepress: interrupted; finished stages are kept", file=sys.stderr)
+        _say_once("edgepress: interrupted; finished stages are kept")
         return 130
     except Exception as exc:  # a bug, not bad input: still one line, the traceback on request
         if os.environ.get("EDGEPRESS_DEBUG"):
             raise
         reason = " ".join(str(exc).split())[:300]
-        print(f"edgepress: internal error: {type(exc).__name__}: {reason}; fix: rerun with EDGEPRESS_DEBUG=1 "
+        where = f"rank {distributed.rank()}: " if distributed.is_distributed() else ""
+        print(f"edgepress: internal error: {where}{type(exc).__name__}: {reason}; fix: rerun with EDGEPRESS_DEBUG=1 "
               "and report the traceback", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _say_once(line: str) -> None:
+    """Under torchrun every rank checks the same recipe and data and meets the same error: rank 0 says it."""
+    if distributed.is_main():
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

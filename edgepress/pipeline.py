@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgepress import atomic, gate, measure, report
+from edgepress.compress import distributed
 from edgepress.datasets import DataProvider
 from edgepress.errors import UserError
 from edgepress.progress import say
@@ -87,6 +89,12 @@ def build_source(recipe: Recipe, *, work_dir: Path, input_shape: tuple[int, ...]
                        metrics={"checkpoint": {k: v for k, v in info.items() if isinstance(v, (int, float, str))}})
 
 
+# Ranks other than 0 wait at a barrier while rank 0 alone evaluates, exports, quantizes: far longer
+# than the process group's default 30 minutes would allow on a big model. A rank 0 that dies instead
+# is noticed sooner: torchrun then stops the other ranks.
+STAGE_WAIT_S = 4 * 3600
+
+
 class _StageLog:
     def __init__(self, path: Path) -> None:
         self.fh = open(path, "a", encoding="utf-8")
@@ -117,19 +125,30 @@ class Pipeline:
         data.load_all(calibration="calibration" in needs, training="training" in needs)
         return data
 
-    def run(self) -> RunResult:
+    def run(self) -> RunResult | None:
+        """The report; None on the ranks other than 0 of a torchrun launch, which only help train."""
         recipe = self.recipe
-        say(f"recipe {recipe.name}: {1 + len(recipe.stages)} stages -> {self.out_dir}")
+        distributed.init()  # under torchrun; the CLI has joined already, a caller of Pipeline may not have
+        main = distributed.is_main()
+        if main:
+            say(f"recipe {recipe.name}: {1 + len(recipe.stages)} stages -> {self.out_dir}")
         data = self.prepare()
         steps = [("model", "model", None)] + [(s.name, s.kind, s) for s in recipe.stages]
         current: Artifact | None = None
         for index, (name, kind, spec) in enumerate(steps):
             folder = self.out_dir / f"{index:02d}-{name}"
+            resume_dir = self.out_dir / f".resume-{folder.name}"
+            if not main:
+                self._train_along(kind=kind, spec=spec, source=current, data=data, resume_dir=resume_dir)
+                distributed.barrier(timeout_s=STAGE_WAIT_S)  # rank 0 has committed the stage folder
+                output_format = REGISTRY[kind].output_format if spec else ("onnx" if recipe.model.onnx else "torch")
+                current = Artifact(path=folder / ARTIFACT_FILE[output_format], format=output_format)
+                self.artifacts[name] = current
+                continue
             say(f"[{index + 1}/{len(steps)}] {kind} -> {folder.name}")
             with atomic.atomic_dir(folder) as work:
                 log = _StageLog(work / "stage.log")
                 try:
-                    resume_dir = self.out_dir / f".resume-{folder.name}"
                     ctx = StageContext(recipe=recipe, data=data, work_dir=work, log=log, resume_dir=resume_dir,
                                        source_sha256=sha256(current.path) if current else "",
                                        artifacts=dict(self.artifacts))
@@ -149,7 +168,20 @@ class Pipeline:
             shutil.rmtree(resume_dir, ignore_errors=True)  # the stage is complete: its checkpoints are spent
             self.records.append(record)
             say(f"    {_one_line_metrics(record['metrics'])}")
-        return self._finish()
+            distributed.barrier()  # the other ranks go on from the artifact just committed
+        return self._finish() if main else None
+
+    def _train_along(self, *, kind: str, spec, source: Artifact | None, data: DataProvider, resume_dir: Path) -> None:
+        """A rank other than 0 trains its share of a training stage in lock-step with rank 0 (same
+        source artifact, same resume folder), into a scratch folder that is then discarded; it skips
+        the other stages, whose work rank 0 does alone."""
+        if spec is None or "training" not in REGISTRY[kind].needs:
+            return
+        with tempfile.TemporaryDirectory(prefix=f"edgepress-rank{distributed.rank()}-") as scratch:
+            ctx = StageContext(recipe=self.recipe, data=data, work_dir=Path(scratch), log=lambda _: None,
+                               resume_dir=resume_dir, source_sha256=sha256(source.path) if source else "",
+                               artifacts=dict(self.artifacts))
+            REGISTRY[kind].run(source, spec.settings, ctx)
 
     def _measure(self, *, name: str, kind: str, output: StageOutput, data: DataProvider, folder: Path,
                  seconds: float, log) -> dict[str, Any]:
