@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from edgepress.models.checkpoint import load_checkpoint
 from edgepress.models.data import load_dataset, preprocess
 from edgepress.models.zoo import build_model
 from edgepress.recipe import DatasetSpec, PreprocessSpec
-from edgepress.runtime.latency import time_runs
+from edgepress.runtime.latency import interleaved_latency
 from edgepress.runtime.session import open_session, predict
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
@@ -63,21 +62,6 @@ def plain_quantize(source: Path, out: Path, calibration: np.ndarray, *, activati
 def load(stem: str) -> tuple[np.ndarray, np.ndarray]:
     raw = load_dataset(DatasetSpec(dataset=f"cifar10:{stem}"))
     return preprocess(images=raw.images, spec=NORMALISE), raw.labels
-
-
-def interleaved_latency(paths: dict[str, Path], sample: np.ndarray, *, threads: int, rounds: int, runs_per_round: int,
-                        warmup_runs: int) -> dict[str, np.ndarray]:
-    sessions = {name: open_session(path, threads=threads) for name, path in paths.items()}
-    for session in sessions.values():
-        time_runs(session, sample, warmup_runs=warmup_runs, runs=1)
-    times = {name: [] for name in sessions}
-    order = list(sessions)
-    rng = random.Random(0)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            times[name].append(time_runs(sessions[name], sample, warmup_runs=2, runs=runs_per_round))
-    return {name: np.concatenate(chunks) for name, chunks in times.items()}
 
 
 def bench_model(model_name: str, *, work: Path, sets: dict, calibration: np.ndarray, args) -> list[dict]:

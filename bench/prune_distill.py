@@ -33,8 +33,8 @@ from edgepress.onnx_stats import count_params_and_macs
 from edgepress.recipe import DatasetSpec, PreprocessSpec
 from edgepress.runtime.session import open_session, predict
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_vs_plain_ort import interleaved_latency  # noqa: E402  (one latency method for every benchmark)
+
+from edgepress.runtime.latency import interleaved_latency
 
 NORMALISE = PreprocessSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 TESTS = ("test_raw_1017", "test_jpeg_10000")

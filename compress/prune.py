@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from edgepress.errors import UserError
@@ -21,20 +22,36 @@ class PruneSettings:
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = "l1"
     channel_ratio: float | None = None  # share of each prunable layer's channels to remove
     macs_target: float | None = None  # keep at most this share of the model's MACs
+    latency_ratio: float | None = None  # ONNX Runtime p50 at most this share of the unpruned model's, measured
+    latency_target_ms: float | None = None  # ONNX Runtime p50 at most this, measured on the recipe's target
     global_ranking: bool = False
     ignored_layers: tuple[str, ...] = ()
     round_to: int | None = None  # kept channels a multiple of this (8 or 16 suit SIMD kernels)
     taylor_samples: int = 256
+    steps: int = 1  # iterative schedule: prune a share, fine-tune, repeat
+    step_epochs: int = 1  # fine-tuning epochs after every step but the last (distillation from the input model)
+    step_learning_rate: float = 0.01
+    step_batch_size: int = 128
 
     def __post_init__(self) -> None:
-        if (self.channel_ratio is None) == (self.macs_target is None):
-            raise ValueError("give exactly one of channel_ratio or macs_target")
-        for key in ("channel_ratio", "macs_target"):
+        targets = [k for k in ("macs_target", "latency_ratio", "latency_target_ms") if getattr(self, k) is not None]
+        if (self.channel_ratio is None) == (not targets):
+            raise ValueError("give channel_ratio, or one or more of macs_target, latency_ratio, latency_target_ms")
+        for key in ("channel_ratio", "macs_target", "latency_ratio"):
             value = getattr(self, key)
             if value is not None and not 0.0 < value < 1.0:
                 raise ValueError(f"{key} must be in (0, 1), got {value}")
+        if self.latency_target_ms is not None and self.latency_target_ms <= 0:
+            raise ValueError("latency_target_ms must be positive")
         if self.round_to is not None and self.round_to <= 0:
             raise ValueError("round_to must be positive")
+        if self.steps < 1 or self.step_epochs < 0 or self.step_batch_size < 1 or self.step_learning_rate <= 0:
+            raise ValueError("steps and step_batch_size must be at least 1, step_epochs at least 0, "
+                             "step_learning_rate positive")
+
+    @property
+    def measures_latency(self) -> bool:
+        return self.latency_ratio is not None or self.latency_target_ms is not None
 
 
 def _importance(kind: str):
@@ -97,31 +114,25 @@ def prune_copy(model, *, example, ratio: float, settings: PruneSettings, calibra
 
 def prune_to_macs(model, *, input_shape: tuple[int, ...], settings: PruneSettings, calibration=None):
     """(pruned copy, ratio): the smallest ratio whose MACs are at most settings.macs_target of the model's."""
+    from edgepress import torch_artifact
+    from edgepress.compress.prune_search import Targets, search_ratio
+
     import torch
 
-    from edgepress import torch_artifact
-
     example = torch.zeros(1, *input_shape)
-    limit = settings.macs_target * torch_artifact.count_macs(model, input_shape)
-    # MACs fall monotonically with the ratio, so bisect.
-    low, high, best = 0.0, 0.95, None
-    for _ in range(12):
-        middle = (low + high) / 2
-        candidate = prune_copy(model, example=example, ratio=middle, settings=settings, calibration=calibration)
-        if torch_artifact.count_macs(candidate, input_shape) <= limit:
-            high, best = middle, (candidate, middle)
-        else:
-            low = middle
-    if best is None:
-        raise UserError(f"macs_target {settings.macs_target} cannot be reached with the prunable layers",
-                        fix="raise macs_target, or take layers out of ignored_layers")
-    return best
+    pruned, ratio, _ = search_ratio(
+        cut=lambda r: prune_copy(model, example=example, ratio=r, settings=settings, calibration=calibration),
+        count_macs=lambda m: torch_artifact.count_macs(m, input_shape),
+        targets=Targets(macs_limit=settings.macs_target * torch_artifact.count_macs(model, input_shape)),
+        probe=None, log=lambda _: None)
+    return pruned, ratio
 
 
 def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOutput:
     import torch
 
     from edgepress import torch_artifact
+    from edgepress.compress.prune_search import Targets, open_probe, scratch_dir, search_ratio
 
     model, input_shape, builder = torch_artifact.load(source.path)
     example = torch.zeros(1, *input_shape)
@@ -132,23 +143,97 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
                        torch.from_numpy(labeled.labels[:settings.taylor_samples]))
     macs_before = torch_artifact.count_macs(model, input_shape)
     params_before = torch_artifact.count_params(model)
-
-    if settings.channel_ratio is not None:
-        ratio = settings.channel_ratio
-        pruned = prune_copy(model, example=example, ratio=ratio, settings=settings, calibration=calibration)
-    else:
-        pruned, ratio = prune_to_macs(model, input_shape=input_shape, settings=settings, calibration=calibration)
-    macs_after = torch_artifact.count_macs(pruned, input_shape)
-    params_after = torch_artifact.count_params(pruned)
-    ctx.log(f"ratio {ratio:.4f}: MACs {macs_before} -> {macs_after}, params {params_before} -> {params_after}")
+    count = lambda m: torch_artifact.count_macs(m, input_shape)  # noqa: E731
+    steps: list[dict[str, Any]] = []
+    current = model
+    with scratch_dir() as scratch:
+        probe = (open_probe(model, input_shape=input_shape, threads=ctx.recipe.target.threads, scratch=Path(scratch))
+                 if settings.measures_latency else None)
+        final_share = settings.macs_target
+        if final_share is None and settings.channel_ratio is None and settings.steps > 1:
+            final_share = _latency_macs_share(model, settings=settings, example=example, count=count, probe=probe,
+                                              ctx=ctx, calibration=calibration)
+        for step in range(1, settings.steps + 1):
+            last = step == settings.steps
+            # Each step removes an equal share of what the final target removes (of channels, or of MACs).
+            if settings.channel_ratio is not None:
+                ratio = 1.0 - (1.0 - settings.channel_ratio) ** (1.0 / settings.steps)
+                pruned = prune_copy(current, example=example, ratio=ratio, settings=settings, calibration=calibration)
+                trials: list[dict[str, Any]] = []
+            else:
+                share = None if final_share is None else 1.0 - (1.0 - final_share) * step / settings.steps
+                if last and settings.macs_target is None:
+                    share = None  # the measured latency alone decides the last step
+                targets = Targets(macs_limit=None if share is None else share * macs_before,
+                                  latency_ratio=settings.latency_ratio if last else None,
+                                  latency_ms=settings.latency_target_ms if last else None)
+                pruned, ratio, trials = search_ratio(
+                    cut=lambda r: prune_copy(current, example=example, ratio=r, settings=settings, calibration=calibration),
+                    count_macs=count, targets=targets, probe=probe, log=ctx.log)
+            record = {"step": step, "ratio": round(ratio, 4), "macs_kept": count(pruned) / macs_before, "trials": trials}
+            if not last and settings.step_epochs > 0:
+                record["fine_tune"] = _fine_tune(pruned, teacher=model, settings=settings, ctx=ctx, step=step)
+            steps.append(record)
+            ctx.log(f"step {step}/{settings.steps}: ratio {ratio:.4f}, MACs kept {record['macs_kept']:.4f}")
+            current = pruned
+    macs_after, params_after = count(current), torch_artifact.count_params(current)
+    ctx.log(f"MACs {macs_before} -> {macs_after}, params {params_before} -> {params_after}")
     out = ctx.output_path("torch")
-    torch_artifact.save(out, model=pruned, builder=builder, input_shape=input_shape)
-    kept = {name: int(m.out_channels) for name, m in pruned.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    summary: dict[str, Any] = {"importance": settings.importance, "channel_ratio": round(ratio, 4),
+    torch_artifact.save(out, model=current, builder=builder, input_shape=input_shape)
+    kept = {name: int(m.out_channels) for name, m in current.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    summary: dict[str, Any] = {"importance": settings.importance, "channel_ratio": steps[-1]["ratio"],
                                "macs_before": macs_before, "macs_after": macs_after, "macs_kept": macs_after / macs_before,
-                               "params_before": params_before, "params_after": params_after, "conv_out_channels": kept}
+                               "params_before": params_before, "params_after": params_after, "steps": steps,
+                               "conv_out_channels": kept}
+    last_trials = [t for t in steps[-1]["trials"] if "p50_ratio" in t and t["meets"]]
+    if last_trials:
+        summary["measured_p50_ratio"] = last_trials[-1]["p50_ratio"]
     return StageOutput(artifact=Artifact(path=out, format="torch"), metrics={"pruning": summary})
 
 
+def _latency_macs_share(model, *, settings, example, count, probe, ctx, calibration) -> float:
+    """For an iterative schedule with a latency target: the MAC share at which the unpruned model,
+    pruned in one go, meets it; intermediate steps head there, and the last step re-measures."""
+    from edgepress.compress.prune_search import Targets, search_ratio
+
+    ctx.log("finding the MAC share that meets the latency target, to schedule the intermediate steps")
+    pruned, _, _ = search_ratio(
+        cut=lambda r: prune_copy(model, example=example, ratio=r, settings=settings, calibration=calibration),
+        count_macs=count, targets=Targets(latency_ratio=settings.latency_ratio, latency_ms=settings.latency_target_ms),
+        probe=probe, log=ctx.log)
+    return count(pruned) / count(model)
+
+
+def _fine_tune(model, *, teacher, settings: PruneSettings, ctx: StageContext, step: int) -> dict[str, Any]:
+    """A short distillation from the input model between steps, so the next cut ranks recovered weights."""
+    import torch
+
+    from edgepress.compress.distill import distillation_loss
+    from edgepress.compress.loop import LoopSettings, fit, resume_key
+
+    loop = LoopSettings(epochs=settings.step_epochs, batch_size=settings.step_batch_size,
+                        learning_rate=settings.step_learning_rate, augment="crop_flip" if model_is_image(ctx) else "none")
+    teacher.eval()
+
+    def loss_fn(net, batch, target):
+        with torch.no_grad():
+            teacher_logits = teacher.to(batch.device)(batch)
+        logits = net(batch)
+        return distillation_loss(logits, teacher_logits, target, alpha=0.9, temperature=4.0), logits
+
+    train = ctx.data.training
+    history = fit(model, inputs=torch.from_numpy(train.inputs), labels=torch.from_numpy(train.labels), settings=loop,
+                  loss_fn=loss_fn, resume_dir=None if ctx.resume_dir is None else ctx.resume_dir / f"step{step}",
+                  key=resume_key(source_sha256=ctx.source_sha256, settings=settings) + f"-{step}", log=ctx.log,
+                  label=f"prune step {step} fine-tune")
+    return {"epochs": len(history), "train_accuracy": history[-1]["train_accuracy"] if history else None}
+
+
+def model_is_image(ctx: StageContext) -> bool:
+    shape = ctx.data.training.inputs.shape
+    return len(shape) == 4 and shape[2] >= 16 and shape[3] >= 16
+
+
 STAGE = StageDef(kind="prune", settings_type=PruneSettings, input_format="torch", output_format="torch", run=run,
-                 summary="structural channel pruning (torch-pruning): channels are removed, not masked")
+                 summary="structural channel pruning (torch-pruning): channels are removed, not masked; "
+                         "ratio, MAC or measured-latency targets; iterative steps with fine-tuning")

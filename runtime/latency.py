@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import asdict, dataclass
 
@@ -49,3 +50,22 @@ def time_runs(session: ort.InferenceSession, sample: np.ndarray, *, warmup_runs:
 
 def measure_latency(session: ort.InferenceSession, sample: np.ndarray, *, warmup_runs: int, runs: int) -> LatencyStats:
     return summarize(time_runs(session, sample, warmup_runs=warmup_runs, runs=runs))
+
+
+def interleaved_latency(paths: dict, sample: np.ndarray, *, threads: int, rounds: int, runs_per_round: int,
+                        warmup_runs: int) -> dict[str, np.ndarray]:
+    """Per-run ms for each model, timed in shuffled alternating rounds in one process, so that a
+    machine's slow spells fall on every model alike and their ratio stays honest."""
+    from edgepress.runtime.session import open_session
+
+    sessions = {name: open_session(path, threads=threads) for name, path in paths.items()}
+    for session in sessions.values():
+        time_runs(session, sample, warmup_runs=warmup_runs, runs=1)
+    times: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
+    order = list(sessions)
+    rng = random.Random(0)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            times[name].append(time_runs(sessions[name], sample, warmup_runs=2, runs=runs_per_round))
+    return {name: np.concatenate(chunks) for name, chunks in times.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from edgepress.errors import UserError
 from edgepress.export.onnx_export import ExportSettings, export_onnx
 from edgepress.models.zoo import build_model
 from edgepress.onnx_stats import count_params_and_macs
+from tests.conftest import TINY_RECIPE, run_cli, write_recipe
 
 
 def built(name: str, **kwargs):
@@ -99,7 +102,9 @@ def test_ignored_layer_keeps_its_channels():
 
 
 @pytest.mark.parametrize("bad", [{"channel_ratio": 1.0}, {"channel_ratio": 0.0}, {"macs_target": 1.5},
-                                 {}, {"channel_ratio": 0.5, "macs_target": 0.5}])
+                                 {}, {"channel_ratio": 0.5, "macs_target": 0.5}, {"latency_ratio": 1.2},
+                                 {"channel_ratio": 0.5, "latency_ratio": 0.5}, {"latency_target_ms": -1.0},
+                                 {"channel_ratio": 0.5, "steps": 0}])
 def test_ratio_outside_open_unit_interval_is_rejected(bad):
     with pytest.raises(ValueError):
         PruneSettings(**bad)
@@ -116,5 +121,45 @@ def test_macs_target_is_met_with_the_smallest_ratio():
     lighter = prune_copy(model, example=torch.zeros(1, 3, 32, 32), ratio=ratio - 0.1,
                          settings=PruneSettings(channel_ratio=ratio - 0.1))
     assert torch_artifact.count_macs(lighter, (3, 32, 32)) > 0.6 * macs  # a clearly smaller ratio misses it
-    with pytest.raises(UserError, match="cannot be reached"):
+    with pytest.raises(UserError, match="no pruning ratio up to 0.95 meets"):
         prune_to_macs(model, input_shape=(3, 32, 32), settings=PruneSettings(macs_target=0.05))
+
+
+def test_latency_target_is_measured_under_onnx_runtime_and_the_smallest_passing_ratio_wins(tmp_path):
+    from edgepress.compress.prune_search import Targets, open_probe, search_ratio
+
+    model = built("cifar_resnet20")
+    probe = open_probe(model, input_shape=(3, 32, 32), threads=1, scratch=tmp_path)
+    settings = PruneSettings(channel_ratio=0.5, round_to=8)
+    pruned, ratio, trials = search_ratio(
+        cut=lambda r: prune_copy(model, example=torch.zeros(1, 3, 32, 32), ratio=r, settings=settings),
+        count_macs=lambda m: torch_artifact.count_macs(m, (3, 32, 32)), targets=Targets(latency_ratio=0.85),
+        probe=probe, log=lambda _: None)
+    assert all("p50_ratio" in t for t in trials), "every candidate was exported and timed"
+    chosen = next(t for t in trials if t["ratio"] == round(ratio, 4))
+    assert chosen["meets"] and chosen["p50_ratio"] <= 0.85
+    assert not any(t["meets"] for t in trials if t["ratio"] < ratio)
+    assert torch_artifact.count_macs(pruned, (3, 32, 32)) < torch_artifact.count_macs(model, (3, 32, 32))
+
+
+ITERATIVE = TINY_RECIPE.replace('''[[stages]]
+kind = "export"''', '''[[stages]]
+kind = "prune"
+macs_target = 0.5
+steps = 2
+step_epochs = 1
+
+[[stages]]
+kind = "export"''')
+
+
+def test_iterative_schedule_prunes_in_steps_with_fine_tuning_between(tmp_path):
+    recipe = write_recipe(tmp_path, text=ITERATIVE.format(epochs=2, budgets=""))
+    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
+    pruning = stages["prune"]["pruning"]
+    assert [s["step"] for s in pruning["steps"]] == [1, 2]
+    assert 0.5 < pruning["steps"][0]["macs_kept"] <= 0.75 + 1e-9, "step 1 heads halfway"
+    assert pruning["macs_kept"] <= 0.5
+    assert pruning["steps"][0]["fine_tune"]["epochs"] == 1 and "fine_tune" not in pruning["steps"][1]
