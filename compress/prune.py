@@ -28,6 +28,9 @@ class PruneSettings:
     ignored_layers: tuple[str, ...] = ()
     round_to: int | None = None  # kept channels a multiple of this (8 or 16 suit SIMD kernels)
     taylor_samples: int = 256
+    sensitivity: Literal["off", "report", "allocate"] = "off"  # allocate: per-layer ratios from the analysis
+    sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    sensitivity_samples: int = 512  # calibration images scoring each pruned copy
     steps: int = 1  # iterative schedule: prune a share, fine-tune, repeat
     step_epochs: int = 1  # fine-tuning epochs after every step but the last (distillation from the input model)
     step_learning_rate: float = 0.01
@@ -48,6 +51,14 @@ class PruneSettings:
         if self.steps < 1 or self.step_epochs < 0 or self.step_batch_size < 1 or self.step_learning_rate <= 0:
             raise ValueError("steps and step_batch_size must be at least 1, step_epochs at least 0, "
                              "step_learning_rate positive")
+
+        if self.sensitivity == "allocate" and self.channel_ratio is not None:
+            raise ValueError("sensitivity = \"allocate\" chooses per-layer ratios for a macs_target or latency "
+                             "target; with channel_ratio every layer gets the same ratio")
+        if not self.sensitivity_ratios or not all(0.0 < r < 1.0 for r in self.sensitivity_ratios):
+            raise ValueError("sensitivity_ratios must be in (0, 1)")
+        if self.sensitivity_samples < 1:
+            raise ValueError("sensitivity_samples must be positive")
 
     @property
     def measures_latency(self) -> bool:
@@ -109,7 +120,34 @@ def prune_copy(model, *, example, ratio: float, settings: PruneSettings, calibra
         torch.nn.functional.cross_entropy(pruned(inputs), labels).backward()
     pruner.step()
     pruned.zero_grad(set_to_none=True)
+    check_forward(pruned, example=example)
     return pruned
+
+
+def check_forward(pruned, *, example) -> None:
+    """Run the pruned model once and, if it breaks, name the operation torch-pruning could not follow.
+
+    Torch-pruning traces autograd; an operation hidden from it (a hard-coded reshape, a tensor that
+    leaves autograd, a raw parameter used functionally) leaves one side of a coupling unpruned, and
+    the first layer to see mismatched channels is where the user must look."""
+    import torch
+
+    entered: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: entered.append(name))
+             for name, m in pruned.named_modules() if name and not list(m.children())]
+    try:
+        with torch.no_grad():
+            pruned(example)
+    except Exception as exc:
+        last = entered[-1] if entered else "the model's first operation"
+        kind = type(dict(pruned.named_modules()).get(last, pruned)).__name__
+        raise UserError(f"torch-pruning cannot trace this model: after pruning, the forward pass fails at or after "
+                        f"{last!r} ({kind}): {' '.join(str(exc).split())[:160]}",
+                        fix=f"list {last!r} (and the layer feeding it) in ignored_layers, or replace the operation "
+                            "there that torch-pruning cannot see (a hard-coded shape, a tensor leaving autograd)") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def prune_to_macs(model, *, input_shape: tuple[int, ...], settings: PruneSettings, calibration=None):
@@ -145,7 +183,11 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
     params_before = torch_artifact.count_params(model)
     count = lambda m: torch_artifact.count_macs(m, input_shape)  # noqa: E731
     steps: list[dict[str, Any]] = []
+    tables: list[dict[str, Any]] = []
     current = model
+    if settings.sensitivity == "report":
+        tables.append(_sensitivity(model, settings=settings, input_shape=input_shape, calibration=calibration, ctx=ctx)
+                      .to_json())
     with scratch_dir() as scratch:
         probe = (open_probe(model, input_shape=input_shape, threads=ctx.recipe.target.threads, scratch=Path(scratch))
                  if settings.measures_latency else None)
@@ -161,15 +203,16 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
                 pruned = prune_copy(current, example=example, ratio=ratio, settings=settings, calibration=calibration)
                 trials: list[dict[str, Any]] = []
             else:
+                cut, table = _cutter(current, settings=settings, input_shape=input_shape, calibration=calibration, ctx=ctx)
+                if table is not None:
+                    tables.append(table)
                 share = None if final_share is None else 1.0 - (1.0 - final_share) * step / settings.steps
                 if last and settings.macs_target is None:
                     share = None  # the measured latency alone decides the last step
                 targets = Targets(macs_limit=None if share is None else share * macs_before,
                                   latency_ratio=settings.latency_ratio if last else None,
                                   latency_ms=settings.latency_target_ms if last else None)
-                pruned, ratio, trials = search_ratio(
-                    cut=lambda r: prune_copy(current, example=example, ratio=r, settings=settings, calibration=calibration),
-                    count_macs=count, targets=targets, probe=probe, log=ctx.log)
+                pruned, ratio, trials = search_ratio(cut=cut, count_macs=count, targets=targets, probe=probe, log=ctx.log)
             record = {"step": step, "ratio": round(ratio, 4), "macs_kept": count(pruned) / macs_before, "trials": trials}
             if not last and settings.step_epochs > 0:
                 record["fine_tune"] = _fine_tune(pruned, teacher=model, settings=settings, ctx=ctx, step=step)
@@ -188,7 +231,59 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
     last_trials = [t for t in steps[-1]["trials"] if "p50_ratio" in t and t["meets"]]
     if last_trials:
         summary["measured_p50_ratio"] = last_trials[-1]["p50_ratio"]
-    return StageOutput(artifact=Artifact(path=out, format="torch"), metrics={"pruning": summary})
+    metrics: dict[str, Any] = {"pruning": summary}
+    if tables:
+        metrics["sensitivity"] = tables[0]  # of the input model: the one the report plots
+    return StageOutput(artifact=Artifact(path=out, format="torch"), metrics=metrics)
+
+
+def _sensitivity(model, *, settings: PruneSettings, input_shape, calibration, ctx: StageContext):
+    """Accuracy against ratio per layer, on a calibration subset."""
+    import torch
+
+    from edgepress.compress.sensitivity import layer_sensitivity, prunable_layers
+
+    labeled = ctx.data.calibration
+    inputs = torch.from_numpy(labeled.inputs[:settings.sensitivity_samples])
+    labels = torch.from_numpy(labeled.labels[:settings.sensitivity_samples])
+
+    def accuracy(candidate) -> float:
+        candidate.eval()
+        with torch.no_grad():
+            return float((candidate(inputs).argmax(1) == labels).float().mean())
+
+    ctx.log(f"sensitivity analysis on {len(inputs)} calibration images, ratios {settings.sensitivity_ratios}")
+    return layer_sensitivity(model, input_shape=input_shape,
+                             layers=prunable_layers(model, input_shape=input_shape, settings=settings),
+                             ratios=settings.sensitivity_ratios, settings=settings, evaluate=accuracy,
+                             calibration=calibration)
+
+
+def _cutter(model, *, settings: PruneSettings, input_shape, calibration, ctx: StageContext):
+    """(cut(ratio) -> pruned copy, sensitivity table JSON or None) for the search.
+
+    Uniform: the ratio is every layer's. Allocate: the ratio is the share of MACs to remove,
+    spread over layers by a fresh sensitivity analysis of `model` (every step re-measures)."""
+    import torch
+
+    from edgepress.compress.prune_search import Unreachable
+
+    example = torch.zeros(1, *input_shape)
+    if settings.sensitivity != "allocate":
+        return (lambda r: prune_copy(model, example=example, ratio=r, settings=settings, calibration=calibration)), None
+    from edgepress.compress.sensitivity import prune_to_macs_by_sensitivity
+
+    table = _sensitivity(model, settings=settings, input_shape=input_shape, calibration=calibration, ctx=ctx)
+
+    def cut(ratio: float):
+        try:
+            pruned, _ = prune_to_macs_by_sensitivity(model, input_shape=input_shape, table=table, macs_target=1.0 - ratio,
+                                                     settings=settings, calibration=calibration)
+        except UserError as exc:
+            raise Unreachable(exc.problem) from None
+        return pruned
+
+    return cut, table.to_json()
 
 
 def _latency_macs_share(model, *, settings, example, count, probe, ctx, calibration) -> float:

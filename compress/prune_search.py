@@ -22,6 +22,10 @@ GRID_STEP = 0.05
 BISECT_STEPS = 5
 
 
+class Unreachable(Exception):
+    """A cut function cannot produce a candidate at this ratio."""
+
+
 @dataclass(frozen=True)
 class LatencyProbe:
     """Measures a torch model's ONNX Runtime p50 against the unpruned model's, in the same rounds."""
@@ -70,7 +74,11 @@ def search_ratio(*, cut: Callable[[float], Any], count_macs: Callable[[Any], int
     trials: list[dict[str, Any]] = []
 
     def meets(ratio: float):
-        candidate = cut(ratio)
+        try:
+            candidate = cut(ratio)
+        except Unreachable as exc:  # e.g. per-layer ratios that cannot reach this far: a miss, not a failure
+            trials.append({"ratio": round(ratio, 4), "meets": False, "error": str(exc)})
+            return None
         trial: dict[str, Any] = {"ratio": round(ratio, 4), "macs": count_macs(candidate)}
         ok = targets.macs_limit is None or trial["macs"] <= targets.macs_limit
         # Latency costs an export and a timing run: only measure candidates that pass on MACs.

@@ -163,3 +163,48 @@ def test_iterative_schedule_prunes_in_steps_with_fine_tuning_between(tmp_path):
     assert 0.5 < pruning["steps"][0]["macs_kept"] <= 0.75 + 1e-9, "step 1 heads halfway"
     assert pruning["macs_kept"] <= 0.5
     assert pruning["steps"][0]["fine_tune"]["epochs"] == 1 and "fine_tune" not in pruning["steps"][1]
+
+
+class HardCodedReshape(torch.nn.Module):
+    """Flattens with a fixed width, which torch-pruning's autograd trace cannot adjust."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.b = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16 * 64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.fc(x.reshape(x.shape[0], 16 * 64))
+
+
+def test_a_model_torch_pruning_cannot_follow_names_the_operation():
+    with pytest.raises(UserError, match=r"cannot trace this model.*fails at or after 'b' \(Conv2d\).*fix: list 'b'"):
+        prune_copy(HardCodedReshape().eval(), example=torch.zeros(1, 3, 8, 8), ratio=0.5,
+                   settings=PruneSettings(channel_ratio=0.5))
+
+
+SENSITIVITY = TINY_RECIPE.replace('''[[stages]]
+kind = "export"''', '''[[stages]]
+kind = "prune"
+macs_target = 0.6
+sensitivity = "allocate"
+sensitivity_samples = 64
+
+[[stages]]
+kind = "export"''')
+
+
+def test_sensitivity_allocation_meets_the_target_and_lands_in_the_report(tmp_path):
+    recipe = write_recipe(tmp_path, text=SENSITIVITY.format(epochs=2, budgets=""))
+    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
+    assert stages["prune"]["pruning"]["macs_kept"] <= 0.6
+    table = stages["prune"]["sensitivity"]
+    assert set(table["layers"]) and all(len(points) == 3 for points in table["layers"].values())
+    ratios = {name: ch for name, ch in stages["prune"]["pruning"]["conv_out_channels"].items()}
+    assert len(set(ratios.values())) > 1
+    assert "sensitivity" in (tmp_path / "out" / "report.md").read_text().lower()
+    assert "<svg" in (tmp_path / "out" / "report.html").read_text()
