@@ -21,7 +21,8 @@ from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 class PruneSettings:
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = "l1"
     channel_ratio: float | None = None  # share of each prunable layer's channels to remove
-    macs_target: float | None = None  # keep at most this share of the model's MACs
+    macs_target: float | None = None  # keep at most this share of the MACs (of macs_reference)
+    macs_reference: Literal["input", "source"] = "input"  # source: the recipe's model, before earlier stages
     latency_ratio: float | None = None  # ONNX Runtime p50 at most this share of the unpruned model's, measured
     latency_target_ms: float | None = None  # ONNX Runtime p50 at most this, measured on the recipe's target
     global_ranking: bool = False
@@ -172,6 +173,13 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
     from edgepress import torch_artifact
     from edgepress.compress.prune_search import Targets, open_probe, scratch_dir, search_ratio
 
+    from edgepress.compress import distributed
+
+    if distributed.is_distributed() and settings.steps > 1 and settings.step_epochs > 0:
+        # The other ranks do not run this stage (its search measures latency on one process), so
+        # its fine-tuning between steps cannot be data-parallel.
+        raise UserError("prune with steps > 1 fine-tunes between steps in one process, not under torchrun",
+                        fix="run this recipe without torchrun, or set step_epochs = 0 and add a distill stage")
     model, input_shape, builder = torch_artifact.load(source.path)
     example = torch.zeros(1, *input_shape)
     calibration = None
@@ -181,6 +189,9 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
                        torch.from_numpy(labeled.labels[:settings.taylor_samples]))
     macs_before = torch_artifact.count_macs(model, input_shape)
     params_before = torch_artifact.count_params(model)
+    macs_reference = macs_before
+    if settings.macs_reference == "source" and "model" in ctx.artifacts and ctx.artifacts["model"].format == "torch":
+        macs_reference = torch_artifact.count_macs(torch_artifact.load(ctx.artifacts["model"].path)[0], input_shape)
     count = lambda m: torch_artifact.count_macs(m, input_shape)  # noqa: E731
     steps: list[dict[str, Any]] = []
     tables: list[dict[str, Any]] = []
@@ -191,7 +202,7 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
     with scratch_dir() as scratch:
         probe = (open_probe(model, input_shape=input_shape, threads=ctx.recipe.target.threads, scratch=Path(scratch))
                  if settings.measures_latency else None)
-        final_share = settings.macs_target
+        final_share = None if settings.macs_target is None else settings.macs_target * macs_reference / macs_before
         if final_share is None and settings.channel_ratio is None and settings.steps > 1:
             final_share = _latency_macs_share(model, settings=settings, example=example, count=count, probe=probe,
                                               ctx=ctx, calibration=calibration)
@@ -226,6 +237,7 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
     kept = {name: int(m.out_channels) for name, m in current.named_modules() if isinstance(m, torch.nn.Conv2d)}
     summary: dict[str, Any] = {"importance": settings.importance, "channel_ratio": steps[-1]["ratio"],
                                "macs_before": macs_before, "macs_after": macs_after, "macs_kept": macs_after / macs_before,
+                               "macs_kept_of_reference": macs_after / macs_reference,
                                "params_before": params_before, "params_after": params_after, "steps": steps,
                                "conv_out_channels": kept}
     last_trials = [t for t in steps[-1]["trials"] if "p50_ratio" in t and t["meets"]]

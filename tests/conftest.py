@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,3 +80,16 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
         assert fragment in errors[0], errors[0]
     assert "fix:" in errors[0], errors[0]
     return errors[0]
+
+
+def tiny_recipe_with(stages_toml: str) -> str:
+    """TINY_RECIPE with `stages_toml` ([[stages]] tables) inserted after training, before export."""
+    return TINY_RECIPE.replace('[[stages]]\nkind = "export"', stages_toml.strip() + '\n\n[[stages]]\nkind = "export"')
+
+
+def run_and_read_stages(folder: Path, *, text: str) -> dict:
+    """Run a recipe through the CLI, require success, and return {stage name: metrics}."""
+    recipe = write_recipe(folder, text=text)
+    proc = run_cli("run", str(recipe), "--out", str(folder / "out"))
+    assert proc.returncode == 0, proc.stderr
+    return {s["name"]: s["metrics"] for s in json.loads((folder / "out" / "report.json").read_text())["stages"]}

@@ -3,8 +3,6 @@ reported honestly (zeros, smaller gzip, the same dense graph)."""
 
 from __future__ import annotations
 
-import json
-
 import onnx
 import pytest
 import torch
@@ -15,7 +13,7 @@ from edgepress.compress.sparsify import SparsifySettings, sparsify
 from edgepress.errors import UserError
 from edgepress.export.onnx_export import ExportSettings, export_onnx
 from edgepress.models.zoo import build_model
-from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, write_recipe
+from tests.conftest import assert_one_line_error, run_and_read_stages, run_cli, tiny_recipe_with, write_recipe
 from tests.test_prune import built
 
 
@@ -107,20 +105,15 @@ def test_sparsify_zeroes_the_smallest_weights_globally_and_leaves_the_input_alon
         sparsify(model, settings=SparsifySettings(ignored_layers=("layer1.0.conv",)))
 
 
-SPARSE_AND_DEPTH = TINY_RECIPE.replace('''[[stages]]
-kind = "export"''', '''[[stages]]
+SPARSE = tiny_recipe_with('''
+[[stages]]
 kind = "sparsify"
 sparsity = 0.6
-
-[[stages]]
-kind = "export"''')
+''')
 
 
 def test_sparsify_stage_reports_sparsity_and_a_smaller_gzip_but_the_same_dense_graph(tmp_path):
-    recipe = write_recipe(tmp_path, text=SPARSE_AND_DEPTH.format(epochs=2, budgets=""))
-    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr
-    stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
+    stages = run_and_read_stages(tmp_path, text=SPARSE.format(epochs=2, budgets=""))
     sparsity = stages["sparsify"]["sparsity"]
     assert sparsity["sparsity_prunable"] >= 0.59
     assert sparsity["size_gzip_bytes_after"] < sparsity["size_gzip_bytes_before"]
@@ -128,12 +121,10 @@ def test_sparsify_stage_reports_sparsity_and_a_smaller_gzip_but_the_same_dense_g
 
 
 def test_prune_depth_on_a_model_without_blocks_is_a_one_line_error(tmp_path):
-    text = TINY_RECIPE.replace('''[[stages]]
-kind = "export"''', '''[[stages]]
+    text = tiny_recipe_with('''
+[[stages]]
 kind = "prune_depth"
 blocks = 1
-
-[[stages]]
-kind = "export"''')
+''')
     recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
     assert_one_line_error(run_cli("run", str(recipe), "--out", str(tmp_path / "out")), "removable_blocks")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from edgepress.errors import UserError
 from edgepress.export.onnx_export import ExportSettings, export_onnx
 from edgepress.models.zoo import build_model
 from edgepress.onnx_stats import count_params_and_macs
-from tests.conftest import TINY_RECIPE, run_cli, write_recipe
+from tests.conftest import run_and_read_stages, tiny_recipe_with
 
 
 def built(name: str, **kwargs):
@@ -142,22 +141,17 @@ def test_latency_target_is_measured_under_onnx_runtime_and_the_smallest_passing_
     assert torch_artifact.count_macs(pruned, (3, 32, 32)) < torch_artifact.count_macs(model, (3, 32, 32))
 
 
-ITERATIVE = TINY_RECIPE.replace('''[[stages]]
-kind = "export"''', '''[[stages]]
+ITERATIVE = tiny_recipe_with('''
+[[stages]]
 kind = "prune"
 macs_target = 0.5
 steps = 2
 step_epochs = 1
-
-[[stages]]
-kind = "export"''')
+''')
 
 
 def test_iterative_schedule_prunes_in_steps_with_fine_tuning_between(tmp_path):
-    recipe = write_recipe(tmp_path, text=ITERATIVE.format(epochs=2, budgets=""))
-    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr
-    stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
+    stages = run_and_read_stages(tmp_path, text=ITERATIVE.format(epochs=2, budgets=""))
     pruning = stages["prune"]["pruning"]
     assert [s["step"] for s in pruning["steps"]] == [1, 2]
     assert 0.5 < pruning["steps"][0]["macs_kept"] <= 0.75 + 1e-9, "step 1 heads halfway"
@@ -185,22 +179,17 @@ def test_a_model_torch_pruning_cannot_follow_names_the_operation():
                    settings=PruneSettings(channel_ratio=0.5))
 
 
-SENSITIVITY = TINY_RECIPE.replace('''[[stages]]
-kind = "export"''', '''[[stages]]
+SENSITIVITY = tiny_recipe_with('''
+[[stages]]
 kind = "prune"
 macs_target = 0.6
 sensitivity = "allocate"
 sensitivity_samples = 64
-
-[[stages]]
-kind = "export"''')
+''')
 
 
 def test_sensitivity_allocation_meets_the_target_and_lands_in_the_report(tmp_path):
-    recipe = write_recipe(tmp_path, text=SENSITIVITY.format(epochs=2, budgets=""))
-    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr
-    stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
+    stages = run_and_read_stages(tmp_path, text=SENSITIVITY.format(epochs=2, budgets=""))
     assert stages["prune"]["pruning"]["macs_kept"] <= 0.6
     table = stages["prune"]["sensitivity"]
     assert set(table["layers"]) and all(len(points) == 3 for points in table["layers"].values())
