@@ -11,7 +11,7 @@ every model under ONNX Runtime in one run: accuracy on test_raw_1017 and test_jp
 agreement with the unpruned model, parameters, MACs, ONNX size, and batch-1 latency at 1 thread
 in interleaved rounds. Prints a table and the issue's goals as MET / NOT MET; --json PATH too.
 
-    python bench/prune_distill.py [--epochs 10] [--depth-blocks 9] [--train-limit N] [--json results.json]
+    python bench/prune_distill.py [--epochs 8] [--depth-blocks 6] [--train-limit N] [--json results.json]
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ def say(message: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=0.02)
     parser.add_argument("--macs-target", type=float, default=0.5)
-    parser.add_argument("--depth-blocks", type=int, default=9, help="residual blocks removed before channel pruning")
+    parser.add_argument("--depth-blocks", type=int, default=6, help="residual blocks removed before channel pruning")
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--importance", default="l1", choices=["l1", "l2", "bn_scale"])
     parser.add_argument("--train-limit", type=int, help="use only the first N training images (smoke runs)")

@@ -101,6 +101,15 @@ def prune_copy(model, *, example, ratio: float, settings: PruneSettings, calibra
     import torch
     import torch_pruning as tp
 
+    if settings.round_to and not settings.global_ranking:
+        # Every prunable layer at the same ratio, rounded by edgepress (see rounded_ratio).
+        from edgepress.compress.sensitivity import prunable_layers, prune_with_layer_ratios
+
+        layers = prunable_layers(model, input_shape=tuple(example.shape[1:]), settings=settings)
+        pruned = prune_with_layer_ratios(model, example=example, layer_ratios={n: ratio for n in layers},
+                                         settings=settings, calibration=calibration)
+        check_forward(pruned, example=example)
+        return pruned
     pruned = copy.deepcopy(model)
     pruned.eval()
     importance = _importance(settings.importance)

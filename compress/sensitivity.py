@@ -55,6 +55,18 @@ def prunable_layers(model, *, input_shape: tuple[int, ...], settings: PruneSetti
     return [name for name, module in traced.named_modules() if module in roots]
 
 
+def _width(module) -> int:
+    return int(getattr(module, "out_channels", None) or module.out_features)
+
+
+def rounded_ratio(channels: int, ratio: float, *, round_to: int) -> float:
+    """The ratio that keeps the multiple of `round_to` nearest to channels x (1 - ratio), at least one
+    multiple; 0 when that keeps them all."""
+    kept = max(round_to, int(channels * (1.0 - ratio) / round_to + 0.5) * round_to)
+    # torch-pruning keeps int(channels x (1 - ratio)); a hair more than `kept` survives float error.
+    return 0.0 if kept >= channels else (channels - kept - 1e-6) / channels
+
+
 def _pruner(pruned, *, example, layer_ratios: dict[str, float], settings: PruneSettings, steps: tuple[float, ...] = (1.0,)):
     """MetaPruner on `pruned` for exactly the named layers' groups; step k cuts each to steps[k] x its ratio."""
     import torch_pruning as tp
@@ -65,12 +77,16 @@ def _pruner(pruned, *, example, layer_ratios: dict[str, float], settings: PruneS
             guess = closest(name, [n for n in modules if n])
             raise UserError(f"layer ratios name {name!r}, which matches no layer of the model",
                             fix=f"did you mean {guess!r}?" if guess else "use names from prunable_layers()")
+    if settings.round_to and len(steps) == 1:
+        # Rounded here, to the nearest multiple: torch-pruning floors the kept count and, where that
+        # reaches 0, silently prunes nothing, so MACs would jump back up as the ratio grows.
+        layer_ratios = {n: rounded_ratio(_width(modules[n]), r, round_to=settings.round_to) for n, r in layer_ratios.items()}
     # pruning_ratio=0 leaves unnamed groups whole; local ranking so each layer gets exactly its ratio.
     try:
         return tp.pruner.MetaPruner(pruned, example, importance=_importance(settings.importance), pruning_ratio=0.0,
                                     pruning_ratio_dict={modules[n]: r for n, r in layer_ratios.items() if r > 0.0},
                                     ignored_layers=_ignored(pruned, settings), global_pruning=False,
-                                    round_to=settings.round_to, iterative_steps=len(steps),
+                                    round_to=settings.round_to if len(steps) > 1 else None, iterative_steps=len(steps),
                                     iterative_pruning_ratio_scheduler=lambda ratio, _: [0.0] + [ratio * s for s in steps])
     except UserError:
         raise

@@ -197,3 +197,16 @@ def test_sensitivity_allocation_meets_the_target_and_lands_in_the_report(tmp_pat
     assert len(set(ratios.values())) > 1
     assert "sensitivity" in (tmp_path / "out" / "report.md").read_text().lower()
     assert "<svg" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_round_to_rounds_to_the_nearest_multiple_so_macs_fall_with_the_ratio():
+    # torch-pruning's own round_to floors, and where that reaches 0 prunes nothing: MACs jumped back up.
+    model = built("cifar_resnet56")
+    macs = []
+    for ratio in (0.3, 0.5, 0.6, 0.7, 0.9):
+        pruned = prune_copy(model, example=torch.zeros(1, 3, 32, 32), ratio=ratio,
+                            settings=PruneSettings(channel_ratio=ratio, round_to=8))
+        inner = [b.conv1.out_channels for stage in (pruned.layer1, pruned.layer2, pruned.layer3) for b in stage]
+        assert all(c % 8 == 0 and c >= 8 for c in inner), inner
+        macs.append(torch_artifact.count_macs(pruned, (3, 32, 32)))
+    assert macs == sorted(macs, reverse=True) and len(set(macs)) == len(macs)
