@@ -141,5 +141,5 @@ def run(source: Artifact, settings: DepthSettings, ctx: StageContext) -> StageOu
 
 
 STAGE = StageDef(kind="prune_depth", settings_type=DepthSettings, input_format="torch", output_format="torch",
-                 run=run, needs=("calibration",),
+                 run=run, needs=("calibration",), check_names=lambda settings, model: removable_blocks(model, keep=settings.keep),
                  summary="depth pruning: remove whole residual blocks, least important (output KL) first")

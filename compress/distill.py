@@ -105,5 +105,11 @@ def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> Stage
     return StageOutput(artifact=Artifact(path=out, format="torch"), metrics={"distill": metrics})
 
 
+def check_names(settings: DistillSettings, model) -> None:
+    from edgepress.layer_names import require_layers
+
+    require_layers(model, settings.hint_layers, setting="hint_layers")
+
+
 STAGE = StageDef(kind="distill", settings_type=DistillSettings, input_format="torch", output_format="torch", run=run,
-                 needs=("training",), summary="knowledge distillation from a teacher stage on [data.training]")
+                 needs=("training",), check_names=check_names, summary="knowledge distillation from a teacher stage on [data.training]")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgepress.errors import UserError
-from edgepress.schema import closest
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
@@ -78,14 +77,9 @@ def _importance(kind: str):
 def _ignored(model, settings: PruneSettings) -> list:
     import torch
 
-    modules = dict(model.named_modules())
-    ignored = []
-    for name in settings.ignored_layers:
-        if name not in modules:
-            guess = closest(name, [n for n in modules if n])
-            raise UserError(f"ignored_layers names {name!r}, which matches no layer of the model",
-                            fix=f"did you mean {guess!r}?" if guess else "use module names as in model.named_modules()")
-        ignored.append(modules[name])
+    from edgepress.layer_names import require_layers
+
+    ignored = list(require_layers(model, settings.ignored_layers, setting="ignored_layers").values())
     declared = getattr(model, "unprunable_layers", None)
     if callable(declared):
         ignored += list(declared())
@@ -350,6 +344,13 @@ def model_is_image(ctx: StageContext) -> bool:
     return len(shape) == 4 and shape[2] >= 16 and shape[3] >= 16
 
 
+def check_names(settings: PruneSettings, model) -> None:
+    from edgepress.layer_names import require_layers
+
+    require_layers(model, settings.ignored_layers, setting="ignored_layers")
+
+
 STAGE = StageDef(kind="prune", settings_type=PruneSettings, input_format="torch", output_format="torch", run=run,
+                 check_names=check_names,
                  summary="structural channel pruning (torch-pruning): channels are removed, not masked; "
                          "ratio, MAC or measured-latency targets; iterative steps with fine-tuning")

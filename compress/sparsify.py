@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass
 
 from edgepress.errors import UserError
-from edgepress.schema import closest
+from edgepress.layer_names import require_layers
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
@@ -30,12 +30,7 @@ def _prunable(model, settings: SparsifySettings) -> list[tuple[str, object]]:
     import torch
 
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    names = [n for n, _ in layers]
-    for name in settings.ignored_layers:
-        if name not in names:
-            guess = closest(name, names)
-            raise UserError(f"ignored_layers names {name!r}, which matches no Conv2d or Linear layer",
-                            fix=f"did you mean {guess!r}?" if guess else "use module names as in model.named_modules()")
+    require_layers(model, settings.ignored_layers, setting="ignored_layers", candidates=[n for n, _ in layers])
     if settings.skip_first_and_last and len(layers) > 2:
         layers = layers[1:-1]
     return [(n, m) for n, m in layers if n not in settings.ignored_layers]
@@ -80,4 +75,4 @@ def run(source: Artifact, settings: SparsifySettings, ctx: StageContext) -> Stag
 
 
 STAGE = StageDef(kind="sparsify", settings_type=SparsifySettings, input_format="torch", output_format="torch",
-                 run=run, summary="unstructured magnitude pruning: zeros in dense tensors (smaller gzip, same latency)")
+                 run=run, check_names=lambda settings, model: _prunable(model, settings), summary="unstructured magnitude pruning: zeros in dense tensors (smaller gzip, same latency)")

@@ -30,13 +30,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(recipe_path: Path) -> int:
     from edgepress import recipe as recipe_mod
-    from edgepress.pipeline import Pipeline, build_source
+    from edgepress.pipeline import Pipeline, build_source, check_layer_names
 
     recipe = recipe_mod.load(recipe_path)
     pipeline = Pipeline(recipe, out_dir=Path(tempfile.gettempdir()))
     data = pipeline.prepare()
     with tempfile.TemporaryDirectory() as scratch:
-        build_source(recipe, work_dir=Path(scratch), input_shape=data.input_shape, log=lambda _: None)
+        source = build_source(recipe, work_dir=Path(scratch), input_shape=data.input_shape, log=lambda _: None)
+        check_layer_names(recipe, source.artifact)
     stages = " -> ".join(["model"] + [s.name for s in recipe.stages])
     print(f"recipe {recipe.name} is valid: {stages}; input shape {list(data.input_shape or [])}; "
           f"evaluation on {', '.join(s.name for s in data.evaluation)}")

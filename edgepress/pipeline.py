@@ -89,6 +89,22 @@ def build_source(recipe: Recipe, *, work_dir: Path, input_shape: tuple[int, ...]
                        metrics={"checkpoint": {k: v for k, v in info.items() if isinstance(v, (int, float, str))}})
 
 
+def check_layer_names(recipe: Recipe, source: Artifact) -> None:
+    """Layer names in stage settings must exist in the source model: checked before any stage runs
+    (a later stage sees the same names, minus blocks an earlier prune_depth removed)."""
+    hooks = [(spec, REGISTRY[spec.kind].check_names) for spec in recipe.stages if REGISTRY[spec.kind].check_names]
+    if source.format != "torch" or not hooks:
+        return
+    from edgepress import torch_artifact
+
+    model, _, _ = torch_artifact.load(source.path)
+    for spec, check in hooks:
+        try:
+            check(spec.settings, model)
+        except UserError as exc:
+            raise UserError(f"stage {spec.name!r}: {exc.problem}", fix=exc.fix) from None
+
+
 # Ranks other than 0 wait at a barrier while rank 0 alone evaluates, exports, quantizes: far longer
 # than the process group's default 30 minutes would allow on a big model. A rank 0 that dies instead
 # is noticed sooner: torchrun then stops the other ranks.
@@ -155,6 +171,7 @@ class Pipeline:
                     started = time.monotonic()
                     if spec is None:
                         output = build_source(recipe, work_dir=work, input_shape=data.input_shape, log=log)
+                        check_layer_names(recipe, output.artifact)
                     else:
                         output = REGISTRY[kind].run(current, spec.settings, ctx)
                     seconds = time.monotonic() - started

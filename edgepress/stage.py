@@ -51,3 +51,5 @@ class StageDef:
     run: Callable[..., StageOutput]
     summary: str
     needs: tuple[Literal["calibration", "training"], ...] = ()
+    # Checks layer names in the settings against the source model, before any stage runs.
+    check_names: Callable[[Any, Any], None] | None = None

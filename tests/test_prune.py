@@ -210,3 +210,18 @@ def test_round_to_rounds_to_the_nearest_multiple_so_macs_fall_with_the_ratio():
         assert all(c % 8 == 0 and c >= 8 for c in inner), inner
         macs.append(torch_artifact.count_macs(pruned, (3, 32, 32)))
     assert macs == sorted(macs, reverse=True) and len(set(macs)) == len(macs)
+
+
+def test_a_misnamed_layer_fails_check_and_run_before_any_stage_runs(tmp_path):
+    from tests.conftest import assert_one_line_error, run_cli, write_recipe
+
+    text = tiny_recipe_with('''
+[[stages]]
+kind = "prune"
+channel_ratio = 0.5
+ignored_layers = ["features.4x"]
+''')
+    recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
+    assert_one_line_error(run_cli("check", str(recipe)), "stage 'prune'", "'features.4x'", "did you mean")
+    assert_one_line_error(run_cli("run", str(recipe), "--out", str(tmp_path / "out")), "'features.4x'")
+    assert not [p for p in (tmp_path / "out").glob("*") if not p.name.startswith(".")], "no stage ran"
