@@ -70,6 +70,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=0.02)
+    parser.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher's soft targets")
+    parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--macs-target", type=float, default=0.5)
     parser.add_argument("--depth-blocks", type=int, default=6, help="residual blocks removed before channel pruning")
     parser.add_argument("--round-to", type=int, default=8)
@@ -118,7 +120,7 @@ def main() -> int:
         with torch.no_grad():
             teacher_logits = teacher(batch)
         logits = net(batch)
-        return distillation_loss(logits, teacher_logits, target, alpha=0.9, temperature=4.0), logits
+        return distillation_loss(logits, teacher_logits, target, alpha=args.alpha, temperature=args.temperature), logits
 
     def ce_loss(net, batch, target):
         logits = net(batch)
@@ -185,6 +187,7 @@ def main() -> int:
     for goal, met in goals.items():
         print(f"- {goal}: {'MET' if met else 'NOT MET'}")
     print(f"\nremoved blocks {[r['block'] for r in removed]}; unstructured sparsity {sparsity:.3f}")
+    print(f"distillation alpha {args.alpha}, temperature {args.temperature}")
     print(f"channel ratio {ratio:.3f} (round_to {args.round_to}); {args.epochs} epochs, batch {args.batch_size}, lr {args.learning_rate}, "
           f"{len(inputs)} training images; total {time.time() - started:.0f} s")
     if args.json:
