@@ -70,7 +70,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=0.02)
-    parser.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher's soft targets")
+    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the teacher's soft targets")
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--macs-target", type=float, default=0.5)
     parser.add_argument("--depth-blocks", type=int, default=6, help="residual blocks removed before channel pruning")
