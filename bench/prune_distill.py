@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from edgepress.compress.depth import DepthSettings, remove_blocks
-from edgepress.compress.distill import distillation_loss
+from edgepress.compress.distill import teacher_loss_fn
 from edgepress.compress.loop import LoopSettings, fit
 from edgepress.compress.prune import PruneSettings, prune_to_macs
 from edgepress.compress.sparsify import SparsifySettings, sparsify
@@ -116,11 +116,7 @@ def main() -> int:
                         warmup_epochs=1 if args.epochs > 1 else 0, augment="crop_flip", weight_decay=5e-4)
     inputs, labels = torch.from_numpy(train_x), torch.from_numpy(train_y)
 
-    def kd_loss(net, batch, target):
-        with torch.no_grad():
-            teacher_logits = teacher(batch)
-        logits = net(batch)
-        return distillation_loss(logits, teacher_logits, target, alpha=args.alpha, temperature=args.temperature), logits
+    kd_loss = teacher_loss_fn(teacher, alpha=args.alpha, temperature=args.temperature)
 
     def ce_loss(net, batch, target):
         logits = net(batch)

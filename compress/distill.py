@@ -45,6 +45,28 @@ def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, t
     return alpha * soft + (1.0 - alpha) * hard
 
 
+def teacher_loss_fn(teacher, *, alpha: float, temperature: float, label_smoothing: float = 0.0, hints=None,
+                    hint_weight: float = 0.0):
+    """The fit() loss that distills `teacher` into the trained model, with the hint loss when given."""
+    import torch
+
+    teacher.eval()
+
+    def loss_fn(net, batch, target):
+        if hints is not None:
+            hints.reset()
+        with torch.no_grad():
+            teacher_logits = teacher.to(batch.device)(batch)
+        logits = net(batch)
+        loss = distillation_loss(logits.float(), teacher_logits.float(), target, alpha=alpha,
+                                 temperature=temperature, label_smoothing=label_smoothing)
+        if hints is not None:
+            loss = loss + hint_weight * hints.loss()
+        return loss, logits
+
+    return loss_fn
+
+
 def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> StageOutput:
     import torch
 
@@ -76,17 +98,8 @@ def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> Stage
     train_set = ctx.data.training
     ctx.log(f"teacher: stage {teacher_stage!r} ({teacher_artifact.path})")
 
-    def loss_fn(net, batch, target):
-        if hints is not None:
-            hints.reset()
-        with torch.no_grad():
-            teacher_logits = teacher.to(batch.device)(batch)
-        logits = net(batch)
-        loss = distillation_loss(logits.float(), teacher_logits.float(), target, alpha=settings.alpha,
-                                 temperature=settings.temperature, label_smoothing=settings.label_smoothing)
-        if hints is not None:
-            loss = loss + settings.hint_weight * hints.loss()
-        return loss, logits
+    loss_fn = teacher_loss_fn(teacher, alpha=settings.alpha, temperature=settings.temperature,
+                              label_smoothing=settings.label_smoothing, hints=hints, hint_weight=settings.hint_weight)
 
     try:
         history = fit(student, inputs=torch.from_numpy(train_set.inputs), labels=torch.from_numpy(train_set.labels),

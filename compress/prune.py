@@ -7,11 +7,11 @@ are cut (a fixed `channel_ratio`, or the ratio found by bisection for a `macs_ta
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from edgepress.compress.channels import prune_copy
 from edgepress.errors import UserError
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
@@ -63,95 +63,6 @@ class PruneSettings:
     @property
     def measures_latency(self) -> bool:
         return self.latency_ratio is not None or self.latency_target_ms is not None
-
-
-def _importance(kind: str):
-    import torch_pruning as tp
-
-    return {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
-            "l2": lambda: tp.importance.MagnitudeImportance(p=2),
-            "bn_scale": lambda: tp.importance.BNScaleImportance(),
-            "taylor": lambda: tp.importance.TaylorImportance()}[kind]()
-
-
-def _ignored(model, settings: PruneSettings) -> list:
-    import torch
-
-    from edgepress.layer_names import require_layers
-
-    ignored = list(require_layers(model, settings.ignored_layers, setting="ignored_layers").values())
-    declared = getattr(model, "unprunable_layers", None)
-    if callable(declared):
-        ignored += list(declared())
-    # The classifier's outputs are the classes: never prunable.
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
-    if layers:
-        ignored.append(layers[-1])
-    return ignored
-
-
-def prune_copy(model, *, example, ratio: float, settings: PruneSettings, calibration=None):
-    """A pruned deep copy of `model` (the input model is never changed)."""
-    import torch
-    import torch_pruning as tp
-
-    if settings.round_to and not settings.global_ranking:
-        # Every prunable layer at the same ratio, rounded by edgepress (see rounded_ratio).
-        from edgepress.compress.sensitivity import prunable_layers, prune_with_layer_ratios
-
-        layers = prunable_layers(model, input_shape=tuple(example.shape[1:]), settings=settings)
-        pruned = prune_with_layer_ratios(model, example=example, layer_ratios={n: ratio for n in layers},
-                                         settings=settings, calibration=calibration)
-        check_forward(pruned, example=example)
-        return pruned
-    pruned = copy.deepcopy(model)
-    pruned.eval()
-    importance = _importance(settings.importance)
-    try:
-        pruner = tp.pruner.MetaPruner(pruned, example, importance=importance, pruning_ratio=ratio,
-                                      ignored_layers=_ignored(pruned, settings), global_pruning=settings.global_ranking,
-                                      round_to=settings.round_to)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"torch-pruning cannot trace this model: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
-                        fix="list the layers around the failing operation in ignored_layers") from None
-    if settings.importance == "taylor":
-        if calibration is None:
-            raise UserError("taylor importance needs data", fix="add [data.training] or [data.calibration]")
-        pruned.zero_grad()
-        inputs, labels = calibration
-        torch.nn.functional.cross_entropy(pruned(inputs), labels).backward()
-    pruner.step()
-    pruned.zero_grad(set_to_none=True)
-    check_forward(pruned, example=example)
-    return pruned
-
-
-def check_forward(pruned, *, example) -> None:
-    """Run the pruned model once and, if it breaks, name the operation torch-pruning could not follow.
-
-    Torch-pruning traces autograd; an operation hidden from it (a hard-coded reshape, a tensor that
-    leaves autograd, a raw parameter used functionally) leaves one side of a coupling unpruned, and
-    the first layer to see mismatched channels is where the user must look."""
-    import torch
-
-    entered: list[str] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: entered.append(name))
-             for name, m in pruned.named_modules() if name and not list(m.children())]
-    try:
-        with torch.no_grad():
-            pruned(example)
-    except Exception as exc:
-        last = entered[-1] if entered else "the model's first operation"
-        kind = type(dict(pruned.named_modules()).get(last, pruned)).__name__
-        raise UserError(f"torch-pruning cannot trace this model: after pruning, the forward pass fails at or after "
-                        f"{last!r} ({kind}): {' '.join(str(exc).split())[:160]}",
-                        fix=f"list {last!r} (and the layer feeding it) in ignored_layers, or replace the operation "
-                            "there that torch-pruning cannot see (a hard-coded shape, a tensor leaving autograd)") from None
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 def prune_to_macs(model, *, input_shape: tuple[int, ...], settings: PruneSettings, calibration=None):
@@ -256,7 +167,8 @@ def _sensitivity(model, *, settings: PruneSettings, input_shape, calibration, ct
     """Accuracy against ratio per layer, on a calibration subset."""
     import torch
 
-    from edgepress.compress.sensitivity import layer_sensitivity, prunable_layers
+    from edgepress.compress.channels import prunable_layers
+    from edgepress.compress.sensitivity import layer_sensitivity
 
     labeled = ctx.data.calibration
     inputs = torch.from_numpy(labeled.inputs[:settings.sensitivity_samples])
@@ -318,18 +230,12 @@ def _fine_tune(model, *, teacher, settings: PruneSettings, ctx: StageContext, st
     """A short distillation from the input model between steps, so the next cut ranks recovered weights."""
     import torch
 
-    from edgepress.compress.distill import distillation_loss
+    from edgepress.compress.distill import teacher_loss_fn
     from edgepress.compress.loop import LoopSettings, fit, resume_key
 
     loop = LoopSettings(epochs=settings.step_epochs, batch_size=settings.step_batch_size,
                         learning_rate=settings.step_learning_rate, augment="crop_flip" if model_is_image(ctx) else "none")
-    teacher.eval()
-
-    def loss_fn(net, batch, target):
-        with torch.no_grad():
-            teacher_logits = teacher.to(batch.device)(batch)
-        logits = net(batch)
-        return distillation_loss(logits, teacher_logits, target, alpha=0.9, temperature=4.0), logits
+    loss_fn = teacher_loss_fn(teacher, alpha=0.9, temperature=4.0)
 
     train = ctx.data.training
     history = fit(model, inputs=torch.from_numpy(train.inputs), labels=torch.from_numpy(train.labels), settings=loop,

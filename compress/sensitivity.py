@@ -12,7 +12,8 @@ import copy
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from edgepress.compress.prune import PruneSettings, _ignored, _importance
+from edgepress.compress.channels import cut, make_pruner, prunable_layers, prune_with_layer_ratios
+from edgepress.compress.prune import PruneSettings
 from edgepress.errors import UserError
 from edgepress.progress import Progress
 from edgepress.schema import closest
@@ -39,82 +40,6 @@ class SensitivityTable:
     def from_json(cls, data: dict[str, Any]) -> SensitivityTable:
         return cls(baseline_accuracy=float(data["baseline_accuracy"]), baseline_macs=int(data["baseline_macs"]),
                    layers={name: tuple(SensitivityPoint(**p) for p in points) for name, points in data["layers"].items()})
-
-
-def prunable_layers(model, *, input_shape: tuple[int, ...], settings: PruneSettings) -> list[str]:
-    """Names of the layers that root a pruning group in torch-pruning's dependency graph, in model order.
-
-    Exactly the groups MetaPruner would cut: coupled layers (the next conv's inputs, the BN)
-    follow their root, and ignored layers (settings, `unprunable_layers()`, classifier) root none."""
-    import torch
-    import torch_pruning as tp
-
-    traced = copy.deepcopy(model).eval()  # tracing runs a forward pass; the caller's model stays untouched
-    graph = tp.DependencyGraph().build_dependency(traced, example_inputs=torch.zeros(1, *input_shape))
-    roots = {group[0].dep.target.module for group in graph.get_all_groups(ignored_layers=_ignored(traced, settings))}
-    return [name for name, module in traced.named_modules() if module in roots]
-
-
-def _width(module) -> int:
-    return int(getattr(module, "out_channels", None) or module.out_features)
-
-
-def rounded_ratio(channels: int, ratio: float, *, round_to: int) -> float:
-    """The ratio that keeps the multiple of `round_to` nearest to channels x (1 - ratio), at least one
-    multiple; 0 when that keeps them all."""
-    kept = max(round_to, int(channels * (1.0 - ratio) / round_to + 0.5) * round_to)
-    # torch-pruning keeps int(channels x (1 - ratio)); a hair more than `kept` survives float error.
-    return 0.0 if kept >= channels else (channels - kept - 1e-6) / channels
-
-
-def _pruner(pruned, *, example, layer_ratios: dict[str, float], settings: PruneSettings, steps: tuple[float, ...] = (1.0,)):
-    """MetaPruner on `pruned` for exactly the named layers' groups; step k cuts each to steps[k] x its ratio."""
-    import torch_pruning as tp
-
-    modules = dict(pruned.named_modules())
-    for name in layer_ratios:
-        if name not in modules:
-            guess = closest(name, [n for n in modules if n])
-            raise UserError(f"layer ratios name {name!r}, which matches no layer of the model",
-                            fix=f"did you mean {guess!r}?" if guess else "use names from prunable_layers()")
-    if settings.round_to and len(steps) == 1:
-        # Rounded here, to the nearest multiple: torch-pruning floors the kept count and, where that
-        # reaches 0, silently prunes nothing, so MACs would jump back up as the ratio grows.
-        layer_ratios = {n: rounded_ratio(_width(modules[n]), r, round_to=settings.round_to) for n, r in layer_ratios.items()}
-    # pruning_ratio=0 leaves unnamed groups whole; local ranking so each layer gets exactly its ratio.
-    try:
-        return tp.pruner.MetaPruner(pruned, example, importance=_importance(settings.importance), pruning_ratio=0.0,
-                                    pruning_ratio_dict={modules[n]: r for n, r in layer_ratios.items() if r > 0.0},
-                                    ignored_layers=_ignored(pruned, settings), global_pruning=False,
-                                    round_to=settings.round_to if len(steps) > 1 else None, iterative_steps=len(steps),
-                                    iterative_pruning_ratio_scheduler=lambda ratio, _: [0.0] + [ratio * s for s in steps])
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"torch-pruning cannot trace this model: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
-                        fix="list the layers around the failing operation in ignored_layers") from None
-
-
-def _step(pruner, pruned, *, settings: PruneSettings, calibration) -> None:
-    import torch
-
-    if settings.importance == "taylor":
-        if calibration is None:
-            raise UserError("taylor importance needs data", fix="add [data.training] or [data.calibration]")
-        inputs, labels = calibration
-        pruned.zero_grad()
-        torch.nn.functional.cross_entropy(pruned(inputs), labels).backward()
-    pruner.step()
-    pruned.zero_grad(set_to_none=True)
-
-
-def prune_with_layer_ratios(model, *, example, layer_ratios: dict[str, float], settings: PruneSettings,
-                            calibration=None):
-    """A pruned deep copy: each named layer's group loses its own share of channels, all others none."""
-    pruned = copy.deepcopy(model).eval()
-    pruner = _pruner(pruned, example=example, layer_ratios=layer_ratios, settings=settings)
-    _step(pruner, pruned, settings=settings, calibration=calibration)
-    return pruned
 
 
 def layer_sensitivity(model, *, input_shape: tuple[int, ...], layers: list[str],
@@ -146,11 +71,11 @@ def layer_sensitivity(model, *, input_shape: tuple[int, ...], layers: list[str],
     progress = Progress("sensitivity", total=len(layers) * len(ratios))
     for index, name in enumerate(layers):
         pruned = copy.deepcopy(model).eval()
-        pruner = _pruner(pruned, example=example, layer_ratios={name: ratios[-1]}, settings=settings,
+        pruner = make_pruner(pruned, example=example, layer_ratios={name: ratios[-1]}, settings=settings,
                          steps=tuple(r / ratios[-1] for r in ratios))
         points = []
         for ratio in ratios:
-            _step(pruner, pruned, settings=settings, calibration=calibration)
+            cut(pruner, pruned, settings=settings, calibration=calibration)
             macs = torch_artifact.count_macs(pruned, input_shape)
             points.append(SensitivityPoint(ratio=ratio, accuracy=float(evaluate(copy.deepcopy(pruned))), macs=macs))
             progress.update(index * len(ratios) + len(points), note=f"{name} @ {ratio:g}: {points[-1].accuracy:.3f}")

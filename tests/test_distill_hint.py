@@ -14,7 +14,7 @@ from edgepress.compress.hints import FeatureHints
 from edgepress.compress.loop import fit
 from edgepress.errors import UserError
 from edgepress.models.small_cnn import small_cnn
-from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, write_recipe
+from tests.conftest import assert_one_line_error, run_cli, tiny_recipe_with, write_recipe
 
 PROBE = torch.zeros(2, 1, 8, 8)
 
@@ -129,8 +129,8 @@ def test_width_mismatch_trains_a_1x1_adapter_that_resumes_exactly(tmp_path):
         assert torch.equal(resumed_student.state_dict()[key], value), key
 
 
-HINT_RECIPE = TINY_RECIPE.replace('''[[stages]]
-kind = "export"''', '''[[stages]]
+HINT_RECIPE = tiny_recipe_with('''
+[[stages]]
 kind = "prune"
 channel_ratio = 0.5
 
@@ -140,9 +140,7 @@ teacher = "train"
 epochs = 2
 hint_layers = [{layers}]
 hint_weight = 0.5
-
-[[stages]]
-kind = "export"''').replace('[[stages]]\nkind = "ptq"\n', "")
+''').replace('[[stages]]\nkind = "ptq"\n', "")
 
 
 def test_unknown_hint_layer_is_a_one_line_error(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edgepress.compress.distill import DistillSettings, distillation_loss
-from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, write_recipe
+from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, tiny_recipe_with, write_recipe
 
 
 def test_distillation_loss_matches_its_formula():
@@ -35,8 +35,8 @@ def test_distill_settings_are_validated():
         DistillSettings(early_stopping_patience=2)
 
 
-PRUNE_DISTILL = TINY_RECIPE.replace('''[[stages]]
-kind = "export"''', '''[[stages]]
+PRUNE_DISTILL = tiny_recipe_with('''
+[[stages]]
 kind = "prune"
 channel_ratio = 0.5
 
@@ -48,9 +48,7 @@ augment = "crop_flip"
 crop_padding = 1
 validation_split = 0.1
 early_stopping_patience = 2
-
-[[stages]]
-kind = "export"''')
+''')
 
 
 def test_prune_then_distill_runs_and_shrinks_the_exported_graph(tmp_path):
