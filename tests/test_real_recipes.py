@@ -39,19 +39,20 @@ def test_recipe_reproduces_fp32_and_gates_int8(tmp_path, recipe, raw_accuracy, j
 def test_prune_kd_recipe_flows_through_export_ptq_and_gate(tmp_path):
     """The shipped prune + distill recipe, shortened (1 epoch, small sets) but otherwise as shipped."""
     text = (ROOT / "recipes" / "cifar10-resnet56-prune-kd.toml").read_text()
-    shortened = (text.replace("epochs = 8", "epochs = 1").replace("warmup_epochs = 1", "warmup_epochs = 0")
+    shortened = (text.replace("epochs = 8", "epochs = 1").replace("epochs = 2", "epochs = 1").replace("warmup_epochs = 1", "warmup_epochs = 0")
                  .replace("blocks = 6", "blocks = 6\nsamples = 32")
                  .replace('{ dataset = "cifar10:train_jpeg_10000" }', '{ dataset = "cifar10:train_jpeg_10000", limit = 256 }')
                  .replace('{ dataset = "cifar10:train_raw_5085" }', '{ dataset = "cifar10:train_raw_5085", limit = 256 }')
                  .replace('{ dataset = "cifar10:test_jpeg_10000" }', '{ dataset = "cifar10:test_jpeg_10000", limit = 500 }'))
-    assert shortened.count("limit = 256") == 2 and "epochs = 1" in shortened and "samples = 32" in shortened
+    assert shortened.count("limit = 256") == 2 and shortened.count("epochs = 1") == 2 and "samples = 32" in shortened
     recipe = tmp_path / "prune-kd.toml"  # its only path is {data}/..., which resolves the same from here
     recipe.write_text(shortened)
     proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
     assert proc.returncode in (0, 1), proc.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     stages = {s["name"]: s["metrics"] for s in report["stages"]}
-    assert list(stages) == ["model", "prune_depth", "prune", "distill", "export", "ptq"]
+    assert list(stages) == ["model", "teacher", "prune_depth", "prune", "distill", "export", "ptq"]
+    assert stages["distill"]["distill"]["teacher"] == "teacher"
     assert stages["prune_depth"]["depth_pruning"]["blocks_removed"] == 6
     assert stages["distill"]["macs"] <= 0.5 * stages["model"]["macs"]
     assert stages["prune"]["pruning"]["macs_kept_of_reference"] <= 0.5
