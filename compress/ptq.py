@@ -65,26 +65,39 @@ def _check_excluded(model_path: Path, names: tuple[str, ...]) -> None:
                             fix=f"did you mean {guess!r}?" if guess else "list node names from the ONNX graph (e.g. with Netron)")
 
 
-def node_precisions(model_path: Path) -> dict[str, int]:
-    """How many compute nodes run on quantized inputs versus float, in the QDQ graph as saved."""
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+
+
+def node_precision_map(model_path: Path) -> dict[str, str]:
+    """"int8" or "fp32" for every compute node of the QDQ graph as saved."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
-    counts = {"int8_nodes": 0, "float_nodes": 0}
-    compute_ops = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
-    for node in graph.node:
-        if node.op_type in compute_ops:
-            # Integer kernels need both the activation and the weight quantized.
-            quantized = len(node.input) > 1 and node.input[0] in dequantized and node.input[1] in dequantized
-            key = "int8_nodes" if quantized else "float_nodes"
-            counts[key] += 1
-    return counts
+    # Integer kernels need both the activation and the weight quantized.
+    return {node.name: "int8" if len(node.input) > 1 and node.input[0] in dequantized and node.input[1] in dequantized
+            else "fp32" for node in graph.node if node.op_type in COMPUTE_OPS}
+
+
+def node_precisions(model_path: Path) -> dict[str, int]:
+    """How many compute nodes run on quantized inputs versus float."""
+    precision = list(node_precision_map(model_path).values())
+    return {"int8_nodes": precision.count("int8"), "float_nodes": precision.count("fp32")}
+
+
+def compute_nodes(model_path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in COMPUTE_OPS]
 
 
 def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqSettings,
-             log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Quantize ONNX file `source` into `out` (files in, files out); return what was done."""
+             log: Callable[[str], None] = lambda _: None, calibration_cache: Path | None = None) -> dict[str, Any]:
+    """Quantize ONNX file `source` into `out` (files in, files out); return what was done.
+
+    `calibration_cache`: a JSON file of tensor ranges (ONNX Runtime's own format), read when it
+    exists and written when not, so that many variants of one model calibrate only once."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -101,6 +114,9 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
             log("quant_pre_process: shape inference and graph optimisation before quantization")
             to_quantize = Path(scratch) / "prepared.onnx"
             quant_pre_process(str(source), str(to_quantize), skip_symbolic_shape=True)
+        if not compute_nodes(to_quantize):
+            raise UserError(f"{source.name} has no Conv, Gemm or MatMul node, so INT8 has nothing to speed up",
+                            fix="remove the quantization stage for this model")
         _check_excluded(to_quantize, settings.nodes_to_exclude)
         excluded = list(settings.nodes_to_exclude)
         overrides: dict[str, Any] = {}
@@ -133,11 +149,17 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
                 nodes_to_exclude=excluded,
                 op_types_to_quantize=list(settings.op_types) or None,
                 extra_options=extra_options,
+                calibration_cache_path=calibration_cache,
             )
         log(chatter.getvalue())
     precisions = node_precisions(out)
     log(f"quantized: {precisions}")
-    return {"scheme": settings.scheme, "reduce_range": settings.reduce_range,
+    fallback = [{"node": n, "reason": "nodes_to_exclude"} for n in settings.nodes_to_exclude]
+    if settings.saturation_guard == "fp32":
+        fallback += [{"node": n, "reason": "saturation guard: its input may be negative, which saturates x86 U8S8"}
+                     for n in guarded if n not in settings.nodes_to_exclude]
+    return {"scheme": settings.scheme, "reduce_range": settings.reduce_range, "node_precision": node_precision_map(out),
+            "fp32_fallback": fallback,
             "saturation_guard": settings.saturation_guard, "guarded_nodes": guarded,
             "calibration_method": settings.calibration_method, "calibration_samples": int(len(inputs)), **precisions}
 

@@ -62,8 +62,28 @@ def markdown(report: dict[str, Any]) -> str:
         header, rows = _sensitivity_rows(sensitivity)
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
         lines += ["", f"![accuracy against prune ratio, per layer]({sensitivity_svg_name(stage)})"]
+    for stage, header, rows in _precisions(report):
+        search = next(st["metrics"]["quantization"].get("search") for st in report["stages"] if st["name"] == stage)
+        lines += ["", f"## Node precision: stage `{stage}`", ""]
+        if search:
+            lines += [f"Chosen: {search['chosen']}, {search['p50_vs_fp32']:.2f}x FP32 p50 on {search['target_isa']}, "
+                      f"agreement {100 * search['agreement']:.2f}% on {search['validation_samples']} validation images.", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "## Gate", ""] + _gate_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def _precisions(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(stage, header, rows) per quantizing stage: every compute node's precision, and why it is FP32."""
+    found = []
+    for stage in report["stages"]:
+        q = stage["metrics"].get("quantization", {})
+        if "node_precision" not in q:
+            continue
+        reasons = {f["node"]: f["reason"] for f in q.get("fp32_fallback", [])}
+        rows = [[node, precision, reasons.get(node, "")] for node, precision in q["node_precision"].items()]
+        found.append((stage["name"], ["node", "precision", "why FP32"], rows))
+    return found
 
 
 def _sensitivities(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -173,6 +193,8 @@ def html_page(report: dict[str, Any]) -> str:
     sensitivity_html = "".join(f"<h2>Pruning sensitivity: stage <code>{html.escape(stage)}</code></h2>"
                                f"{sensitivity_plot_svg(table)}{_html_table(*_sensitivity_rows(table))}"
                                for stage, table in _sensitivities(report))
+    precision_html = "".join(f"<h2>Node precision: stage <code>{html.escape(stage)}</code></h2>{_html_table(header, rows)}"
+                             for stage, header, rows in _precisions(report))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgepress: {html.escape(report['name'])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse;margin:1em 0}}
@@ -185,6 +207,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f
 <h2>Plots</h2>{_plots_svg(report)}
 <h2>Every evaluation set</h2>{_html_table(["stage", "set", "samples", "accuracy", "agreement"], _per_set_rows(report))}
 {sensitivity_html}
+{precision_html}
 <h2>Gate on stage <code>{html.escape(g['stage'])}</code>: <span class="{verdict}">{verdict}</span></h2>
 {_html_table(["budget", "limit", "value", "result"], gate_rows) if gate_rows else "<p>No budgets were set.</p>"}
 </body></html>

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgepress.compress import depth, distill, prune, ptq, sparsify, train
+from edgepress.compress import depth, distill, prune, ptq, ptq_accuracy, sparsify, train
 from edgepress.export import onnx_export
 from edgepress.stage import StageDef
 
@@ -16,5 +16,6 @@ REGISTRY: dict[str, StageDef] = {
         distill.STAGE,
         onnx_export.STAGE,
         ptq.STAGE,
+        ptq_accuracy.STAGE,
     )
 }

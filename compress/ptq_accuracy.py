@@ -1,0 +1,278 @@
+"""`accuracy_aware_ptq`: the fastest INT8 model that keeps a stated accuracy, on the recipe's target.
+
+1. Candidates: every scheme with fast integer kernels on the target, times every calibration
+   method. Each is quantized (ranges calibrated once per method, then cached), compared with FP32
+   on held-out calibration images, and timed on the target interleaved with FP32.
+2. A candidate that misses the goal, but is faster than the fastest one that meets it, gets node
+   fallback: each compute node is scored by how much the output error falls when it alone stays
+   in FP32, and bisection finds the fewest top-scored nodes to keep in FP32.
+3. The fastest model that meets the goal and beats FP32 is the output; if none does, a one-line error.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from edgepress.compress.ptq import PtqSettings, compute_nodes, node_precision_map, quantize
+from edgepress.errors import UserError
+from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
+
+Scheme = Literal["u8s8", "s8s8", "u8u8"]
+Method = Literal["minmax", "entropy", "percentile"]
+MIN_VALIDATION_SAMPLES = 200
+
+
+@dataclass(frozen=True)
+class AccuracyAwarePtqSettings:
+    min_agreement: float | None = None  # share of top-1 predictions equal to FP32's, on the validation images
+    max_accuracy_drop_points: float | None = None  # FP32 top-1 minus INT8 top-1, in points, same images
+    schemes: tuple[Scheme, ...] = ()  # empty: every scheme with fast kernels on the target
+    calibration_methods: tuple[Method, ...] = ("percentile", "minmax")
+    percentile: float = 99.999
+    calibration_samples: int = 512
+    # Validation images: calibration images after the first calibration_samples (a seeded shuffle).
+    validation_samples: int = 1000
+    sensitivity_samples: int = 128
+    fallback_candidates: int = 2  # the fastest candidates that miss the goal get node fallback
+    max_fp32_nodes: int | None = None
+    nodes_to_exclude: tuple[str, ...] = ()  # always FP32, whatever the search finds
+    latency_rounds: int = 8
+    latency_runs_per_round: int = 30
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_agreement is None and self.max_accuracy_drop_points is None:
+            raise ValueError("set min_agreement and/or max_accuracy_drop_points: the goal the search must meet")
+        if self.min_agreement is not None and not 0.0 < self.min_agreement <= 1.0:
+            raise ValueError(f"min_agreement is a share in (0, 1], got {self.min_agreement}")
+        if not self.calibration_methods:
+            raise ValueError("calibration_methods must name at least one method")
+        if min(self.calibration_samples, self.validation_samples, self.sensitivity_samples) <= 0:
+            raise ValueError("calibration_samples, validation_samples and sensitivity_samples must be positive")
+
+    def meets(self, *, agreement: float, accuracy_drop_points: float) -> bool:
+        return ((self.min_agreement is None or agreement >= self.min_agreement)
+                and (self.max_accuracy_drop_points is None or accuracy_drop_points <= self.max_accuracy_drop_points))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    settings: PtqSettings
+
+
+def candidates(settings: AccuracyAwarePtqSettings, *, isa, warn: Callable[[str], None]) -> list[Candidate]:
+    slow = isa.slow_schemes()
+    schemes = list(settings.schemes) or [s for s in ("u8s8", "s8s8", "u8u8") if s not in slow]
+    for scheme in settings.schemes:
+        if scheme in slow:
+            warn(f"warning: {scheme} has no fast kernel on this target ({slow[scheme]}); searched anyway")
+    found = []
+    for scheme in schemes:
+        variants = [("", {"saturation_guard": "off"})]
+        if scheme == "u8s8" and isa.u8s8_saturates:
+            # Two ways around int16 saturation: uint8 weights where inputs may be negative, or 7-bit weights.
+            variants = [("+guard", {"saturation_guard": "uint8_weights"}),
+                        ("+reduce_range", {"saturation_guard": "off", "reduce_range": True})]
+        for suffix, options in variants:
+            for method in settings.calibration_methods:
+                found.append(Candidate(name=f"{scheme}{suffix} {method}", settings=PtqSettings(
+                    scheme=scheme, calibration_method=method, percentile=settings.percentile,
+                    calibration_samples=settings.calibration_samples, nodes_to_exclude=settings.nodes_to_exclude,
+                    preprocess=False, **options)))
+    return found
+
+
+class _Workbench:
+    """Quantizes variants of one prepared FP32 model and scores them against FP32 on fixed images."""
+
+    def __init__(self, *, prepared: Path, calibration: np.ndarray, validation_inputs: np.ndarray,
+                 validation_labels: np.ndarray, scratch: Path, threads: int) -> None:
+        from edgepress.runtime.session import open_session, predict
+
+        self._predict = lambda path, x: predict(open_session(path, threads=threads), x, batch_size=256)
+        self.prepared, self.calibration, self.scratch = prepared, calibration, scratch
+        self.inputs, self.labels = validation_inputs, validation_labels
+        self.fp32_outputs = self._predict(prepared, validation_inputs)
+        self.fp32_top1 = self.fp32_outputs.argmax(1)
+        self._count = 0
+
+    def quantize(self, settings: PtqSettings) -> tuple[Path, dict[str, Any]]:
+        self._count += 1
+        out = self.scratch / f"candidate-{self._count}.onnx"
+        cache = self.scratch / f"ranges-{settings.calibration_method}.json"
+        done = quantize(source=self.prepared, out=out, calibration=self.calibration, settings=settings,
+                        calibration_cache=cache)
+        return out, done
+
+    def score(self, path: Path, *, samples: int | None = None) -> dict[str, float]:
+        x = self.inputs[:samples]
+        outputs = self._predict(path, x)
+        reference = self.fp32_outputs[: len(x)]
+        top1 = outputs.argmax(1)
+        return {"agreement": float(np.mean(top1 == self.fp32_top1[: len(x)])),
+                "accuracy_drop_points": 100.0 * float(np.mean(self.fp32_top1[: len(x)] == self.labels[: len(x)])
+                                                      - np.mean(top1 == self.labels[: len(x)])),
+                # output error, normalised so that it reads the same for logits and embeddings
+                "output_error": float(np.sum((outputs - reference) ** 2) / max(np.sum(reference ** 2), 1e-12))}
+
+
+def _time(paths: dict[str, Path], sample: np.ndarray, *, threads: int, settings: AccuracyAwarePtqSettings) -> dict[str, float]:
+    from edgepress.runtime.latency import interleaved_latency
+
+    times = interleaved_latency(paths, sample, threads=threads, rounds=settings.latency_rounds,
+                                runs_per_round=settings.latency_runs_per_round, warmup_runs=20)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def fallback_ranking(bench: _Workbench, candidate: Candidate, *, log: Callable[[str], None],
+                     samples: int) -> list[dict[str, Any]]:
+    """Compute nodes, most worth keeping in FP32 first: how much the output error falls without each."""
+    full, _ = bench.quantize(candidate.settings)
+    base_error = bench.score(full, samples=samples)["output_error"]
+    ranking = []
+    nodes = [n for n in compute_nodes(bench.prepared) if n not in candidate.settings.nodes_to_exclude]
+    for index, node in enumerate(nodes):
+        path, _ = bench.quantize(replace(candidate.settings,
+                                         nodes_to_exclude=candidate.settings.nodes_to_exclude + (node,)))
+        error = bench.score(path, samples=samples)["output_error"]
+        ranking.append({"node": node, "error_all_int8": base_error, "error_without_node": error,
+                        "gain": base_error - error})
+        path.unlink()
+        if (index + 1) % 10 == 0 or index + 1 == len(nodes):
+            log(f"  sensitivity {candidate.name}: {index + 1}/{len(nodes)} nodes")
+    return sorted(ranking, key=lambda r: -r["gain"])
+
+
+def fewest_fallbacks(bench: _Workbench, candidate: Candidate, ranking: list[dict[str, Any]], *,
+                     settings: AccuracyAwarePtqSettings, log: Callable[[str], None]):
+    """(path, quantize result, score, k) with the fewest top-ranked nodes in FP32 that meet the goal, or None.
+    Assumes that keeping more of the ranked nodes in FP32 never hurts, hence bisection."""
+    limit = min(len(ranking), settings.max_fp32_nodes if settings.max_fp32_nodes is not None else len(ranking))
+    tried: dict[int, tuple] = {}
+
+    def attempt(k: int):
+        fallback = tuple(r["node"] for r in ranking[:k])
+        path, done = bench.quantize(replace(candidate.settings,
+                                            nodes_to_exclude=candidate.settings.nodes_to_exclude + fallback))
+        score = bench.score(path)
+        tried[k] = (path, done, score, k)
+        log(f"  {candidate.name} with {k} nodes in FP32: agreement {score['agreement']:.4f}, "
+            f"drop {score['accuracy_drop_points']:.2f} points")
+        return settings.meets(agreement=score["agreement"], accuracy_drop_points=score["accuracy_drop_points"])
+
+    if limit == 0 or not attempt(limit):
+        return None
+    low, high = 0, limit  # attempt(low) failed (the bare candidate missed); attempt(high) met
+    while high - low > 1:
+        middle = (low + high) // 2
+        if attempt(middle):
+            high = middle
+        else:
+            low = middle
+    return tried[high]
+
+
+def search(*, source: Path, out: Path, calibration: np.ndarray, validation_labels: np.ndarray,
+           settings: AccuracyAwarePtqSettings, threads: int, isa, log: Callable[[str], None]) -> dict[str, Any]:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not np.all(np.isfinite(calibration)):
+        raise UserError("the calibration data contains NaN or infinite values",
+                        fix="clean the calibration data or its preprocessing")
+    order = np.random.default_rng(settings.seed).permutation(len(calibration))
+    calibrate_on = calibration[order[: settings.calibration_samples]]
+    held_out = order[settings.calibration_samples: settings.calibration_samples + settings.validation_samples]
+    if len(held_out) < MIN_VALIDATION_SAMPLES:
+        raise UserError(f"accuracy_aware_ptq validates on calibration images not used for calibration, and only "
+                        f"{len(held_out)} of {len(calibration)} remain after calibration_samples "
+                        f"{settings.calibration_samples}",
+                        fix=f"raise the [data.calibration] limit to at least "
+                            f"{settings.calibration_samples + settings.validation_samples}, or lower calibration_samples")
+    with tempfile.TemporaryDirectory(prefix="edgepress-ptq-search-") as scratch_name:
+        scratch = Path(scratch_name)
+        prepared = scratch / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        bench = _Workbench(prepared=prepared, calibration=calibrate_on, validation_inputs=calibration[held_out],
+                           validation_labels=validation_labels[held_out], scratch=scratch, threads=threads)
+        log(f"target {isa.describe()}, {threads} thread(s); validation on {len(held_out)} held-out calibration images")
+        trials, models = [], {}
+        for candidate in candidates(settings, isa=isa, warn=log):
+            path, done = bench.quantize(candidate.settings)
+            score = bench.score(path)
+            models[candidate.name] = (path, done, score, 0, candidate)
+            trials.append({"candidate": candidate.name, "fp32_nodes": 0, **score})
+            log(f"{candidate.name}: agreement {score['agreement']:.4f}, drop {score['accuracy_drop_points']:.2f} points")
+        sample = calibration[held_out[:1]]
+        p50 = _time({"fp32": prepared, **{name: m[0] for name, m in models.items()}}, sample, threads=threads,
+                    settings=settings)
+        for trial in trials:
+            trial["p50_vs_fp32"] = p50[trial["candidate"]] / p50["fp32"]
+        meeting = {name: m for name, m in models.items() if settings.meets(**_goal_fields(m[2]))}
+        best_p50 = min((p50[name] for name in meeting), default=float("inf"))
+        rankings = {}
+        misses = sorted((name for name in models if name not in meeting and p50[name] < best_p50), key=p50.get)
+        for name in misses[: settings.fallback_candidates]:
+            candidate = models[name][4]
+            log(f"fallback search on {name} (p50 {p50[name] / p50['fp32']:.2f}x FP32)")
+            rankings[name] = fallback_ranking(bench, candidate, log=log, samples=settings.sensitivity_samples)
+            found = fewest_fallbacks(bench, candidate, rankings[name], settings=settings, log=log)
+            if found is not None:
+                path, done, score, k = found
+                meeting[f"{name} + {k} FP32"] = (path, done, score, k, candidate)
+                trials.append({"candidate": name, "fp32_nodes": k, **score})
+        if not meeting:
+            best = max(trials, key=lambda t: t["agreement"])
+            raise UserError(f"no INT8 configuration meets the goal on {isa.describe()} (best: {best['candidate']} with "
+                            f"{best['fp32_nodes']} nodes in FP32, agreement {best['agreement']:.4f}, drop "
+                            f"{best['accuracy_drop_points']:.2f} points)",
+                            fix="relax min_agreement / max_accuracy_drop_points, raise max_fp32_nodes, or use qat")
+        final = _time({"fp32": prepared, **{name: m[0] for name, m in meeting.items()}}, sample, threads=threads,
+                      settings=settings)
+        chosen = min(meeting, key=final.get)
+        path, done, score, k, candidate = meeting[chosen]
+        ratio = final[chosen] / final["fp32"]
+        if ratio >= 1.0:
+            raise UserError(f"the INT8 models that meet the goal are no faster than FP32 on {isa.describe()} "
+                            f"(fastest: {chosen} at {ratio:.2f}x)",
+                            fix="relax the goal, ship the FP32 model, or use qat")
+        shutil.copyfile(path, out)
+        ranking = rankings.get(candidate.name, [])
+        fallback = [{"node": r["node"], "rank": i + 1, "reason": f"keeping it in FP32 cuts the output error from "
+                     f"{r['error_all_int8']:.3g} to {r['error_without_node']:.3g}"} for i, r in enumerate(ranking[:k])]
+        fallback += [{"node": n, "rank": None, "reason": "nodes_to_exclude"} for n in settings.nodes_to_exclude]
+        log(f"chosen: {chosen}, p50 {ratio:.2f}x FP32, agreement {score['agreement']:.4f}")
+        return {**done, "search": {"chosen": chosen, "goal": {"min_agreement": settings.min_agreement,
+                                                               "max_accuracy_drop_points": settings.max_accuracy_drop_points},
+                                   "target_isa": isa.describe(), "threads": threads,
+                                   "validation_samples": int(len(held_out)), **score,
+                                   "p50_ms": final[chosen], "fp32_p50_ms": final["fp32"], "p50_vs_fp32": ratio,
+                                   "trials": trials},
+                "fp32_fallback": fallback, "node_precision": node_precision_map(out)}
+
+
+def _goal_fields(score: dict[str, float]) -> dict[str, float]:
+    return {"agreement": score["agreement"], "accuracy_drop_points": score["accuracy_drop_points"]}
+
+
+def run(source: Artifact, settings: AccuracyAwarePtqSettings, ctx: StageContext) -> StageOutput:
+    from edgepress.runtime.isa import local_isa
+
+    calibration = ctx.data.calibration
+    ctx.log(f"calibration set: {calibration.name}")
+    out = ctx.output_path("onnx")
+    done = search(source=source.path, out=out, calibration=calibration.inputs, validation_labels=calibration.labels,
+                  settings=settings, threads=ctx.recipe.target.threads, isa=local_isa(), log=ctx.log)
+    return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={"quantization": done})
+
+
+STAGE = StageDef(kind="accuracy_aware_ptq", settings_type=AccuracyAwarePtqSettings, input_format="onnx",
+                 output_format="onnx", run=run, needs=("calibration",),
+                 summary="the fastest INT8 configuration on [target] that meets an agreement or accuracy goal, "
+                         "with sensitive nodes left in FP32")
