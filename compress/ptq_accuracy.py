@@ -152,10 +152,12 @@ def fallback_ranking(bench: _Workbench, candidate: Candidate, *, log: Callable[[
 
 def fewest_fallbacks(bench: _Workbench, candidate: Candidate, ranking: list[dict[str, Any]], *,
                      settings: AccuracyAwarePtqSettings, log: Callable[[str], None]):
-    """(path, quantize result, score, k) with the fewest top-ranked nodes in FP32 that meet the goal, or None.
-    Assumes that keeping more of the ranked nodes in FP32 never hurts, hence bisection."""
+    """((path, quantize result, score, k) with the fewest top-ranked nodes in FP32 that meet the goal,
+    or None; every attempt's trial record). Assumes that keeping more of the ranked nodes in FP32
+    never hurts, hence bisection."""
     limit = min(len(ranking), settings.max_fp32_nodes if settings.max_fp32_nodes is not None else len(ranking))
     tried: dict[int, tuple] = {}
+    attempts: list[dict[str, Any]] = []
 
     def attempt(k: int):
         fallback = tuple(r["node"] for r in ranking[:k])
@@ -163,12 +165,13 @@ def fewest_fallbacks(bench: _Workbench, candidate: Candidate, ranking: list[dict
                                             nodes_to_exclude=candidate.settings.nodes_to_exclude + fallback))
         score = bench.score(path)
         tried[k] = (path, done, score, k)
+        attempts.append({"candidate": candidate.name, "fp32_nodes": k, "of_nodes": len(ranking), **score})
         log(f"  {candidate.name} with {k} nodes in FP32: agreement {score['agreement']:.4f}, "
             f"drop {score['accuracy_drop_points']:.2f} points")
         return settings.meets(agreement=score["agreement"], accuracy_drop_points=score["accuracy_drop_points"])
 
     if limit == 0 or not attempt(limit):
-        return None
+        return None, attempts
     low, high = 0, limit  # attempt(low) failed (the bare candidate missed); attempt(high) met
     while high - low > 1:
         middle = (low + high) // 2
@@ -176,7 +179,7 @@ def fewest_fallbacks(bench: _Workbench, candidate: Candidate, ranking: list[dict
             high = middle
         else:
             low = middle
-    return tried[high]
+    return tried[high], attempts
 
 
 def search(*, source: Path, out: Path, calibration: np.ndarray, validation_labels: np.ndarray,
@@ -222,16 +225,20 @@ def search(*, source: Path, out: Path, calibration: np.ndarray, validation_label
             candidate = models[name][4]
             log(f"fallback search on {name} (p50 {p50[name] / p50['fp32']:.2f}x FP32)")
             rankings[name] = fallback_ranking(bench, candidate, log=log, samples=settings.sensitivity_samples)
-            found = fewest_fallbacks(bench, candidate, rankings[name], settings=settings, log=log)
+            found, attempts = fewest_fallbacks(bench, candidate, rankings[name], settings=settings, log=log)
+            trials += attempts
             if found is not None:
                 path, done, score, k = found
                 meeting[f"{name} + {k} FP32"] = (path, done, score, k, candidate)
-                trials.append({"candidate": name, "fp32_nodes": k, **score})
         if not meeting:
             best = max(trials, key=lambda t: t["agreement"])
+            every = [t for t in trials if t["fp32_nodes"] and t["fp32_nodes"] == t.get("of_nodes")]
+            why = (f"; even with all {every[0]['of_nodes']} compute nodes in FP32 it agrees only "
+                   f"{max(t['agreement'] for t in every):.4f}, so the loss is in the quantized activations, which "
+                   f"compute-node fallback does not remove" if every else "")
             raise UserError(f"no INT8 configuration meets the goal on {isa.describe()} (best: {best['candidate']} with "
                             f"{best['fp32_nodes']} nodes in FP32, agreement {best['agreement']:.4f}, drop "
-                            f"{best['accuracy_drop_points']:.2f} points)",
+                            f"{best['accuracy_drop_points']:.2f} points){why}",
                             fix="relax min_agreement / max_accuracy_drop_points, raise max_fp32_nodes, or use qat")
         final = _time({"fp32": prepared, **{name: m[0] for name, m in meeting.items()}}, sample, threads=threads,
                       settings=settings)

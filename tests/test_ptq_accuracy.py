@@ -134,6 +134,14 @@ def test_an_unreachable_goal_is_one_line_and_writes_nothing(outlier_onnx, tmp_pa
                settings=settings(max_fp32_nodes=0), threads=1, isa=local_isa(), log=lambda _: None)
     assert "no INT8 configuration meets the goal" in error.value.one_line() and "qat" in error.value.fix
     assert not out.exists()
+    # A goal no fallback can reach (INT8 50 points more accurate than FP32): the error says that even
+    # every compute node in FP32 misses, which points at the activations.
+    with pytest.raises(UserError) as error:
+        search(source=outlier_onnx, out=out, calibration=calibration, validation_labels=top1(outlier_onnx, calibration),
+               settings=settings(min_agreement=None, max_accuracy_drop_points=-50.0, fallback_candidates=1),
+               threads=1, isa=local_isa(), log=lambda _: None)
+    assert "even with all 5 compute nodes in FP32" in error.value.one_line(), error.value.one_line()
+    assert not out.exists()
 
 
 def test_too_few_held_out_images_and_unknown_nodes_are_one_line_errors(outlier_onnx, tmp_path):
