@@ -38,6 +38,7 @@ from edgepress.compress.distill import teacher_loss_fn
 from edgepress.compress.loop import LoopSettings, fit
 from edgepress.compress.prune import PruneSettings, prune_to_macs
 from edgepress.compress.sparsify import SparsifySettings, sparsify
+from edgepress.compress.train import cross_entropy_loss_fn
 from edgepress.measure import gzip_size_bytes
 from edgepress.datapath import data_root
 from edgepress.export.onnx_export import ExportSettings, export_onnx
@@ -55,11 +56,6 @@ from edgepress.runtime.latency import interleaved_latency
 NORMALISE = PreprocessSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 TESTS = ("test_raw_1017", "test_jpeg_10000")
 TEACHER = "unpruned, fine-tuned (teacher)"
-
-
-def ce_loss(net, batch, target):
-    logits = net(batch)
-    return torch.nn.functional.cross_entropy(logits, target), logits
 
 
 def load(stem: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +108,7 @@ def main() -> int:
     unpruned.eval()
     inputs, labels = torch.from_numpy(train_x), torch.from_numpy(train_y)
     train_seconds = {}
+    ce_loss = cross_entropy_loss_fn()
     teacher = copy.deepcopy(unpruned)
     if args.teacher_epochs:
         say(f"teacher: fine-tuning the unpruned model for {args.teacher_epochs} epochs on {len(inputs)} images")

@@ -56,9 +56,11 @@ class AccuracyAwarePtqSettings:
         if min(self.calibration_samples, self.validation_samples, self.sensitivity_samples) <= 0:
             raise ValueError("calibration_samples, validation_samples and sensitivity_samples must be positive")
 
-    def meets(self, *, agreement: float, accuracy_drop_points: float) -> bool:
-        return ((self.min_agreement is None or agreement >= self.min_agreement)
-                and (self.max_accuracy_drop_points is None or accuracy_drop_points <= self.max_accuracy_drop_points))
+    def meets(self, score: dict[str, float]) -> bool:
+        """Whether a _Workbench.score result meets the goal."""
+        return ((self.min_agreement is None or score["agreement"] >= self.min_agreement)
+                and (self.max_accuracy_drop_points is None
+                     or score["accuracy_drop_points"] <= self.max_accuracy_drop_points))
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,17 @@ def candidates(settings: AccuracyAwarePtqSettings, *, isa, warn: Callable[[str],
                     calibration_samples=settings.calibration_samples, nodes_to_exclude=settings.nodes_to_exclude,
                     preprocess=False, **options)))
     return found
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """One quantized model in the scratch folder and how it scored."""
+
+    path: Path
+    done: dict[str, Any]  # what quantize() reports
+    score: dict[str, float]
+    fp32_nodes: int
+    candidate: Candidate
 
 
 class _Workbench:
@@ -151,12 +164,13 @@ def fallback_ranking(bench: _Workbench, candidate: Candidate, *, log: Callable[[
 
 
 def fewest_fallbacks(bench: _Workbench, candidate: Candidate, ranking: list[dict[str, Any]], *,
-                     settings: AccuracyAwarePtqSettings, log: Callable[[str], None]):
-    """((path, quantize result, score, k) with the fewest top-ranked nodes in FP32 that meet the goal,
-    or None; every attempt's trial record). Assumes that keeping more of the ranked nodes in FP32
+                     settings: AccuracyAwarePtqSettings,
+                     log: Callable[[str], None]) -> tuple[Quantized | None, list[dict[str, Any]]]:
+    """(the Quantized model with the fewest top-ranked nodes in FP32 that meets the goal, or None;
+    every attempt's trial record). Assumes that keeping more of the ranked nodes in FP32
     never hurts, hence bisection."""
     limit = min(len(ranking), settings.max_fp32_nodes if settings.max_fp32_nodes is not None else len(ranking))
-    tried: dict[int, tuple] = {}
+    tried: dict[int, Quantized] = {}
     attempts: list[dict[str, Any]] = []
 
     def attempt(k: int):
@@ -164,11 +178,11 @@ def fewest_fallbacks(bench: _Workbench, candidate: Candidate, ranking: list[dict
         path, done = bench.quantize(replace(candidate.settings,
                                             nodes_to_exclude=candidate.settings.nodes_to_exclude + fallback))
         score = bench.score(path)
-        tried[k] = (path, done, score, k)
+        tried[k] = Quantized(path=path, done=done, score=score, fp32_nodes=k, candidate=candidate)
         attempts.append({"candidate": candidate.name, "fp32_nodes": k, "of_nodes": len(ranking), **score})
         log(f"  {candidate.name} with {k} nodes in FP32: agreement {score['agreement']:.4f}, "
             f"drop {score['accuracy_drop_points']:.2f} points")
-        return settings.meets(agreement=score["agreement"], accuracy_drop_points=score["accuracy_drop_points"])
+        return settings.meets(score)
 
     if limit == 0 or not attempt(limit):
         return None, attempts
@@ -209,27 +223,26 @@ def search(*, source: Path, out: Path, calibration: np.ndarray, validation_label
         for candidate in candidates(settings, isa=isa, warn=log):
             path, done = bench.quantize(candidate.settings)
             score = bench.score(path)
-            models[candidate.name] = (path, done, score, 0, candidate)
+            models[candidate.name] = Quantized(path=path, done=done, score=score, fp32_nodes=0, candidate=candidate)
             trials.append({"candidate": candidate.name, "fp32_nodes": 0, **score})
             log(f"{candidate.name}: agreement {score['agreement']:.4f}, drop {score['accuracy_drop_points']:.2f} points")
         sample = calibration[held_out[:1]]
-        p50 = _time({"fp32": prepared, **{name: m[0] for name, m in models.items()}}, sample, threads=threads,
+        p50 = _time({"fp32": prepared, **{name: m.path for name, m in models.items()}}, sample, threads=threads,
                     settings=settings)
         for trial in trials:
             trial["p50_vs_fp32"] = p50[trial["candidate"]] / p50["fp32"]
-        meeting = {name: m for name, m in models.items() if settings.meets(**_goal_fields(m[2]))}
+        meeting = {name: m for name, m in models.items() if settings.meets(m.score)}
         best_p50 = min((p50[name] for name in meeting), default=float("inf"))
         rankings = {}
         misses = sorted((name for name in models if name not in meeting and p50[name] < best_p50), key=p50.get)
         for name in misses[: settings.fallback_candidates]:
-            candidate = models[name][4]
+            candidate = models[name].candidate
             log(f"fallback search on {name} (p50 {p50[name] / p50['fp32']:.2f}x FP32)")
             rankings[name] = fallback_ranking(bench, candidate, log=log, samples=settings.sensitivity_samples)
             found, attempts = fewest_fallbacks(bench, candidate, rankings[name], settings=settings, log=log)
             trials += attempts
             if found is not None:
-                path, done, score, k = found
-                meeting[f"{name} + {k} FP32"] = (path, done, score, k, candidate)
+                meeting[f"{name} + {found.fp32_nodes} FP32"] = found
         if not meeting:
             best = max(trials, key=lambda t: t["agreement"])
             every = [t for t in trials if t["fp32_nodes"] and t["fp32_nodes"] == t.get("of_nodes")]
@@ -240,10 +253,11 @@ def search(*, source: Path, out: Path, calibration: np.ndarray, validation_label
                             f"{best['fp32_nodes']} nodes in FP32, agreement {best['agreement']:.4f}, drop "
                             f"{best['accuracy_drop_points']:.2f} points){why}",
                             fix="relax min_agreement / max_accuracy_drop_points, raise max_fp32_nodes, or use qat")
-        final = _time({"fp32": prepared, **{name: m[0] for name, m in meeting.items()}}, sample, threads=threads,
+        final = _time({"fp32": prepared, **{name: m.path for name, m in meeting.items()}}, sample, threads=threads,
                       settings=settings)
         chosen = min(meeting, key=final.get)
-        path, done, score, k, candidate = meeting[chosen]
+        winner = meeting[chosen]
+        path, done, score, k, candidate = winner.path, winner.done, winner.score, winner.fp32_nodes, winner.candidate
         ratio = final[chosen] / final["fp32"]
         if ratio >= 1.0:
             raise UserError(f"the INT8 models that meet the goal are no faster than FP32 on {isa.describe()} "
@@ -262,10 +276,6 @@ def search(*, source: Path, out: Path, calibration: np.ndarray, validation_label
                                    "p50_ms": final[chosen], "fp32_p50_ms": final["fp32"], "p50_vs_fp32": ratio,
                                    "trials": trials},
                 "fp32_fallback": fallback, "node_precision": node_precision_map(out)}
-
-
-def _goal_fields(score: dict[str, float]) -> dict[str, float]:
-    return {"agreement": score["agreement"], "accuracy_drop_points": score["accuracy_drop_points"]}
 
 
 def run(source: Artifact, settings: AccuracyAwarePtqSettings, ctx: StageContext) -> StageOutput:

@@ -13,6 +13,17 @@ class TrainSettings(LoopSettings):
     pass
 
 
+def cross_entropy_loss_fn(*, label_smoothing: float = 0.0):
+    """The fit() loss of plain supervised training: cross-entropy against the labels."""
+    import torch
+
+    def loss_fn(net, batch, target):
+        logits = net(batch)
+        return torch.nn.functional.cross_entropy(logits, target, label_smoothing=label_smoothing), logits
+
+    return loss_fn
+
+
 def run(source: Artifact, settings: TrainSettings, ctx: StageContext) -> StageOutput:
     import torch
 
@@ -20,13 +31,8 @@ def run(source: Artifact, settings: TrainSettings, ctx: StageContext) -> StageOu
 
     model, input_shape, builder = torch_artifact.load(source.path)
     train_set = ctx.data.training
-
-    def loss_fn(net, batch, target):
-        logits = net(batch)
-        return torch.nn.functional.cross_entropy(logits, target, label_smoothing=settings.label_smoothing), logits
-
     history = fit(model, inputs=torch.from_numpy(train_set.inputs), labels=torch.from_numpy(train_set.labels),
-                  settings=settings, loss_fn=loss_fn, resume_dir=ctx.resume_dir,
+                  settings=settings, loss_fn=cross_entropy_loss_fn(label_smoothing=settings.label_smoothing), resume_dir=ctx.resume_dir,
                   key=resume_key(source_sha256=ctx.source_sha256, settings=settings), log=ctx.log, label="train")
     out = ctx.output_path("torch")
     torch_artifact.save(out, model=model, builder=builder, input_shape=input_shape)

@@ -62,8 +62,7 @@ def markdown(report: dict[str, Any]) -> str:
         header, rows = _sensitivity_rows(sensitivity)
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
         lines += ["", f"![accuracy against prune ratio, per layer]({sensitivity_svg_name(stage)})"]
-    for stage, header, rows in _precisions(report):
-        search = next(st["metrics"]["quantization"].get("search") for st in report["stages"] if st["name"] == stage)
+    for stage, search, header, rows in _precisions(report):
         lines += ["", f"## Node precision: stage `{stage}`", ""]
         if search:
             lines += [f"Chosen: {search['chosen']}, {search['p50_vs_fp32']:.2f}x FP32 p50 on {search['target_isa']}, "
@@ -73,8 +72,9 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _precisions(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(stage, header, rows) per quantizing stage: every compute node's precision, and why it is FP32."""
+def _precisions(report: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None, list[str], list[list[str]]]]:
+    """(stage, its accuracy-aware search summary or None, header, rows) per quantizing stage: every
+    compute node's precision, and why it is FP32."""
     found = []
     for stage in report["stages"]:
         q = stage["metrics"].get("quantization", {})
@@ -82,7 +82,7 @@ def _precisions(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[
             continue
         reasons = {f["node"]: f["reason"] for f in q.get("fp32_fallback", [])}
         rows = [[node, precision, reasons.get(node, "")] for node, precision in q["node_precision"].items()]
-        found.append((stage["name"], ["node", "precision", "why FP32"], rows))
+        found.append((stage["name"], q.get("search"), ["node", "precision", "why FP32"], rows))
     return found
 
 
@@ -194,7 +194,7 @@ def html_page(report: dict[str, Any]) -> str:
                                f"{sensitivity_plot_svg(table)}{_html_table(*_sensitivity_rows(table))}"
                                for stage, table in _sensitivities(report))
     precision_html = "".join(f"<h2>Node precision: stage <code>{html.escape(stage)}</code></h2>{_html_table(header, rows)}"
-                             for stage, header, rows in _precisions(report))
+                             for stage, _, header, rows in _precisions(report))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgepress: {html.escape(report['name'])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse;margin:1em 0}}
