@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,33 @@ class PtqSettings:
     nodes_to_exclude: tuple[str, ...] = ()
     op_types: tuple[str, ...] = ()
     preprocess: bool = True
+    # Transforms that lower quantization error (README, "Quantization transforms"); each one is a switch
+    # so the benchmark can measure it on and off.
+    # BatchNormalization folded into the conv before it (by ONNX Runtime's graph optimisation in `preprocess`):
+    # the conv then quantizes the weights it really uses and no float BN runs between integer kernels. False
+    # keeps every BN a separate node through quantization. Both torch exporters already fold BN in eval mode,
+    # so it matters for ONNX models that arrive with BatchNormalization nodes. Needs `preprocess`.
+    fold_batchnorm: bool = True
+    # Cross-layer equalization (compress/equalize.py): rescales consecutive convs so per-channel weight
+    # ranges even out, which helps depthwise networks (MobileNetV2) whose channels differ by orders of magnitude.
+    # The float function is unchanged (ReLU6 channels that reach 6 on calibration data stay unscaled).
+    equalize: bool = False
+    # Empirical bias correction (compress/bias_correction.py): the per-channel mean output shift that int8
+    # rounding causes, estimated on the calibration images and removed through each int8 Conv/Gemm's bias.
+    bias_correction: bool = False
+    # Share of the calibration samples kept out of the bias estimate, on which its effect is measured and
+    # reported (output error and top-1 agreement against the source model, before and after).
+    bias_correction_holdout: float = 0.25
 
     def __post_init__(self) -> None:
         if self.calibration_samples <= 0 or self.calibration_batch <= 0:
             raise ValueError("calibration_samples and calibration_batch must be positive")
         if not 90.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (90, 100], got {self.percentile}")
+        if not 0.0 < self.bias_correction_holdout < 1.0:
+            raise ValueError(f"bias_correction_holdout is a share in (0, 1), got {self.bias_correction_holdout}")
+        if self.equalize and not self.fold_batchnorm:
+            raise ValueError("equalize needs fold_batchnorm: a BatchNormalization between two convs breaks the pair")
 
 
 class _ArrayReader:
@@ -92,6 +114,69 @@ def compute_nodes(model_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in COMPUTE_OPS]
 
 
+def batchnorm_count(model_path: Path) -> int:
+    import onnx
+
+    return sum(n.op_type == "BatchNormalization" for n in onnx.load(str(model_path), load_external_data=False).graph.node)
+
+
+def _prepare(source: Path, out: Path, *, fold_batchnorm: bool, scratch: Path, log: Callable[[str], None]) -> None:
+    """quant_pre_process: ONNX Runtime's basic graph optimisation (constant folding, Conv+BN, Conv+Add,
+    Conv+Mul fusions), then shape inference. Without fold_batchnorm the same optimisation runs with
+    only the Conv+BN fusion disabled, so the switch changes that one thing."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if fold_batchnorm:
+        log("quant_pre_process: shape inference and graph optimisation (folds BatchNormalization) before quantization")
+        quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
+        return
+    log("quant_pre_process: shape inference and graph optimisation without the Conv+BatchNormalization fusion")
+    optimized = scratch / "optimized-keep-bn.onnx"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=["ConvBNFusion"])
+    quant_pre_process(str(optimized), str(out), skip_symbolic_shape=True, skip_optimization=True)
+
+
+def _transformed_cache(cache: Path | None, settings: PtqSettings) -> Path | None:
+    """Ranges calibrated on an equalized or unfolded graph are not those of the plain one: own file."""
+    if cache is None or (settings.fold_batchnorm and not settings.equalize):
+        return cache
+    tag = ("-keep-bn" if not settings.fold_batchnorm else "") + ("-equalized" if settings.equalize else "")
+    return cache.with_name(f"{cache.stem}{tag}{cache.suffix}")
+
+
+def _split_for_bias_correction(inputs: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+    """(estimate, held out): a seeded shuffle, so class-sorted calibration sets split fairly."""
+    held = int(round(len(inputs) * holdout))
+    if held < 1 or held >= len(inputs):
+        raise UserError(f"bias correction holds out {holdout:.0%} of {len(inputs)} calibration samples, "
+                        "which leaves none to estimate or none to measure on",
+                        fix="use more calibration samples or change bias_correction_holdout")
+    order = np.random.default_rng(0).permutation(len(inputs))
+    return inputs[np.sort(order[held:])], inputs[np.sort(order[:held])]
+
+
+def _bias_correction(*, source: Path, float_model: Path, out: Path, inputs: np.ndarray, settings: PtqSettings,
+                     scratch: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    from edgepress.compress.bias_correction import correct_biases, measure
+
+    estimate, held_out = _split_for_bias_correction(inputs, settings.bias_correction_holdout)
+    uncorrected = scratch / "uncorrected.onnx"
+    shutil.copyfile(out, uncorrected)
+    int8 = [name for name, precision in node_precision_map(out).items() if precision == "int8"]
+    done = correct_biases(float_model=float_model, quantized=out, nodes=int8, inputs=estimate,
+                          batch=settings.calibration_batch, log=log)
+    done["held_out"] = measure(reference=source, models={"before": uncorrected, "after": out}, inputs=held_out)
+    log(f"bias correction on {len(held_out)} held-out calibration samples: output error vs source "
+        f"{done['held_out']['output_error_before']:.4g} -> {done['held_out']['output_error_after']:.4g}")
+    return done
+
+
 def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqSettings,
              log: Callable[[str], None] = lambda _: None, calibration_cache: Path | None = None) -> dict[str, Any]:
     """Quantize ONNX file `source` into `out` (files in, files out); return what was done.
@@ -99,7 +184,6 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
     `calibration_cache`: a JSON file of tensor ranges (ONNX Runtime's own format), read when it
     exists and written when not, so that many variants of one model calibrate only once."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgepress.runtime.session import input_info, open_session
 
@@ -111,13 +195,21 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
     with tempfile.TemporaryDirectory(prefix="edgepress-ptq-") as scratch:
         to_quantize = source
         if settings.preprocess:
-            log("quant_pre_process: shape inference and graph optimisation before quantization")
             to_quantize = Path(scratch) / "prepared.onnx"
-            quant_pre_process(str(source), str(to_quantize), skip_symbolic_shape=True)
+            _prepare(source, to_quantize, fold_batchnorm=settings.fold_batchnorm, scratch=Path(scratch), log=log)
+        transforms: dict[str, Any] = {"fold_batchnorm": {
+            "on": settings.fold_batchnorm and settings.preprocess, "batchnorm_nodes_in_source": batchnorm_count(source),
+            "batchnorm_nodes_quantized": batchnorm_count(to_quantize)}}
         if not compute_nodes(to_quantize):
             raise UserError(f"{source.name} has no Conv, Gemm or MatMul node, so INT8 has nothing to speed up",
                             fix="remove the quantization stage for this model")
         _check_excluded(to_quantize, settings.nodes_to_exclude)
+        if settings.equalize:  # before the guard: equalizing may give shared weights their own names
+            from edgepress.compress.equalize import equalize_file
+
+            equalized = Path(scratch) / "equalized.onnx"
+            transforms["equalize"] = equalize_file(to_quantize, equalized, inputs, batch=settings.calibration_batch, log=log)
+            to_quantize = equalized
         excluded = list(settings.nodes_to_exclude)
         overrides: dict[str, Any] = {}
         guarded = signed_input_nodes(to_quantize) if settings.saturation_guard != "off" and settings.scheme == "u8s8" else []
@@ -149,9 +241,12 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
                 nodes_to_exclude=excluded,
                 op_types_to_quantize=list(settings.op_types) or None,
                 extra_options=extra_options,
-                calibration_cache_path=calibration_cache,
+                calibration_cache_path=_transformed_cache(calibration_cache, settings),
             )
         log(chatter.getvalue())
+        if settings.bias_correction:
+            transforms["bias_correction"] = _bias_correction(source=source, float_model=to_quantize, out=out, inputs=inputs,
+                                                             settings=settings, scratch=Path(scratch), log=log)
     precisions = node_precisions(out)
     log(f"quantized: {precisions}")
     fallback = [{"node": n, "reason": "nodes_to_exclude"} for n in settings.nodes_to_exclude]
@@ -161,7 +256,8 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
     return {"scheme": settings.scheme, "reduce_range": settings.reduce_range, "node_precision": node_precision_map(out),
             "fp32_fallback": fallback,
             "saturation_guard": settings.saturation_guard, "guarded_nodes": guarded,
-            "calibration_method": settings.calibration_method, "calibration_samples": int(len(inputs)), **precisions}
+            "calibration_method": settings.calibration_method, "calibration_samples": int(len(inputs)),
+            "transforms": transforms, **precisions}
 
 
 def run(source: Artifact, settings: PtqSettings, ctx: StageContext) -> StageOutput:
