@@ -24,15 +24,19 @@ class DistillSettings(LoopSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be positive")
+        check_distillation(alpha=self.alpha, temperature=self.temperature)
         if self.hint_teacher_layers and len(self.hint_teacher_layers) != len(self.hint_layers):
             raise ValueError(f"hint_teacher_layers must name one teacher layer per hint_layers entry "
                              f"({len(self.hint_layers)}), got {len(self.hint_teacher_layers)}")
         if self.hint_weight < 0:
             raise ValueError(f"hint_weight must be >= 0, got {self.hint_weight}")
+
+
+def check_distillation(*, alpha: float, temperature: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
 
 
 def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, temperature: float,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgepress.compress import depth, distill, prune, ptq, ptq_accuracy, sparsify, train
+from edgepress.compress import depth, distill, prune, ptq, ptq_accuracy, qat, sparsify, train
 from edgepress.export import onnx_export
 from edgepress.stage import StageDef
 
@@ -17,5 +17,6 @@ REGISTRY: dict[str, StageDef] = {
         onnx_export.STAGE,
         ptq.STAGE,
         ptq_accuracy.STAGE,
+        qat.STAGE,
     )
 }

@@ -1,0 +1,176 @@
+"""`qat`: quantization-aware training, torch in, QDQ ONNX out that ONNX Runtime runs with integer kernels.
+
+Batch norm is folded, fake quantization sits where ONNX Runtime's fusions put integer kernels
+(qat_graph.py), ranges start from calibration and are then learned, and the model is fine-tuned
+by distillation from its own FP32 self (or a named stage). The export is checked twice: no float
+convolution or matmul is left after ONNX Runtime's optimisation, and the torch model, run with
+ONNX Runtime's integer arithmetic, agrees with the ONNX model on `min_parity` of predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from edgepress.compress.distill import check_distillation
+from edgepress.compress.loop import LoopSettings, fit, resume_key
+from edgepress.errors import UserError
+from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
+
+
+@dataclass(frozen=True)
+class QatSettings(LoopSettings):
+    # Fine-tuning a converged model: a short, gentle schedule; no weight decay, which would also
+    # shrink the learned quantization scales.
+    epochs: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    teacher: str = "input"  # "input" = this stage's own FP32 input; else a finished torch stage's name
+    alpha: float = 1.0  # 1.0: match the FP32 teacher only, which is what agreement with FP32 asks for
+    temperature: float = 1.0
+    # 7-bit weights where the target's U8S8 kernels add products in int16 (x86 without VNNI);
+    # "auto" asks the target's CPU.
+    weight_bits: Literal["auto", "7", "8"] = "auto"
+    calibration_method: Literal["minmax", "percentile"] = "percentile"
+    percentile: float = 99.999
+    calibration_samples: int = 512
+    learn_ranges: bool = True
+    parity_samples: int = 1000
+    min_parity: float = 0.995
+    opset: int = 17
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_distillation(alpha=self.alpha, temperature=self.temperature)
+        if not 90.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (90, 100], got {self.percentile}")
+        if self.calibration_samples <= 0 or self.parity_samples <= 0:
+            raise ValueError("calibration_samples and parity_samples must be positive")
+        if not 0.0 < self.min_parity <= 1.0:
+            raise ValueError("min_parity is a share in (0, 1]")
+
+
+def weight_qmax(settings: QatSettings, log) -> int:
+    from edgepress.runtime.isa import local_isa
+
+    if settings.weight_bits == "auto":
+        isa = local_isa()
+        bits = 7 if isa.u8s8_saturates else 8
+        log(f"weight_bits auto: {bits} on {isa.describe()}" + (" (U8S8 kernels add products in int16)" if bits == 7 else ""))
+    else:
+        bits = int(settings.weight_bits)
+    return 64 if bits == 7 else 127
+
+
+def _predict(module, inputs: np.ndarray, batch: int = 200) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([module(torch.from_numpy(inputs[i:i + batch])) for i in range(0, len(inputs), batch)]).numpy()
+
+
+def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, train_labels: np.ndarray,
+          check_inputs: np.ndarray, settings: QatSettings, log, resume_dir=None, key: str = ""):
+    """Fold, place fake quantization, calibrate, fine-tune from `teacher`; returns (QatGraph, metrics)."""
+    import torch
+
+    from edgepress.compress.distill import teacher_loss_fn
+    from edgepress.compress.qat_graph import QatGraph
+
+    graph = QatGraph(model, weight_qmax=weight_qmax(settings, log))
+    if not np.all(np.isfinite(calibration)):
+        raise UserError("the calibration data contains NaN or infinite values", fix="clean the calibration data or its preprocessing")
+    torch.manual_seed(settings.seed)  # the observers subsample
+    graph.calibrate(torch.from_numpy(calibration[: settings.calibration_samples]), method=settings.calibration_method,
+                    percentile=settings.percentile)
+    log(f"{len(graph.quantizers)} activation quantizers, ranges from {settings.calibration_method} calibration")
+    for quantizer in graph.quantizers:
+        quantizer.scale.requires_grad_(settings.learn_ranges)
+    reference = _predict(teacher, check_inputs).argmax(1)
+    graph.set_mode("exact")
+    before = float(np.mean(_predict(graph.module.eval(), check_inputs).argmax(1) == reference))
+    log(f"before training: INT8 agrees with the teacher on {100 * before:.2f}% of {len(check_inputs)} check inputs")
+    graph.set_mode("quantize")
+    loss_fn = teacher_loss_fn(teacher, alpha=settings.alpha, temperature=settings.temperature,
+                              label_smoothing=settings.label_smoothing)
+    history = fit(graph.module, inputs=torch.from_numpy(train_inputs), labels=torch.from_numpy(train_labels),
+                  settings=settings, loss_fn=loss_fn, resume_dir=resume_dir, key=key, log=log, label="qat")
+    graph.module.cpu().eval()
+    graph.set_mode("exact")
+    after = float(np.mean(_predict(graph.module, check_inputs).argmax(1) == reference))
+    log(f"after training: INT8 agrees with the teacher on {100 * after:.2f}%")
+    return graph, {"weight_bits": 7 if graph.weight_qmax == 64 else 8, "activation_quantizers": len(graph.quantizers),
+                   "samples": int(len(train_inputs)), "epochs_run": len(history), "history": history,
+                   "teacher_agreement_before": before, "teacher_agreement_after": after}
+
+
+def export(*, graph, input_shape: tuple[int, ...], out, parity_inputs: np.ndarray, settings: QatSettings, log) -> dict:
+    """QDQ ONNX with int8 weights; fails unless ONNX Runtime runs it on integer kernels and agrees with torch."""
+    from edgepress.compress.qat_export import check_integer_kernels, int8_weights
+    from edgepress.export.onnx_export import ExportSettings, export_onnx
+    from edgepress.runtime.session import open_session, predict
+
+    graph.set_mode("quantize")
+    fake_logits = _predict(graph.module, parity_inputs)
+    graph.set_mode("exact")
+    exact_logits = _predict(graph.module, parity_inputs)
+    frozen, weights = graph.frozen_copy()
+    # The dynamo exporter cannot trace fake quantization with a dynamic batch (torch 2.13).
+    export_onnx(model=frozen, input_shape=input_shape, path=out,
+                settings=ExportSettings(exporter="torchscript", opset=settings.opset), log=log)
+    swapped = int8_weights(out, weights)
+    kernels = check_integer_kernels(out)
+    log(f"ONNX Runtime runs {kernels['integer_compute_nodes']} integer and {kernels['float_compute_nodes']} float "
+        f"compute nodes: {kernels['op_counts']}")
+    ort_logits = predict(open_session(out, threads=1), parity_inputs, batch_size=200)
+    parity = float(np.mean(ort_logits.argmax(1) == exact_logits.argmax(1)))
+    fake_parity = float(np.mean(ort_logits.argmax(1) == fake_logits.argmax(1)))
+    max_abs_diff = float(np.max(np.abs(ort_logits - exact_logits)))
+    log(f"torch QAT vs ONNX Runtime INT8 on {len(parity_inputs)} inputs: top-1 agreement {parity:.4f} "
+        f"(integer arithmetic), {fake_parity:.4f} (training's fake quantization); max |diff| {max_abs_diff:.3g}")
+    if parity < settings.min_parity:
+        raise UserError(f"the ONNX model agrees with the torch QAT model on only {100 * parity:.2f}% of top-1 predictions "
+                        f"(minimum {100 * settings.min_parity:.2f}%)",
+                        fix="report this model: its quantization placement does not match ONNX Runtime's kernels")
+    return {"int8_weights": swapped, "onnxruntime_kernels": kernels,
+            "parity": {"samples": int(len(parity_inputs)), "top1_agreement": parity,
+                       "top1_agreement_fake_quant": fake_parity, "max_abs_diff": max_abs_diff}}
+
+
+def run(source: Artifact, settings: QatSettings, ctx: StageContext) -> StageOutput:
+    from edgepress import torch_artifact
+    from edgepress.compress.ptq import node_precision_map
+
+    model, input_shape, _ = torch_artifact.load(source.path)
+    if settings.teacher == "input":
+        teacher, _, _ = torch_artifact.load(source.path)
+    else:
+        teacher_artifact = ctx.artifacts.get(settings.teacher)
+        if teacher_artifact is None or teacher_artifact.format != "torch":
+            done = ["input"] + [name for name, a in ctx.artifacts.items() if a.format == "torch"]
+            raise UserError(f"teacher {settings.teacher!r} is not a finished torch stage before this one",
+                            fix=f"set teacher to one of {', '.join(done)}")
+        teacher, _, _ = torch_artifact.load(teacher_artifact.path)
+    parity_set = ctx.data.evaluation[0]
+    parity_inputs = parity_set.inputs[: settings.parity_samples]
+    ctx.log(f"calibration: {ctx.data.calibration.name}; training: {ctx.data.training.name}; checks on {parity_set.name}")
+    graph, trained = train(model=model, teacher=teacher, calibration=ctx.data.calibration.inputs,
+                           train_inputs=ctx.data.training.inputs, train_labels=ctx.data.training.labels,
+                           check_inputs=parity_inputs, settings=settings, log=ctx.log, resume_dir=ctx.resume_dir,
+                           key=resume_key(source_sha256=ctx.source_sha256, settings=settings))
+    out = ctx.output_path("onnx")
+    exported = export(graph=graph, input_shape=input_shape, out=out, parity_inputs=parity_inputs, settings=settings, log=ctx.log)
+    exported["parity"]["set"] = parity_set.name
+    precision = node_precision_map(out)
+    return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={
+        "quantization": {"scheme": "u8s8", "method": "qat", "node_precision": precision, "fp32_fallback": [],
+                         "int8_nodes": sum(p == "int8" for p in precision.values()),
+                         "float_nodes": sum(p == "fp32" for p in precision.values())},
+        "qat": {**trained, **exported}})
+
+
+STAGE = StageDef(kind="qat", settings_type=QatSettings, input_format="torch", output_format="onnx", run=run,
+                 needs=("calibration", "training"),
+                 summary="quantization-aware training distilled from FP32, exported as QDQ ONNX on ONNX Runtime's integer kernels")

@@ -1,0 +1,171 @@
+"""QAT: the torch model is the INT8 model ONNX Runtime runs, on real sessions and real models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import TINY_RECIPE, assert_one_line_error, requires_shared_data, run_cli, write_recipe
+from edgepress.compress.qat_export import check_integer_kernels, int8_weights
+from edgepress.compress.qat_graph import QatGraph
+from edgepress.errors import UserError
+from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.runtime.session import open_session, predict
+
+
+class ResidualNet(nn.Module):
+    """Every pattern QAT places quantization around: conv-bn-relu, a residual add, a strided
+    option-A shortcut (slice + channel pad), ReLU6, pooling, flatten and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv1 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        out = F.relu6(self.bn1(self.conv1(x)))
+        shortcut = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4))
+        out = F.relu(self.conv2(out) + shortcut)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+def _trained_like(model: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):  # non-trivial statistics, so folding changes the weights
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _images(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(count, 3, 16, 16)).astype(np.float32)
+
+
+def _export(tmp_path, *, weight_qmax: int):
+    graph = QatGraph(_trained_like(ResidualNet()), weight_qmax=weight_qmax)
+    torch.manual_seed(0)
+    graph.calibrate(torch.from_numpy(_images(128, seed=1)), method="percentile", percentile=99.99)
+    frozen, weights = graph.frozen_copy()
+    path = tmp_path / "qat.onnx"
+    export_onnx(model=frozen, input_shape=(3, 16, 16), path=path, settings=ExportSettings(exporter="torchscript", opset=17),
+                log=lambda _: None)
+    assert int8_weights(path, weights) == 4  # 3 convs + the linear layer, all int8 initializers now
+    return graph, path
+
+
+def test_exported_qdq_runs_integer_kernels_and_matches_torch_bit_for_bit(tmp_path):
+    graph, path = _export(tmp_path, weight_qmax=64)
+    kernels = check_integer_kernels(path)
+    assert kernels["float_compute_nodes"] == 0
+    assert kernels["op_counts"].get("QLinearConv") == 3 and kernels["op_counts"].get("QGemm") == 1
+    assert kernels["op_counts"].get("QLinearAdd") == 1
+
+    inputs = _images(256, seed=2)
+    graph.set_mode("exact")
+    with torch.no_grad():
+        exact = graph.module(torch.from_numpy(inputs)).numpy()
+    onnx_logits = predict(open_session(path, threads=1), inputs, batch_size=64)
+    np.testing.assert_allclose(onnx_logits, exact, atol=1e-5)  # the same integer arithmetic, to float rounding
+    graph.set_mode("quantize")
+    with torch.no_grad():
+        fake = graph.module(torch.from_numpy(inputs)).numpy()
+    assert np.abs(fake - onnx_logits).max() < 0.05 * np.abs(onnx_logits).max()  # training's approximation is close
+
+
+def test_8_bit_weights_saturate_where_the_cpu_adds_u8s8_pairs_in_int16(tmp_path):
+    """Why 7-bit weights: with 8-bit ones, AVX2 without VNNI leaves the integer model's arithmetic."""
+    from edgepress.runtime.isa import local_isa
+
+    graph, path = _export(tmp_path, weight_qmax=127)
+    inputs = _images(64, seed=2)
+    graph.set_mode("exact")
+    with torch.no_grad():
+        exact = graph.module(torch.from_numpy(inputs)).numpy()
+    gap = np.abs(predict(open_session(path, threads=1), inputs, batch_size=64) - exact).max()
+    if local_isa().u8s8_saturates:
+        assert gap > 1e-3
+    else:
+        assert gap < 1e-5
+
+
+def test_weights_stay_within_7_bits_where_u8s8_would_saturate():
+    graph = QatGraph(_trained_like(ResidualNet()), weight_qmax=64)
+    graph.calibrate(torch.from_numpy(_images(32, seed=1)), method="minmax", percentile=99.99)
+    _, weights = graph.frozen_copy()
+    largest = max(int(integers.abs().max()) for integers, _ in weights.values())
+    assert largest == 64  # 255 * 64 * 2 < 32767: the int16 pair sums of AVX2's U8S8 kernel cannot overflow
+
+
+def test_an_op_qat_cannot_place_is_named():
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.sigmoid(self.conv(x)).mean((2, 3))
+
+    with pytest.raises(UserError, match="sigmoid"):
+        QatGraph(Gated().eval(), weight_qmax=64)
+
+
+def _tiny_qat_recipe(settings: str) -> str:
+    """The tiny digits recipe with train -> qat in place of train -> export -> ptq."""
+    text = TINY_RECIPE.replace('[[stages]]\nkind = "export"\n\n[[stages]]\nkind = "ptq"', '[[stages]]\nkind = "qat"\n' + settings)
+    assert 'kind = "qat"' in text
+    return text
+
+
+def test_qat_stage_in_a_recipe_reports_parity_and_integer_kernels(tmp_path):
+    text = _tiny_qat_recipe("epochs = 1\nparity_samples = 300")
+    recipe = write_recipe(tmp_path, text=text.format(epochs=3, budgets=""))
+    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    stage = next(s for s in report["stages"] if s["name"] == "qat")
+    qat = stage["metrics"]["qat"]
+    assert qat["parity"]["top1_agreement"] >= 0.995
+    assert qat["onnxruntime_kernels"]["float_compute_nodes"] == 0
+    assert qat["int8_weights"] == qat["onnxruntime_kernels"]["integer_compute_nodes"]
+    assert stage["metrics"]["quantization"]["float_nodes"] == 0
+    assert stage["metrics"]["agreement"] >= 0.9
+
+
+def test_unknown_teacher_is_one_line_error(tmp_path):
+    text = _tiny_qat_recipe('teacher = "nope"')
+    recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
+    assert_one_line_error(run_cli("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'nope'")
+
+
+@requires_shared_data
+def test_real_resnet20_qat_recipe_shortened(tmp_path):
+    """The shipped ResNet-20 QAT recipe on small sets: integer kernels, exact parity, agreement kept."""
+    from conftest import ROOT
+
+    text = (ROOT / "recipes" / "cifar10-resnet20-accurate-int8.toml").read_text()
+    shortened = (text.replace("epochs = 2", "epochs = 1")
+                 .replace('{ dataset = "cifar10:train_jpeg_10000" }', '{ dataset = "cifar10:train_jpeg_10000", limit = 512 }')
+                 .replace('{ dataset = "cifar10:train_raw_5085" }', '{ dataset = "cifar10:train_raw_5085", limit = 512 }')
+                 .replace('{ dataset = "cifar10:test_jpeg_10000" }', '{ dataset = "cifar10:test_jpeg_10000", limit = 1000 }'))
+    assert shortened.count("limit = 512") == 3 and "limit = 1000" in shortened
+    recipe = tmp_path / "resnet20-qat.toml"
+    recipe.write_text(shortened)
+    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
+    qat = stages["qat"]["qat"]
+    assert qat["weight_bits"] in (7, 8) and qat["int8_weights"] == 20  # 19 convolutions + the classifier
+    assert qat["onnxruntime_kernels"]["float_compute_nodes"] == 0
+    assert qat["parity"]["top1_agreement"] >= 0.995
+    assert stages["qat"]["agreement"] >= 0.97
