@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import sys
 import time
+import warnings
+
+
+@contextlib.contextmanager
+def tool_output_to(log):
+    """What third-party tools (exporters, optimizers, quantizers) print, warn or log goes to `log`
+    (the stage log), not the terminal. For the duration the root logger's only handler writes
+    there too: a library's logging.warning() then neither prints nor installs a lasting stderr
+    handler, and one that called logging.basicConfig() at import has its handler set aside."""
+    captured = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, root.handlers = root.handlers, [logging.StreamHandler(captured)]
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's own handler writes to stderr
+    with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            root.handlers = saved_handlers
+            log(captured.getvalue())
 
 
 def say(message: str) -> None:

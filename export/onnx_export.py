@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from edgepress.errors import UserError
+from edgepress.progress import tool_output_to
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 INPUT_NAME = "input"
@@ -41,11 +38,7 @@ def export_onnx(*, model, input_shape: tuple[int, ...], path, settings: ExportSe
     import torch
 
     example = torch.zeros(2, *input_shape)
-    captured = io.StringIO()
-    # The exporters print progress and deprecation notes; keep them in the stage log, not the terminal.
-    with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with tool_output_to(log):
         try:
             if settings.exporter == "dynamo":
                 torch.onnx.export(model, (example,), str(path), opset_version=settings.opset, dynamo=True,
@@ -57,12 +50,10 @@ def export_onnx(*, model, input_shape: tuple[int, ...], path, settings: ExportSe
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         except Exception as exc:
-            log(captured.getvalue())
             reason = " ".join(str(exc).split())[:240]
             other = "torchscript" if settings.exporter == "dynamo" else "dynamo"
             raise UserError(f"torch.onnx.export ({settings.exporter}) failed: {reason}",
                             fix=f'try exporter = "{other}" in the export stage, or make the model traceable') from None
-    log(captured.getvalue())
 
 
 def run(source: Artifact, settings: ExportSettings, ctx: StageContext) -> StageOutput:

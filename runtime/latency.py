@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnxruntime as ort
 
-from edgepress.runtime.session import input_info
+from edgepress.runtime.session import as_feed
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,11 @@ def summarize(samples_ms: np.ndarray) -> LatencyStats:
                         runs=int(samples_ms.size))
 
 
-def time_runs(session: ort.InferenceSession, sample: np.ndarray, *, warmup_runs: int, runs: int) -> np.ndarray:
-    """Per-run wall times in ms for `runs` calls on one fixed input, after `warmup_runs` untimed calls."""
-    feed = {input_info(session).name: np.ascontiguousarray(sample, dtype=np.float32)}
+def time_runs(session: ort.InferenceSession, sample: np.ndarray | dict[str, np.ndarray], *, warmup_runs: int,
+              runs: int) -> np.ndarray:
+    """Per-run wall times in ms for `runs` calls on one fixed input (an array, or named arrays for a
+    text model), after `warmup_runs` untimed calls."""
+    feed = as_feed(session, sample)
     for _ in range(warmup_runs):
         session.run(None, feed)
     times_ms = np.empty(runs, dtype=np.float64)
@@ -48,12 +50,13 @@ def time_runs(session: ort.InferenceSession, sample: np.ndarray, *, warmup_runs:
     return times_ms
 
 
-def measure_latency(session: ort.InferenceSession, sample: np.ndarray, *, warmup_runs: int, runs: int) -> LatencyStats:
+def measure_latency(session: ort.InferenceSession, sample: np.ndarray | dict[str, np.ndarray], *, warmup_runs: int,
+                    runs: int) -> LatencyStats:
     return summarize(time_runs(session, sample, warmup_runs=warmup_runs, runs=runs))
 
 
-def interleaved_latency(paths: dict, sample: np.ndarray, *, threads: int, rounds: int, runs_per_round: int,
-                        warmup_runs: int) -> dict[str, np.ndarray]:
+def interleaved_latency(paths: dict, sample: np.ndarray | dict[str, np.ndarray], *, threads: int, rounds: int,
+                        runs_per_round: int, warmup_runs: int) -> dict[str, np.ndarray]:
     """Per-run ms for each model, timed in shuffled alternating rounds in one process, so that a
     machine's slow spells fall on every model alike and their ratio stays honest."""
     from edgepress.runtime.session import open_session

@@ -51,8 +51,10 @@ def input_info(session: ort.InferenceSession) -> InputInfo:
 
 
 def sample_shape(session: ort.InferenceSession) -> tuple[int, ...] | None:
-    """The model's per-sample input shape (without batch), or None when any of it is symbolic."""
-    dims = input_info(session).shape[1:]
+    """The model's per-sample input shape (without batch), or None when any of it is symbolic;
+    for a text model (an input named input_ids), its sequence length."""
+    by_name = {i.name: i for i in session.get_inputs()}
+    dims = tuple(by_name["input_ids"].shape[1:]) if "input_ids" in by_name else input_info(session).shape[1:]
     return tuple(dims) if all(isinstance(d, int) for d in dims) else None  # type: ignore[return-value]
 
 
@@ -72,11 +74,47 @@ def check_feed(session: ort.InferenceSession, batch: np.ndarray, *, source: str)
 def predict(session: ort.InferenceSession, inputs: np.ndarray, *, batch_size: int,
             on_batch=None) -> np.ndarray:
     """Logits for all `inputs`, batch by batch; `on_batch(done)` reports progress."""
-    name = input_info(session).name
+    return predict_feeds(session, {input_info(session).name: inputs}, batch_size=batch_size, on_batch=on_batch)
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def as_feed(session: ort.InferenceSession, sample: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The session's feed from one array (a one-input model) or from named arrays (the model's own
+    inputs are picked, so text feeds may carry token_type_ids a model does not take), contiguous
+    and of the types the model declares."""
+    if not isinstance(sample, dict):
+        sample = {input_info(session).name: sample}
+    return {i.name: np.ascontiguousarray(sample[i.name], dtype=_NUMPY_TYPES.get(i.type))
+            for i in session.get_inputs()}
+
+
+def check_feeds(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, source: str) -> None:
+    """Named inputs (text) must include every model input, at the model's fixed sizes."""
+    for model_input in session.get_inputs():
+        if model_input.name not in feeds:
+            raise UserError(f"the model takes an input {model_input.name!r} that {source} does not give "
+                            f"(it gives {', '.join(feeds)})",
+                            fix="use a text model exported by edgepress (inputs input_ids, attention_mask, "
+                                "token_type_ids)")
+        given = feeds[model_input.name].shape
+        expected = tuple(model_input.shape)
+        if len(given) != len(expected) or any(isinstance(e, int) and e != g for e, g in zip(expected[1:], given[1:])):
+            shown = ["N" if not isinstance(e, int) else e for e in expected]
+            raise UserError(f"{source} gives {model_input.name!r} of shape {list(given[1:])} per sample but the "
+                            f"model takes {shown}",
+                            fix="set [model] input_shape = [sequence length] to the length the model was exported with")
+
+
+def predict_feeds(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, batch_size: int,
+                  on_batch=None) -> np.ndarray:
+    """The first output for all samples of `feeds` (named arrays of equal length), batch by batch."""
+    total = len(next(iter(feeds.values())))
     outputs = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = np.ascontiguousarray(inputs[start:start + batch_size], dtype=np.float32)
-        outputs.append(session.run(None, {name: chunk})[0])
+    for start in range(0, total, batch_size):
+        chunk = as_feed(session, {name: values[start:start + batch_size] for name, values in feeds.items()})
+        outputs.append(session.run(None, chunk)[0])
         if on_batch is not None:
-            on_batch(min(start + batch_size, len(inputs)))
+            on_batch(min(start + batch_size, total))
     return np.concatenate(outputs, axis=0)
