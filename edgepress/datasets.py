@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
 from edgepress.errors import UserError
 from edgepress.models.data import load_dataset, preprocess
+from edgepress.models.text import is_text_source, load_text_dataset, tokenize
 from edgepress.recipe import DataSpec, DatasetSpec
 
 
@@ -18,13 +20,36 @@ class LabeledSet:
     inputs: np.ndarray  # float32, N x C x H x W
     labels: np.ndarray  # int64, N
 
+    def sample(self, index: int = 0) -> np.ndarray:
+        """One input without the batch axis: what latency is timed on."""
+        return self.inputs[index]
+
+
+@dataclass(frozen=True)
+class TextSet:
+    name: str
+    sentences: tuple[str, ...]
+    feeds: dict[str, np.ndarray]  # input_ids, attention_mask, token_type_ids: int64, N x sequence length
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def sample(self, index: int = 0) -> dict[str, np.ndarray]:
+        return {name: values[index] for name, values in self.feeds.items()}
+
 
 class DataProvider:
-    def __init__(self, spec: DataSpec, *, input_shape: tuple[int, ...] | None) -> None:
+    def __init__(self, spec: DataSpec, *, input_shape: tuple[int, ...] | None, tokenizer: Path | None = None) -> None:
         self.spec = spec
         self.input_shape = input_shape
+        self.tokenizer = tokenizer
 
-    def _load(self, dataset: DatasetSpec, role: str) -> LabeledSet:
+    def _load(self, dataset: DatasetSpec, role: str) -> LabeledSet | TextSet:
+        if self.spec.modality == "text":
+            return self._load_text(dataset, role)
+        if is_text_source(dataset):
+            raise UserError(f"{role} set {dataset.display_name!r} holds sentences; this recipe's model reads images",
+                            fix='for a text model set metric = "cosine" in [data]')
         raw = load_dataset(dataset)
         inputs = preprocess(images=raw.images, spec=self.spec.preprocess)
         if self.input_shape is not None and tuple(inputs.shape[1:]) != tuple(self.input_shape):
@@ -33,8 +58,19 @@ class DataProvider:
                             fix="choose data that fits the model, or correct model.input_shape")
         return LabeledSet(name=dataset.display_name, inputs=inputs, labels=raw.labels.astype(np.int64))
 
+    def _load_text(self, dataset: DatasetSpec, role: str) -> TextSet:
+        if self.tokenizer is None:
+            raise UserError(f"{role} set {dataset.display_name!r} is text, and the model names no tokenizer",
+                            fix="set [data] tokenizer = the model's tokenizer.json")
+        if self.input_shape is None or len(self.input_shape) != 1:
+            raise UserError(f"a text model has one sequence axis; its input shape is {list(self.input_shape or [])}",
+                            fix="set [model] input_shape = [sequence length], e.g. [128]")
+        sentences = load_text_dataset(dataset)
+        feeds = tokenize(sentences, tokenizer_path=self.tokenizer, sequence_length=self.input_shape[0])
+        return TextSet(name=dataset.display_name, sentences=tuple(sentences), feeds=feeds)
+
     @cached_property
-    def evaluation(self) -> tuple[LabeledSet, ...]:
+    def evaluation(self) -> tuple[LabeledSet | TextSet, ...]:
         return tuple(self._load(d, "evaluation") for d in self.spec.evaluation)
 
     @cached_property

@@ -35,9 +35,12 @@ def evaluate(budgets: Budgets, *, final: dict[str, Any], reference: dict[str, An
     if budgets.accuracy_drop_points is not None:
         drop = 100.0 * (reference["accuracy"] - need("accuracy", "accuracy_drop_points"))
         checks.append(Check("accuracy_drop_points", budgets.accuracy_drop_points, drop, drop <= budgets.accuracy_drop_points))
-    if budgets.agreement_min is not None:
-        value = need("agreement", "agreement_min")
-        checks.append(Check("agreement_min", budgets.agreement_min, value, value >= budgets.agreement_min))
+    for budget, key in (("agreement_min", "agreement"), ("cosine_min", "cosine"),
+                        ("top5_agreement_min", "top5_agreement")):
+        limit = getattr(budgets, budget)
+        if limit is not None:
+            value = need(key, budget)
+            checks.append(Check(budget, limit, value, value >= limit))
     return checks
 
 

@@ -1,4 +1,4 @@
-"""Metrics for any model artifact: predictions (torch or ONNX Runtime), size, params, MACs, latency."""
+"""Metrics for any model artifact: predictions or embeddings (torch or ONNX Runtime), size, MACs, latency."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepress.datasets import LabeledSet
+from edgepress.datasets import LabeledSet, TextSet
 from edgepress.progress import Progress
 from edgepress.recipe import Recipe
 from edgepress.stage import Artifact
@@ -37,6 +37,29 @@ def predict(artifact: Artifact, labeled: LabeledSet, *, batch_size: int) -> np.n
     return np.concatenate(tops)
 
 
+def embed(artifact: Artifact, text: TextSet, *, batch_size: int) -> np.ndarray:
+    """Sentence embeddings, N x hidden: ONNX models under ONNX Runtime, torch ones under torch."""
+    progress = Progress(f"embed {text.name}", total=len(text))
+    if artifact.format == "onnx":
+        from edgepress.runtime.session import check_feeds, open_session, predict_feeds
+
+        session = open_session(artifact.path, threads=os.cpu_count() or 1)
+        check_feeds(session, text.feeds, source=f"evaluation set {text.name!r}")
+        return predict_feeds(session, text.feeds, batch_size=batch_size, on_batch=progress.update)
+    import torch
+
+    from edgepress import torch_artifact
+
+    model, _, _ = torch_artifact.load(artifact.path)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(text), batch_size):
+            chunks.append(model(*[torch.from_numpy(text.feeds[name][start:start + batch_size])
+                                  for name in model.input_names]).numpy())
+            progress.update(min(start + batch_size, len(text)))
+    return np.concatenate(chunks)
+
+
 def gzip_size_bytes(path) -> int:
     """What the artifact costs to download: zeroed (sparse) weights only pay off here, not in latency."""
     import gzip
@@ -59,15 +82,18 @@ def structure(artifact: Artifact) -> dict[str, int]:
             "macs": int(macs)}
 
 
-def latency(artifact: Artifact, sample: np.ndarray, recipe: Recipe) -> dict[str, Any] | None:
-    """Latency under ONNX Runtime on the recipe's target; torch artifacts are not what ships, so None."""
+def latency(artifact: Artifact, sample: np.ndarray | dict[str, np.ndarray],
+            recipe: Recipe) -> dict[str, Any] | None:
+    """Latency under ONNX Runtime on the recipe's target, on one input (named arrays for a text model)
+    repeated to the bench batch; torch artifacts are not what ships, so None."""
     if artifact.format != "onnx":
         return None
     from edgepress.runtime.latency import measure_latency
     from edgepress.runtime.session import open_session
 
     session = open_session(artifact.path, threads=recipe.target.threads)
-    batch = np.repeat(sample[None], recipe.bench.batch, axis=0)
+    batch = ({name: np.repeat(values[None], recipe.bench.batch, axis=0) for name, values in sample.items()}
+             if isinstance(sample, dict) else np.repeat(sample[None], recipe.bench.batch, axis=0))
     stats = measure_latency(session, batch, warmup_runs=recipe.bench.warmup_runs, runs=recipe.bench.runs)
     return {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean, "std": stats.std,
             "min": stats.min, "max": stats.max, "runs": stats.runs, "threads": recipe.target.threads,

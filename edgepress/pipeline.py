@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from edgepress import atomic, gate, measure, report
+from edgepress import atomic, evaluation, gate, measure, report
 from edgepress.compress import distributed
 from edgepress.datasets import DataProvider
 from edgepress.errors import UserError
+from edgepress.model_inputs import input_shape_of, tokenizer_of
 from edgepress.progress import say
 from edgepress.recipe import Recipe
 from edgepress.stage import ARTIFACT_FILE, Artifact, StageContext, StageOutput
@@ -39,22 +40,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def input_shape_of(recipe: Recipe) -> tuple[int, ...] | None:
-    if recipe.model.input_shape is not None:
-        return recipe.model.input_shape
-    if recipe.model.onnx is not None:
-        from edgepress.runtime.session import open_session, sample_shape
-
-        return sample_shape(open_session(recipe.model.onnx, threads=1))
-    from edgepress.models.zoo import default_input_shape
-
-    shape = default_input_shape(name=recipe.model.name, entry=recipe.model.entry)
-    if shape is None:
-        raise UserError(f"the model entry {recipe.model.entry!r} does not say its input shape",
-                        fix="add input_shape = [C, H, W] to [model]")
-    return shape
 
 
 def build_source(recipe: Recipe, *, work_dir: Path, input_shape: tuple[int, ...], log) -> StageOutput:
@@ -130,13 +115,13 @@ class Pipeline:
         self.out_dir = Path(out_dir).resolve()
         self.records: list[dict[str, Any]] = []
         self.artifacts: dict[str, Artifact] = {}
-        self.reference_top1: list[np.ndarray] | None = None
+        self.reference_outputs: list[np.ndarray] | None = None  # top-1 classes or embeddings, per set
         self.reference_metrics: dict[str, Any] | None = None
 
     def prepare(self) -> DataProvider:
         """Everything that can fail on bad input, checked before any stage runs."""
         input_shape = input_shape_of(self.recipe)
-        data = DataProvider(self.recipe.data, input_shape=input_shape)
+        data = DataProvider(self.recipe.data, input_shape=input_shape, tokenizer=tokenizer_of(self.recipe))
         needs = {need for stage in self.recipe.stages for need in REGISTRY[stage.kind].needs}
         data.load_all(calibration="calibration" in needs, training="training" in needs)
         return data
@@ -204,23 +189,17 @@ class Pipeline:
                  seconds: float, log) -> dict[str, Any]:
         artifact = output.artifact
         metrics: dict[str, Any] = {}
-        per_set: dict[str, Any] = {}
-        tops = []
-        for labeled in data.evaluation:
-            top1 = measure.predict(artifact, labeled, batch_size=self.recipe.data.batch_size)
-            tops.append(top1)
-            per_set[labeled.name] = {"samples": int(len(top1)), "accuracy": float(np.mean(top1 == labeled.labels))}
+        produced = [evaluation.outputs(artifact, labeled, batch_size=self.recipe.data.batch_size)
+                    for labeled in data.evaluation]
         if name == self.recipe.reference_stage:
-            self.reference_top1 = tops
-        if self.reference_top1 is not None:
-            for labeled, top1, ref in zip(data.evaluation, tops, self.reference_top1):
-                per_set[labeled.name]["agreement"] = float(np.mean(top1 == ref))
+            self.reference_outputs = produced
+        references = self.reference_outputs or [None] * len(produced)
+        per_set = {labeled.name: evaluation.score(labeled, out, ref)
+                   for labeled, out, ref in zip(data.evaluation, produced, references)}
         primary = per_set[data.evaluation[0].name]
-        metrics["accuracy"] = primary["accuracy"]
-        if "agreement" in primary:
-            metrics["agreement"] = primary["agreement"]
+        metrics.update({key: primary[key] for key in evaluation.HEADLINE if key in primary})
         metrics.update(measure.structure(artifact))
-        timing = measure.latency(artifact, data.evaluation[0].inputs[0], self.recipe)
+        timing = measure.latency(artifact, data.evaluation[0].sample(), self.recipe)
         if timing is not None:
             metrics["latency_ms"] = timing
         metrics["evaluation"] = per_set
@@ -247,6 +226,7 @@ class Pipeline:
             "recipe": str(self.recipe.path),
             "name": self.recipe.name,
             "reference_stage": self.recipe.reference_stage,
+            "metric": self.recipe.data.metric,
             "target": {"name": self.recipe.target.name, "threads": self.recipe.target.threads},
             "stages": self.records,
             "gate": gate.summary(checks, stage=final["name"]),
@@ -256,9 +236,10 @@ class Pipeline:
 
 
 def _one_line_metrics(metrics: dict[str, Any]) -> str:
-    parts = [f"accuracy {100 * metrics['accuracy']:.2f}%"]
-    if "agreement" in metrics:
-        parts.append(f"agreement {100 * metrics['agreement']:.2f}%")
+    shares = [("accuracy", "accuracy"), ("agreement", "agreement"), ("top5_agreement", "top-5 agreement")]
+    parts = [f"{label} {100 * metrics[key]:.2f}%" for key, label in shares if key in metrics]
+    if "cosine" in metrics:
+        parts.insert(0, f"cosine {metrics['cosine']:.4f} (min {metrics['cosine_min']:.4f})")
     parts.append(f"size {metrics['size_bytes'] / 1024:.1f} KiB")
     if "latency_ms" in metrics:
         parts.append(f"p50 {metrics['latency_ms']['p50']:.3f} ms, p90 {metrics['latency_ms']['p90']:.3f} ms")

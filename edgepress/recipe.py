@@ -39,19 +39,22 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A built-in `dataset` ('cifar10:test_raw_1017', 'digits:test', ...), an npz `path`, or IDX `images`+`labels`."""
+    """A built-in `dataset` ('cifar10:test_raw_1017', 'digits:test', 'pydoc_topics:test', ...), an npz `path`,
+    IDX `images`+`labels`, or a text file of `sentences` (one per line)."""
 
     dataset: str | None = None
     path: Path | None = None
     images: Path | None = None
     labels: Path | None = None
+    sentences: Path | None = None
     limit: int | None = None
     label: str | None = None
 
     def __post_init__(self) -> None:
-        given = [k for k in ("dataset", "path", "images") if getattr(self, k) is not None]
+        given = [k for k in ("dataset", "path", "images", "sentences") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of dataset, path (npz) or images (+labels, IDX); got {given or 'none'}")
+            raise ValueError("give exactly one of dataset, path (npz), images (+labels, IDX) or sentences (text); "
+                             f"got {given or 'none'}")
         if (self.images is None) != (self.labels is None):
             raise ValueError("IDX data needs both images and labels")
         if self.limit is not None and self.limit <= 0:
@@ -63,7 +66,7 @@ class DatasetSpec:
             return self.label
         if self.dataset:
             return self.dataset
-        return Path(self.path or self.images).name
+        return Path(self.path or self.images or self.sentences).name
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,10 @@ class DataSpec:
     calibration: DatasetSpec | None = None
     training: DatasetSpec | tuple[DatasetSpec, ...] | None = None  # several sets are concatenated
     preprocess: PreprocessSpec = PreprocessSpec()
-    metric: Literal["top1"] = "top1"
+    # "top1": image classification (accuracy, agreement); "cosine": text sentence embeddings (cosine
+    # similarity with the reference stage's embeddings, top-5 neighbour agreement).
+    metric: Literal["top1", "cosine"] = "top1"
+    tokenizer: Path | None = None  # text: a tokenizer.json; default the zoo model's own
     batch_size: int = 256
 
     def __post_init__(self) -> None:
@@ -95,6 +101,12 @@ class DataSpec:
             raise ValueError("at least one [[data.evaluation]] set is needed")
         if self.batch_size <= 0:
             raise ValueError("batch_size must be positive")
+        if self.tokenizer is not None and self.metric != "cosine":
+            raise ValueError('tokenizer is for text models: set metric = "cosine" too, or drop it')
+
+    @property
+    def modality(self) -> Literal["image", "text"]:
+        return "text" if self.metric == "cosine" else "image"
 
 
 @dataclass(frozen=True)
@@ -128,10 +140,16 @@ class Budgets:
     latency_p90_ms: float | None = None
     accuracy_drop_points: float | None = None
     agreement_min: float | None = None
+    cosine_min: float | None = None  # text: mean cosine similarity with the reference stage's embeddings
+    top5_agreement_min: float | None = None  # text: share of each sentence's 5 nearest neighbours kept
 
     def __post_init__(self) -> None:
-        if self.agreement_min is not None and not 0.0 <= self.agreement_min <= 1.0:
-            raise ValueError(f"agreement_min is a share in [0, 1], got {self.agreement_min}")
+        for name in ("agreement_min", "top5_agreement_min"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a share in [0, 1], got {value}")
+        if self.cosine_min is not None and not -1.0 <= self.cosine_min <= 1.0:
+            raise ValueError(f"cosine_min is a cosine similarity in [-1, 1], got {self.cosine_min}")
 
 
 @dataclass(frozen=True)
@@ -227,7 +245,21 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
         reference_stage=reference,
     )
     _check_formats(recipe)
+    _check_budgets(recipe)
     return recipe
+
+
+_BUDGETS_OF = {"top1": ("accuracy_drop_points", "agreement_min"), "cosine": ("cosine_min", "top5_agreement_min")}
+
+
+def _check_budgets(recipe: Recipe) -> None:
+    """Accuracy budgets need a classifier's labels, cosine budgets a text model's embeddings."""
+    for metric, names in _BUDGETS_OF.items():
+        for name in names:
+            if metric != recipe.data.metric and getattr(recipe.budgets, name) is not None:
+                usable = ", ".join(_BUDGETS_OF[recipe.data.metric])
+                raise SchemaError(f"budgets.{name} needs data.metric = {metric!r}, but this recipe's is "
+                                  f"{recipe.data.metric!r}", fix=f"use {usable} (or size_bytes, latency_p90_ms)")
 
 
 def _check_formats(recipe: Recipe) -> None:
@@ -235,7 +267,14 @@ def _check_formats(recipe: Recipe) -> None:
     from edgepress.stages import REGISTRY
 
     current = "onnx" if recipe.model.onnx is not None else "torch"
+    modality = recipe.data.modality
     for stage in recipe.stages:
+        if modality not in REGISTRY[stage.kind].modalities:
+            others = [kind for kind, d in REGISTRY.items() if modality in d.modalities and d.input_format == current]
+            works_on = " and ".join(REGISTRY[stage.kind].modalities)
+            raise SchemaError(f"stage {stage.name!r} ({stage.kind}) works on {works_on} models, and this recipe's "
+                              f"model is a {modality} model (data.metric = {recipe.data.metric!r})",
+                              fix=f"use one of {', '.join(others)} for it")
         wanted = REGISTRY[stage.kind].input_format
         if wanted != current:
             raise SchemaError(f"stage {stage.name!r} ({stage.kind}) takes a {wanted} model but gets a {current} one",

@@ -10,29 +10,49 @@ from typing import Any
 
 from edgepress import atomic
 
-COLUMNS = ("stage", "kind", "format", "accuracy", "agreement", "size", "params", "MACs", "p50 ms", "p90 ms", "p99 ms", "seconds")
+# The quality columns of each data.metric: (header, metrics key, share shown as a percentage).
+QUALITY = {
+    "top1": (("accuracy", "accuracy", True), ("agreement", "agreement", True)),
+    "cosine": (("cosine", "cosine", False), ("cosine min", "cosine_min", False),
+               ("top-5 agreement", "top5_agreement", True)),
+}
+_TAIL = ("size", "params", "MACs", "p50 ms", "p90 ms", "p99 ms", "seconds")
 
 
-def _row(stage: dict[str, Any]) -> list[str]:
+def _metric(report: dict[str, Any]) -> str:
+    return report.get("metric", "top1")  # reports written before text models have no "metric"
+
+
+def columns(report: dict[str, Any]) -> tuple[str, ...]:
+    return ("stage", "kind", "format") + tuple(header for header, _, _ in QUALITY[_metric(report)]) + _TAIL
+
+
+def _quality(values: dict[str, Any], metric: str) -> list[str]:
+    return [("–" if key not in values else f"{100 * values[key]:.2f}%" if share else f"{values[key]:.4f}")
+            for _, key, share in QUALITY[metric]]
+
+
+def _row(stage: dict[str, Any], metric: str) -> list[str]:
     m = stage["metrics"]
     lat = m.get("latency_ms")
-
-    def pct(key: str) -> str:
-        return f"{100 * m[key]:.2f}%" if key in m else "–"
-
-    return [stage["name"], stage["kind"], stage["format"], pct("accuracy"), pct("agreement"),
+    return [stage["name"], stage["kind"], stage["format"], *_quality(m, metric),
             f"{m['size_bytes'] / 1024:.1f} KiB", f"{m['params']:,}", f"{m['macs'] / 1e6:.2f} M",
             f"{lat['p50']:.3f}" if lat else "–", f"{lat['p90']:.3f}" if lat else "–",
             f"{lat['p99']:.3f}" if lat else "–", f"{stage['seconds']:.1f}"]
 
 
+def _per_set_header(report: dict[str, Any]) -> list[str]:
+    return ["stage", "set", "samples"] + [header for header, _, _ in QUALITY[_metric(report)]]
+
+
 def _per_set_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for stage in report["stages"]:
-        for name, values in stage["metrics"].get("evaluation", {}).items():
-            agreement = f"{100 * values['agreement']:.2f}%" if "agreement" in values else "–"
-            rows.append([stage["name"], name, str(values["samples"]), f"{100 * values['accuracy']:.2f}%", agreement])
-    return rows
+    return [[stage["name"], name, str(values["samples"]), *_quality(values, _metric(report))]
+            for stage in report["stages"] for name, values in stage["metrics"].get("evaluation", {}).items()]
+
+
+def _against(report: dict[str, Any]) -> str:
+    compared = "Agreement is" if _metric(report) == "top1" else "Cosine similarity and top-5 agreement are"
+    return f"{compared} against stage `{report['reference_stage']}`."
 
 
 def _gate_lines(report: dict[str, Any]) -> list[str]:
@@ -48,12 +68,12 @@ def _gate_lines(report: dict[str, Any]) -> list[str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    header, set_header = columns(report), _per_set_header(report)
     lines = [f"# edgepress report: {report['name']}", "",
-             f"Target: {report['target']['name']}, {report['target']['threads']} thread(s). "
-             f"Agreement is against stage `{report['reference_stage']}`.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_row(s)) + " |" for s in report["stages"]]
-    lines += ["", "## Every evaluation set", "", "| stage | set | samples | accuracy | agreement |", "|---|---|---|---|---|"]
+             f"Target: {report['target']['name']}, {report['target']['threads']} thread(s). {_against(report)}", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_row(s, _metric(report))) + " |" for s in report["stages"]]
+    lines += ["", "## Every evaluation set", "", "| " + " | ".join(set_header) + " |", "|" + "---|" * len(set_header)]
     lines += ["| " + " | ".join(r) + " |" for r in _per_set_rows(report)]
     for stage, sensitivity in _sensitivities(report):
         lines += ["", f"## Pruning sensitivity: stage `{stage}`", "",
@@ -160,18 +180,19 @@ def _plots_svg(report: dict[str, Any]) -> str:
     axes[0].bar(names, [s["metrics"]["size_bytes"] / 1024 for s in stages], color="#4c72b0")
     axes[0].set_title("size (KiB)")
     timed = [s for s in stages if "latency_ms" in s["metrics"]]
+    quality, quality_label = ("accuracy", "accuracy (%)") if _metric(report) == "top1" else ("cosine", "cosine x 100")
     if timed:
         labels = [s["name"] for s in timed]
         axes[1].bar(labels, [s["metrics"]["latency_ms"]["p50"] for s in timed], color="#55a868", label="p50")
         axes[1].scatter(labels, [s["metrics"]["latency_ms"]["p90"] for s in timed], color="k", marker="_", s=400,
                         label="p90", zorder=3)
         axes[1].legend()
-        for s in timed:
-            axes[2].scatter(s["metrics"]["latency_ms"]["p50"], 100 * s["metrics"]["accuracy"])
-            axes[2].annotate(s["name"], (s["metrics"]["latency_ms"]["p50"], 100 * s["metrics"]["accuracy"]),
-                             textcoords="offset points", xytext=(4, 4))
+        for s in (s for s in timed if quality in s["metrics"]):
+            point = (s["metrics"]["latency_ms"]["p50"], 100 * s["metrics"][quality])
+            axes[2].scatter(*point)
+            axes[2].annotate(s["name"], point, textcoords="offset points", xytext=(4, 4))
     axes[1].set_title("latency (ms)")
-    axes[2].set_title("accuracy (%) vs p50 latency (ms)")
+    axes[2].set_title(f"{quality_label} vs p50 latency (ms)")
     axes[2].margins(0.25)
     for ax in axes[:2]:
         ax.tick_params(axis="x", rotation=30)
@@ -201,11 +222,11 @@ def html_page(report: dict[str, Any]) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}
 .PASSED{{color:#1a7f37}}.FAILED{{color:#cf222e}}</style></head><body>
 <h1>edgepress report: {html.escape(report['name'])}</h1>
-<p>Target {html.escape(report['target']['name'])}, {report['target']['threads']} thread(s); agreement against stage
-<code>{html.escape(report['reference_stage'])}</code>.</p>
-<h2>Stages</h2>{_html_table(COLUMNS, [_row(s) for s in report['stages']])}
+<p>Target {html.escape(report['target']['name'])}, {report['target']['threads']} thread(s).
+{html.escape(_against(report).replace("`", ""))}</p>
+<h2>Stages</h2>{_html_table(columns(report), [_row(s, _metric(report)) for s in report['stages']])}
 <h2>Plots</h2>{_plots_svg(report)}
-<h2>Every evaluation set</h2>{_html_table(["stage", "set", "samples", "accuracy", "agreement"], _per_set_rows(report))}
+<h2>Every evaluation set</h2>{_html_table(_per_set_header(report), _per_set_rows(report))}
 {sensitivity_html}
 {precision_html}
 <h2>Gate on stage <code>{html.escape(g['stage'])}</code>: <span class="{verdict}">{verdict}</span></h2>

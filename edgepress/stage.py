@@ -51,5 +51,7 @@ class StageDef:
     run: Callable[..., StageOutput]
     summary: str
     needs: tuple[Literal["calibration", "training"], ...] = ()
+    # The models it works on: image classifiers, text encoders (the recipe's data.metric says which), or both.
+    modalities: tuple[Literal["image", "text"], ...] = ("image",)
     # Checks layer names in the settings against the source model, before any stage runs.
     check_names: Callable[[Any, Any], None] | None = None

@@ -65,7 +65,10 @@ def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
 
     was_training = model.training
     model.eval()
-    macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape))
+    # A text model makes its own token inputs ([sequence length] is its input shape); an image model takes zeros.
+    example = (model.example_inputs(batch=1, sequence_length=input_shape[0]) if hasattr(model, "example_inputs")
+               else torch.zeros(1, *input_shape))
+    macs, _ = tp.utils.count_ops_and_params(model, example)
     model.train(was_training)
     return int(macs)
 
