@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from edgepress.compress import depth, distill, prune, ptq, ptq_accuracy, qat, sparsify, train
-from edgepress.export import onnx_export
+from edgepress.compress import (depth, distill, dynamic_quant, prune, ptq, ptq_accuracy, qat, sparsify, train,
+                                transformer_fusion)
+from edgepress.export import onnx_export, transformer_export
 from edgepress.stage import StageDef
 
 REGISTRY: dict[str, StageDef] = {
@@ -18,5 +19,9 @@ REGISTRY: dict[str, StageDef] = {
         ptq.STAGE,
         ptq_accuracy.STAGE,
         qat.STAGE,
+        transformer_export.STAGE,
+        transformer_fusion.STAGE,
+        dynamic_quant.INT8_STAGE,
+        dynamic_quant.INT4_STAGE,
     )
 }
