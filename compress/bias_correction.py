@@ -37,7 +37,7 @@ def _attribute(node, name: str, default):
     return helper.get_attribute_value(found) if found is not None else default
 
 
-def _plan(qmodel, qnode, fnode, producers) -> tuple[dict | None, str | None]:
+def _plan(qmodel, qnode, fnode, producers, users) -> tuple[dict | None, str | None]:
     """The quantized node's dequantize nodes, or why it cannot be corrected."""
     if fnode is None or fnode.op_type != qnode.op_type:
         return None, "no node of that name in the float model"
@@ -48,6 +48,8 @@ def _plan(qmodel, qnode, fnode, producers) -> tuple[dict | None, str | None]:
         return None, "bias not a dequantized constant"
     if dq[2] is None and len(qnode.input) > 2 and qnode.input[2]:
         return None, "float bias"
+    if dq[2] is not None and len(users.get(dq[2].output[0], [])) > 1:
+        return None, "bias shared with another node"
     if qnode.op_type == "Gemm" and _attribute(qnode, "transA", 0):
         return None, "Gemm with transA"
     return {"activation": dq[0], "weight": dq[1], "bias": dq[2]}, None
@@ -124,7 +126,7 @@ def correct_biases(*, float_model: Path, quantized: Path, nodes: list[str], inpu
 
     fmodel, qmodel = onnx.load(str(float_model)), onnx.load(str(quantized))
     float_nodes = {n.name: n for n in fmodel.graph.node if n.name}
-    producers = onnx_graph.producers(qmodel)
+    producers, users = onnx_graph.producers(qmodel), onnx_graph.consumers(qmodel)
     probe = onnx.ModelProto()
     probe.CopyFrom(fmodel)
     wanted = set(nodes)
@@ -132,7 +134,7 @@ def correct_biases(*, float_model: Path, quantized: Path, nodes: list[str], inpu
     for index, qnode in enumerate(qmodel.graph.node):
         if qnode.name not in wanted or qnode.op_type not in CORRECTED_OPS:
             continue
-        plan, reason = _plan(qmodel, qnode, float_nodes.get(qnode.name), producers)
+        plan, reason = _plan(qmodel, qnode, float_nodes.get(qnode.name), producers, users)
         if plan is None:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
