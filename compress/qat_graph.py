@@ -99,6 +99,16 @@ class ExportActivationQuant(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, ACTIVATION_QMIN, ACTIVATION_QMAX)
 
 
+def integer_weight(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The int values of a weight already on its per-channel grid."""
+    return torch.round(weight / scale.reshape((-1,) + (1,) * (weight.dim() - 1)))
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
 def quantize_weight(weight: torch.Tensor, *, weight_qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(fake-quantized weight, per-output-channel scale): symmetric, zero point 0, like ONNX Runtime's."""
     max_abs = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1).clamp_min(1e-8)
@@ -128,8 +138,7 @@ class _QuantCompute(nn.Module):
         with torch.no_grad():
             input_scale, _ = self._input_quantizer[0].export_params()
             weight, weight_scale = quantize_weight(self.inner.weight, weight_qmax=self.weight_qmax)
-            shape = (-1,) + (1,) * (weight.dim() - 1)
-            weight_int = torch.round(weight / weight_scale.reshape(shape))
+            weight_int = integer_weight(weight, weight_scale)
             accumulator_scale = (torch.tensor(input_scale, dtype=torch.float32) * weight_scale).float()
             acc = op(torch.round(x / input_scale).double(), weight_int.double(), None)
             if self.inner.bias is not None:
@@ -146,13 +155,14 @@ class _QuantCompute(nn.Module):
     def _exact_mode(self) -> bool:
         return bool(self._input_quantizer) and self._input_quantizer[0].mode == "exact"
 
-    def quantized_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def quantized_parameters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(fake-quantized weight, its per-channel scale, bias on the int32 grid)."""
         weight, weight_scale = quantize_weight(self.inner.weight, weight_qmax=self.weight_qmax)
         bias = self.inner.bias
         if bias is not None and self._input_quantizer:
             step = self._input_quantizer[0].scale.detach().abs() * weight_scale
             bias = bias + (torch.round(bias / step) * step - bias).detach()
-        return weight, bias
+        return weight, weight_scale, bias
 
 
 class QuantConv2d(_QuantCompute):
@@ -160,7 +170,7 @@ class QuantConv2d(_QuantCompute):
         c = self.inner
         if self._exact_mode():
             return self.exact(x, lambda a, w, b: F.conv2d(a, w, b, c.stride, c.padding, c.dilation, c.groups))
-        weight, bias = self.quantized_parameters()
+        weight, _, bias = self.quantized_parameters()
         return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
 
 
@@ -168,7 +178,7 @@ class QuantLinear(_QuantCompute):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._exact_mode():
             return self.exact(x, F.linear)
-        weight, bias = self.quantized_parameters()
+        weight, _, bias = self.quantized_parameters()
         return F.linear(x, weight, bias)
 
 
@@ -214,8 +224,6 @@ class QatGraph:
         model = model.eval()
         try:
             traced = fuse(fx.symbolic_trace(model))  # folds every eval-mode BatchNorm into its Conv
-        except UserError:
-            raise
         except Exception as exc:
             raise UserError(f"QAT could not trace the model with torch.fx ({' '.join(str(exc).split())[:160]})",
                             fix="use the ptq or accuracy_aware_ptq stage for this model") from None
@@ -267,8 +275,7 @@ class QatGraph:
                 module = modules[str(node.target)]
                 wrapper = (QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear)(module, weight_qmax=self.weight_qmax)
                 wrapper.attach_input(gm.get_submodule(on_grid[node.args[0]]))
-                parent, _, child = str(node.target).rpartition(".")
-                setattr(gm.get_submodule(parent) if parent else gm, child, wrapper)
+                _replace(gm, str(node.target), wrapper)
                 computes[node] = wrapper
                 goes_out = all(user.op == "output" for user in users)
                 if not fused_into_relu and not goes_out:
@@ -326,20 +333,14 @@ class QatGraph:
             if isinstance(module, _QuantCompute):
                 inner = module.inner
                 with torch.no_grad():
-                    fake, bias = module.quantized_parameters()
-                    _, scale = quantize_weight(inner.weight, weight_qmax=module.weight_qmax)
+                    fake, scale, bias = module.quantized_parameters()
                     inner.weight.copy_(fake)
                     if bias is not None:
                         inner.bias.copy_(bias)
-                shape = (-1,) + (1,) * (fake.dim() - 1)
-                integers = torch.round(fake / scale.reshape(shape)).to(torch.int8)
-                weights[fake.contiguous().numpy().tobytes()] = (integers, scale)
-                parent, _, child = name.rpartition(".")
-                setattr(frozen.get_submodule(parent) if parent else frozen, child, inner)
+                weights[fake.contiguous().numpy().tobytes()] = (integer_weight(fake, scale).to(torch.int8), scale)
+                _replace(frozen, name, inner)
             elif isinstance(module, ActivationQuant):
-                parent, _, child = name.rpartition(".")
-                setattr(frozen.get_submodule(parent) if parent else frozen, child,
-                        ExportActivationQuant(*module.export_params()))
+                _replace(frozen, name, ExportActivationQuant(*module.export_params()))
         frozen.recompile()
         # With grad enabled, fake quantization dispatches to a variant the exporters cannot map.
         frozen.requires_grad_(False)
