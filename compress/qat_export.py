@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepress.compress.ptq import COMPUTE_OPS as FLOAT_COMPUTE_OPS  # the float ops INT8 replaces
 from edgepress.errors import UserError
 
-FLOAT_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 INTEGER_COMPUTE_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
                        "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
 
