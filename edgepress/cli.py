@@ -1,8 +1,9 @@
-"""`edgepress check | run | demo`: exit 0 ok, 1 a budget is violated, 2 bad input or any error."""
+"""`edgepress check | run | demo | bench`: exit 0 ok, 1 a budget is violated, 2 bad input or any error."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
@@ -13,6 +14,8 @@ from edgepress.compress import distributed
 from edgepress.errors import UserError
 
 EXIT_OK, EXIT_BUDGET, EXIT_ERROR = 0, 1, 2
+# Commands with a module of their own: each has HELP, add_arguments(parser) and run(args) -> exit code.
+COMMAND_MODULES = {"bench": "edgepress.bench_cli"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output folder (default: runs/<recipe name>)")
     demo = sub.add_parser("demo", help="the built-in default: train a small CNN on digits, export, INT8, gate")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    for command, module_name in COMMAND_MODULES.items():
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub.add_parser(command, help=module.HELP, description=module.HELP))
     return parser
 
 
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.recipe)
         if args.command == "run":
             return _run(args.recipe, args.out)
+        if args.command in COMMAND_MODULES:
+            return importlib.import_module(COMMAND_MODULES[args.command]).run(args)
         with resources.as_file(resources.files("edgepress") / "builtin" / "demo.toml") as demo_recipe:
             return _run(demo_recipe, args.out)
     except UserError as exc:

@@ -1,0 +1,113 @@
+"""`edgepress bench MODEL.onnx`: latency on a target, with statistics that hold up on a noisy machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgepress import atomic
+from edgepress.errors import UserError
+
+HELP = "time an ONNX model on a target (local, ssh://user@host, qemu-aarch64[:CPU]) and print JSON"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--target", default="local", help="local (default), ssh://user@host[:port], qemu-aarch64[:CPU]")
+    parser.add_argument("--compare", type=Path, help="a second model, timed interleaved with MODEL in one process")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    parser.add_argument("--inter-op-threads", type=int, default=1)
+    parser.add_argument("--spinning", choices=("default", "on", "off"), default="default",
+                        help="ONNX Runtime's thread spinning between runs")
+    parser.add_argument("--cpus", help="pin the runner to these CPUs, e.g. 0,1 (Linux)")
+    count = parser.add_mutually_exclusive_group()
+    count.add_argument("--runs", type=int, default=200, help="timed runs per model (default 200)")
+    count.add_argument("--duration", type=float, help="seconds of timed runs, instead of --runs")
+    parser.add_argument("--warmup", default="auto", help="untimed runs first: a count, or auto (until timings settle)")
+    parser.add_argument("--inputs", type=Path, help="an .npz of inputs named after the model's inputs (default random)")
+    parser.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                        help="size of a free input dimension, e.g. batch=1 or sequence=128 (default 1)")
+    parser.add_argument("--json", type=Path, dest="json_path", help="also write the JSON here")
+    parser.add_argument("--samples", action="store_true", help="keep every timing in the JSON")
+    parser.add_argument("--python", help="the device's Python (default: python3 on ssh, this one locally)")
+    parser.add_argument("--identity-file", type=Path, help="ssh: private key")
+    parser.add_argument("--workdir", help="ssh: folder on the device for the temporary working folder")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds before the run is abandoned")
+
+
+def runner_args(args: argparse.Namespace) -> list[str]:
+    """The device runner's command line; files by base name, as the target places them."""
+    out = ["bench", args.model.name, "--threads", str(args.threads), "--inter-op-threads", str(args.inter_op_threads),
+           "--spinning", args.spinning, "--warmup", str(args.warmup)]
+    if args.duration is not None:
+        out += ["--duration", str(args.duration)]
+    else:
+        out += ["--runs", str(args.runs)]
+    if args.compare is not None:
+        out += ["--compare", args.compare.name]
+    if args.inputs is not None:
+        out += ["--inputs", args.inputs.name]
+    for pair in args.dim:
+        out += ["--dim", pair]
+    if args.cpus:
+        out += ["--cpus", args.cpus]
+    if args.samples:
+        out.append("--samples")
+    return out
+
+
+def _check(args: argparse.Namespace) -> None:
+    files = [args.model] + [p for p in (args.compare, args.inputs) if p is not None]
+    for path in files:
+        if not path.is_file():
+            raise UserError(f"{path} does not exist", fix="pass the path of an existing file")
+    if args.compare is not None and args.compare.name == args.model.name and args.compare.resolve() != args.model.resolve():
+        raise UserError(f"--compare {args.compare} has the same file name as {args.model}",
+                        fix="rename one of them: both are copied into one folder on the device")
+    if args.threads <= 0 or args.inter_op_threads <= 0:
+        raise UserError("thread counts must be positive", fix="pass --threads 1 or more")
+    if (args.duration is None and args.runs <= 0) or (args.duration is not None and args.duration <= 0):
+        raise UserError("--runs and --duration must be positive", fix="pass e.g. --runs 200 or --duration 10")
+    if args.warmup != "auto" and not str(args.warmup).isdigit():
+        raise UserError(f"--warmup {args.warmup!r} is neither a count nor auto", fix="pass e.g. --warmup 50 or auto")
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from edgepress.targets import TargetOptions, open_target
+
+    _check(args)
+    options = TargetOptions(python=args.python, identity_file=args.identity_file, workdir=args.workdir)
+    target = open_target(args.target, options=options)
+    files = [args.model] + [p for p in (args.compare, args.inputs) if p is not None]
+    print(f"edgepress: timing {args.model.name}" + (f" against {args.compare.name}" if args.compare else "")
+          + f" on {target.name}", file=sys.stderr, flush=True)
+    result = target.run(files=files, args=runner_args(args), timeout_s=args.timeout)
+    result = {"target": target.name, "emulated": target.emulated, **result}
+    if target.emulated:
+        result["note"] = "timings under emulation: use them to compare kernels' answers, never as latency"
+    return result
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    lat, ci = result["latency_ms"], result["p50_ci95_ms"]
+    line = (f"{result['model']} on {result['target']}{' (emulated)' if result['emulated'] else ''}: "
+            f"p50 {lat['p50']:.3f} ms [95% CI {ci[0]:.3f}-{ci[1]:.3f}], p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}, "
+            f"cv {100 * lat['cv']:.1f}% over {result['runs']} runs")
+    if "compare" in result:
+        c = result["compare"]
+        line += (f"; vs {c['model']}: p50 {c['latency_ms']['p50']:.3f} ms, ratio {c['p50_ratio']:.3f} "
+                 f"[95% CI {c['p50_ratio_ci95'][0]:.3f}-{c['p50_ratio_ci95'][1]:.3f}]")
+    return line
+
+
+def run(args: argparse.Namespace) -> int:
+    result = measure(args)
+    text = json.dumps(result, indent=2)
+    if args.json_path is not None:
+        atomic.write_text(args.json_path, text + "\n")
+    print(text)
+    print(summary_line(result), file=sys.stderr)
+    return 0

@@ -1,0 +1,55 @@
+"""`local`: the runner in a child process of this Python, so its peak memory is the model's, not edgepress's."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgepress.errors import UserError
+from edgepress.targets import RUNNER, TargetOptions, parse_runner_output
+
+
+@dataclass(frozen=True)
+class LocalTarget:
+    python: str
+    name: str = "local"
+    emulated: bool = False
+
+    @classmethod
+    def from_name(cls, name: str, options: TargetOptions) -> "LocalTarget":
+        if name != "local":
+            raise UserError(f"target {name!r} is malformed", fix="write just local")
+        return cls(python=options.python or sys.executable)
+
+    def run(self, *, files: Sequence[Path], args: Sequence[str], fetch: Sequence[str] = (),
+            into: Path | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="edgepress-run-") as folder:
+            work = Path(folder)
+            shutil.copy2(RUNNER, work / RUNNER.name)
+            for path in files:
+                _link_or_copy(Path(path), work / Path(path).name)
+            try:
+                done = subprocess.run([self.python, RUNNER.name, *args], cwd=work, capture_output=True, text=True,
+                                      timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                raise UserError(f"the runner on {self.name} took longer than {timeout_s:.0f} s",
+                                fix="lower --runs or --duration, or raise the time-out") from None
+            except FileNotFoundError:
+                raise UserError(f"python {self.python!r} not found", fix="point --python at an installed Python") from None
+            result = parse_runner_output(done.stdout, done.stderr, done.returncode, target=self.name)
+            for name in fetch:
+                shutil.copy2(work / name, Path(into or ".") / name)
+        return result
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """A hard link costs nothing for a large model; another file system needs a copy."""
+    try:
+        destination.hardlink_to(source.resolve())
+    except OSError:
+        shutil.copy2(source, destination)
