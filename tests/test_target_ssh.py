@@ -1,0 +1,365 @@
+"""The ssh:// target against a real OpenSSH server on loopback.
+
+The server has a throwaway host key, user key and sshd_config under a temporary folder. The client side is
+hermetic too: HOME points at a temporary folder whose .ssh/config (a host alias, UserKnownHostsFile, no other
+identities) and .ssh/known_hosts are the only ones read. OpenSSH reads ~/.ssh from the password database, not
+from $HOME, so a two-line `ssh` on PATH adds `-F $HOME/.ssh/config` (and counts the calls); the real ~/.ssh is
+never read or written. The device's Python is this one, which has onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepress import cli
+from edgepress.errors import UserError
+from edgepress.targets import TargetOptions, open_target
+from tests.conftest import assert_one_line_error, run_cli
+
+SSHD = Path("/usr/sbin/sshd")
+ALIAS = "edgepress-test-device"
+PAYLOAD = "a b'c\"d $(cd ..;touch PWNED) `touch PWNED`;touch PWNED"
+
+pytestmark = pytest.mark.skipif(not SSHD.exists() or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
+                                reason="needs OpenSSH's sshd, ssh and ssh-keygen (apt install openssh-server)")
+
+
+@dataclass(frozen=True)
+class Server:
+    port: int
+    host_key_line: str  # for known_hosts
+    user_key: Path
+
+
+@dataclass(frozen=True)
+class Client:
+    home: Path
+    known_hosts: Path
+    calls: Path  # one line per ssh connection
+
+    def count(self) -> int:
+        return len(self.calls.read_text().splitlines()) if self.calls.exists() else 0
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgepress-test", "-f", str(path)], check=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_banner(port: int, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"sshd exited ({server.returncode}): {log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+                if connection.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"sshd did not answer on port {port}: {log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sshd")
+    _keygen(root / "host_key")
+    _keygen(root / "user_key")
+    shutil.copy(root / "user_key.pub", root / "authorized_keys")
+    port = _free_port()
+    config = root / "sshd_config"
+    config.write_text(f"""\
+ListenAddress 127.0.0.1
+HostKey {root / 'host_key'}
+PidFile {root / 'sshd.pid'}
+AuthorizedKeysFile {root / 'authorized_keys'}
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UsePAM no
+PrintMotd no
+""")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
+    log = root / "sshd.log"
+    with open(log, "wb") as sink:
+        server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config), "-p", str(port)], stdout=sink, stderr=sink)
+    try:
+        _wait_for_banner(port, server, log)
+        key_type, key = (root / "host_key.pub").read_text().split()[:2]
+        yield Server(port=port, host_key_line=f"[127.0.0.1]:{port} {key_type} {key}\n", user_key=root / "user_key")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def client(sshd, tmp_path, monkeypatch) -> Client:
+    home = tmp_path / "home"
+    dot_ssh = home / ".ssh"
+    dot_ssh.mkdir(parents=True, mode=0o700)
+    known_hosts = dot_ssh / "known_hosts"
+    known_hosts.write_text(sshd.host_key_line)
+    (dot_ssh / "config").write_text(f"""\
+Host {ALIAS}
+    HostName 127.0.0.1
+    Port {sshd.port}
+    User root
+    IdentityFile {sshd.user_key}
+
+Host *
+    UserKnownHostsFile {known_hosts}
+    GlobalKnownHostsFile /dev/null
+    IdentitiesOnly yes
+""")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "ssh-calls"
+    wrapper = bin_dir / "ssh"
+    wrapper.write_text(f'#!/bin/sh\n[ "$1" = -G ] || echo connect >> "{calls}"\n'  # -G: config only
+                       f'exec {shutil.which("ssh")} -F "$HOME/.ssh/config" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return Client(home=home, known_hosts=known_hosts, calls=calls)
+
+
+def _tiny_model(path: Path, scale: float) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array((np.eye(16) * scale).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def models(tmp_path) -> tuple[Path, Path]:
+    return _tiny_model(tmp_path / "tiny.onnx", 1.0), _tiny_model(tmp_path / "other.onnx", 2.0)
+
+
+def _bench(tmp_path: Path, model: Path, target: str, *extra: str) -> dict:
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", str(model), "--target", target, "--runs", "20", "--warmup", "2",
+                     "--python", sys.executable, "--json", str(out), *extra])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def _remote_folders() -> set[Path]:
+    return set(Path("/tmp").glob("edgepress-ssh-*"))
+
+
+def _check_compare(result: dict, target: str, model: str, other: str) -> None:
+    assert result["target"] == target and result["emulated"] is False and result["model"] == model
+    assert set(result["latency_ms"]) >= {"p50", "p90", "p95", "p99", "mean", "std", "min", "max"}
+    for key in ("p50_ci95_ms", "session_create_ms", "first_run_ms", "peak_rss_bytes", "size_bytes"):
+        assert key in result, key
+    assert result["runs"] == 20 and result["size_bytes"] > 0 and result["peak_rss_bytes"] > 0
+    assert result["latency_ms"]["min"] <= result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
+    compare = result["compare"]
+    assert compare["model"] == other and compare["p50_ratio"] > 0
+    low, high = compare["p50_ratio_ci95"]
+    assert 0 < low <= high
+
+
+def test_bench_through_an_alias_of_ssh_config(client, models, tmp_path):
+    model, other = models
+    before = _remote_folders()
+    result = _bench(tmp_path, model, f"ssh://{ALIAS}", "--compare", str(other))
+    _check_compare(result, f"ssh://{ALIAS}", "tiny.onnx", "other.onnx")
+    assert _remote_folders() == before  # the working folder in the device's /tmp is gone
+    assert client.count() == 3  # copy, run, remove: nothing retried
+
+
+def test_bench_through_user_host_port_and_identity_file(sshd, client, models, tmp_path):
+    model, other = models
+    workdir = tmp_path / "device work"
+    target = f"ssh://root@127.0.0.1:{sshd.port}"
+    result = _bench(tmp_path, model, target, "--compare", str(other), "--identity-file", str(sshd.user_key),
+                    "--workdir", str(workdir))
+    _check_compare(result, target, "tiny.onnx", "other.onnx")
+    assert workdir.is_dir() and list(workdir.iterdir()) == []
+
+
+def test_shell_metacharacters_reach_the_device_as_plain_words(sshd, client, tmp_path):
+    model = _tiny_model(tmp_path / f"{PAYLOAD}.onnx", 1.0)
+    other = _tiny_model(tmp_path / f"{PAYLOAD} 2.onnx", 3.0)
+    workdir = tmp_path / "up" / f"work {PAYLOAD}"
+    result = _bench(tmp_path, model, f"ssh://{ALIAS}", "--compare", str(other), "--workdir", str(workdir))
+    assert result["model"] == model.name and result["compare"]["model"] == other.name
+    assert list(workdir.iterdir()) == []
+    # the payloads would have touched PWNED in the working folder's parent, the folder above it or the home
+    places = [tmp_path, tmp_path / "up", workdir, Path.cwd(), client.home, Path.home(), Path("/")]
+    assert not [place for place in places if (place / "PWNED").exists()]
+
+    # a Python path with metacharacters is one word too: not found, nothing run
+    target = open_target(f"ssh://{ALIAS}", options=TargetOptions(python=f"/nonexistent/{PAYLOAD}/python3",
+                                                                 workdir=str(workdir)))
+    with pytest.raises(UserError, match="not found on ssh://"):
+        target.run(files=[model], args=["bench", model.name, "--runs", "5"])
+    assert not [place for place in places if (place / "PWNED").exists()]
+    assert list(workdir.iterdir()) == []
+
+
+def test_runner_result_and_fetch_through_the_target_api(client, models, tmp_path):
+    model, _ = models
+    inputs = tmp_path / "x.npz"
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    np.savez(inputs, x=x)
+    target = open_target(f"ssh://{ALIAS}", options=TargetOptions(python=sys.executable))
+    into = tmp_path / "back"
+    result = target.run(files=[model, inputs], args=["predict", model.name, "--inputs", inputs.name, "--out", "y.npz"],
+                        fetch=["y.npz"], into=into)
+    assert result["samples"] == 3
+    with np.load(into / "y.npz") as outputs:
+        np.testing.assert_allclose(outputs["y"], np.maximum(x, 0), rtol=1e-6)
+
+
+def test_unknown_host_key_is_refused(sshd, client, models):
+    client.known_hosts.write_text("")
+    target = open_target(f"ssh://{ALIAS}", options=TargetOptions(python=sys.executable))
+    with pytest.raises(UserError) as caught:
+        target.run(files=[models[0]], args=["bench", "tiny.onnx", "--runs", "5"])
+    line = caught.value.one_line()
+    assert "host key of 127.0.0.1 port" in line and "not in known_hosts" in line, line
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> ~/.ssh/known_hosts" in line, line
+    assert f"connect once with ssh {ALIAS} and answer yes" in line, line
+    assert "\n" not in str(caught.value)
+    assert client.known_hosts.read_text() == ""  # nothing was accepted on the way
+    assert client.count() == 1  # a refused key is not retried
+
+
+def test_changed_host_key_is_refused(sshd, client, models, tmp_path):
+    _keygen(tmp_path / "impostor")
+    key_type, key = (tmp_path / "impostor.pub").read_text().split()[:2]
+    client.known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key}\n")
+    target = open_target(f"ssh://{ALIAS}", options=TargetOptions(python=sys.executable))
+    with pytest.raises(UserError, match="differs from the one in known_hosts") as caught:
+        target.run(files=[models[0]], args=["bench", "tiny.onnx", "--runs", "5"])
+    assert f"ssh-keygen -R '[127.0.0.1]:{sshd.port}'" in caught.value.one_line()
+
+
+def test_relaxed_host_key_checking_connects_and_records_nothing(client, models):
+    client.known_hosts.write_text("")
+    target = open_target(f"ssh://{ALIAS}", options=TargetOptions(python=sys.executable,
+                                                                 strict_host_key_checking=False))
+    result = target.run(files=[models[0]], args=["bench", "tiny.onnx", "--runs", "5", "--warmup", "1"])
+    assert result["runs"] == 5
+    assert client.known_hosts.read_text() == ""
+
+
+def test_authentication_refused(sshd, client, models, tmp_path):
+    _keygen(tmp_path / "stranger")
+    target = open_target(f"ssh://root@127.0.0.1:{sshd.port}",
+                         options=TargetOptions(python=sys.executable, identity_file=tmp_path / "stranger"))
+    with pytest.raises(UserError, match="refused authentication as root@127.0.0.1") as caught:
+        target.run(files=[models[0]], args=["bench", "tiny.onnx"])
+    assert "--identity-file" in caught.value.fix
+    assert client.count() == 1
+
+
+def test_closed_port_is_one_line_and_exit_2_through_the_cli(client, models):
+    port = _free_port()
+    proc = run_cli("bench", str(models[0]), "--target", f"ssh://root@127.0.0.1:{port}", "--runs", "5")
+    assert_one_line_error(proc, f"connection refused by 127.0.0.1 port {port}", "ssh server")
+    assert client.count() == 2  # one more try after a refused connection, no more
+
+
+def test_python_without_onnxruntime(client, models, tmp_path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    target = open_target(f"ssh://{ALIAS}", options=TargetOptions(python=str(bare / "bin" / "python")))
+    with pytest.raises(UserError) as caught:
+        target.run(files=[models[0]], args=["bench", "tiny.onnx", "--runs", "5"])
+    line = caught.value.one_line()
+    assert f"on ssh://{ALIAS}:" in line and "cannot import" in line and "onnxruntime" in line, line
+    assert client.count() == 3  # the runner failed: never retried
+
+
+def test_runner_error_is_not_retried_and_the_folder_goes(client, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    workdir = tmp_path / "work"
+    target = open_target(f"ssh://{ALIAS}", options=TargetOptions(python=sys.executable, workdir=str(workdir)))
+    with pytest.raises(UserError, match="ONNX Runtime cannot load"):
+        target.run(files=[broken], args=["bench", broken.name])
+    assert list(workdir.iterdir()) == []
+    assert client.count() == 3
+
+
+def test_time_out_stops_the_remote_runner_and_removes_its_folder(client, models, tmp_path):
+    workdir = tmp_path / "work"
+    target = open_target(f"ssh://{ALIAS}", options=TargetOptions(python=sys.executable, workdir=str(workdir)))
+    with pytest.raises(UserError, match="took longer than 3 s"):
+        target.run(files=[models[0]], args=["bench", "tiny.onnx", "--duration", "60"], timeout_s=3)
+    assert list(workdir.iterdir()) == []
+    deadline = time.monotonic() + 5
+    while _processes_in(workdir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_in(workdir) == []
+
+
+def _processes_in(folder: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.readlink(proc / "cwd").startswith(str(folder)):
+                found.append(proc.name)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("ssh://", "is not ssh://[user@]host[:port]"),
+    ("ssh://pi@", "is not ssh://[user@]host[:port]"),
+    ("ssh://pi@board:", "is not ssh://[user@]host[:port]"),
+    ("ssh://pi@board:99999", "outside 1-65535"),
+    ("ssh://pi@board/models", "is not ssh://[user@]host[:port]"),
+    ("ssh://-oProxyCommand=touch PWNED", "is not ssh://[user@]host[:port]"),
+    ("ssh://pi@-oProxyCommand=x", "is not ssh://[user@]host[:port]"),
+    ("ssh://pi@board;ls", "is not ssh://[user@]host[:port]"),
+])
+def test_malformed_names(name, fragment):
+    with pytest.raises(UserError, match=fragment.replace("[", r"\[").replace("]", r"\]")) as caught:
+        open_target(name)
+    assert "ssh://pi@" in caught.value.fix or "port" in caught.value.fix
+
+
+@pytest.mark.parametrize("name, normalised", [
+    ("ssh://board", "ssh://board"), ("ssh://pi@board.local", "ssh://pi@board.local"),
+    ("ssh://pi@10.0.0.2:0022", "ssh://pi@10.0.0.2:22"), ("ssh://pi@[::1]:2222", "ssh://pi@[::1]:2222"),
+])
+def test_names_are_normalised(name, normalised):
+    target = open_target(name)
+    assert target.name == normalised and target.emulated is False and target.python == "python3"
+
+
+def test_missing_identity_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="identity file .* does not exist"):
+        open_target("ssh://pi@board", options=TargetOptions(identity_file=tmp_path / "nope"))
