@@ -1,15 +1,13 @@
-"""Metrics for any model artifact: predictions or embeddings (torch or ONNX Runtime), size, MACs, latency."""
+"""Metrics for any model artifact: predictions or embeddings (torch or ONNX Runtime), size, MACs (latency: on_target.py)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 
 from edgepress.datasets import LabeledSet, TextSet
 from edgepress.progress import Progress
-from edgepress.recipe import Recipe
 from edgepress.stage import Artifact
 
 
@@ -80,21 +78,3 @@ def structure(artifact: Artifact) -> dict[str, int]:
         params, macs = torch_artifact.count_params(model), torch_artifact.count_macs(model, input_shape)
     return {"size_bytes": int(size_bytes), "size_gzip_bytes": gzip_size_bytes(artifact.path), "params": int(params),
             "macs": int(macs)}
-
-
-def latency(artifact: Artifact, sample: np.ndarray | dict[str, np.ndarray],
-            recipe: Recipe) -> dict[str, Any] | None:
-    """Latency under ONNX Runtime on the recipe's target, on one input (named arrays for a text model)
-    repeated to the bench batch; torch artifacts are not what ships, so None."""
-    if artifact.format != "onnx":
-        return None
-    from edgepress.runtime.latency import measure_latency
-    from edgepress.runtime.session import open_session
-
-    session = open_session(artifact.path, threads=recipe.target.threads)
-    batch = ({name: np.repeat(values[None], recipe.bench.batch, axis=0) for name, values in sample.items()}
-             if isinstance(sample, dict) else np.repeat(sample[None], recipe.bench.batch, axis=0))
-    stats = measure_latency(session, batch, warmup_runs=recipe.bench.warmup_runs, runs=recipe.bench.runs)
-    return {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean, "std": stats.std,
-            "min": stats.min, "max": stats.max, "runs": stats.runs, "threads": recipe.target.threads,
-            "batch": recipe.bench.batch, "target": recipe.target.name}

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from edgepress import atomic, evaluation, gate, measure, report
+from edgepress import atomic, evaluation, gate, measure, on_target, report
 from edgepress.compress import distributed
-from edgepress.datasets import DataProvider
+from edgepress.datasets import DataProvider, LabeledSet
 from edgepress.errors import UserError
 from edgepress.model_inputs import input_shape_of, tokenizer_of
 from edgepress.progress import say
@@ -117,13 +117,16 @@ class Pipeline:
         self.artifacts: dict[str, Artifact] = {}
         self.reference_outputs: list[np.ndarray] | None = None  # top-1 classes or embeddings, per set
         self.reference_metrics: dict[str, Any] | None = None
+        self.targets: dict[str, Any] = {}
 
-    def prepare(self) -> DataProvider:
+    def prepare(self, *, probe_targets: bool = True) -> DataProvider:
         """Everything that can fail on bad input, checked before any stage runs."""
         input_shape = input_shape_of(self.recipe)
         data = DataProvider(self.recipe.data, input_shape=input_shape, tokenizer=tokenizer_of(self.recipe))
         needs = {need for stage in self.recipe.stages for need in REGISTRY[stage.kind].needs}
         data.load_all(calibration="calibration" in needs, training="training" in needs)
+        if probe_targets and distributed.is_main():
+            self.targets = on_target.open_targets(self.recipe)
         return data
 
     def run(self) -> RunResult | None:
@@ -199,9 +202,12 @@ class Pipeline:
         primary = per_set[data.evaluation[0].name]
         metrics.update({key: primary[key] for key in evaluation.HEADLINE if key in primary})
         metrics.update(measure.structure(artifact))
-        timing = measure.latency(artifact, data.evaluation[0].sample(), self.recipe)
-        if timing is not None:
-            metrics["latency_ms"] = timing
+        if artifact.format == "onnx":
+            metrics["targets"] = self._on_targets(artifact, data=data, host_metrics=metrics, references=references)
+            primary = metrics["targets"][self.recipe.target.name]
+            if "latency_ms" in primary and not self.recipe.target.emulated:
+                metrics["latency_ms"] = dict(primary["latency_ms"], runs=primary["runs"], threads=primary["threads"],
+                                             batch=primary["batch"], target=self.recipe.target.name)
         metrics["evaluation"] = per_set
         metrics.update(output.metrics)
         if name == self.recipe.reference_stage:
@@ -217,6 +223,55 @@ class Pipeline:
             "metrics": metrics,
         }
 
+    def _on_targets(self, artifact: Artifact, *, data: DataProvider, host_metrics: dict[str, Any],
+                    references: list[np.ndarray | None]) -> dict[str, dict[str, Any]]:
+        """{target name: timing and, where evaluated, quality} for an ONNX artifact. The primary target's
+        quality is the host's (same ONNX Runtime build, all cores); other targets evaluate on the device."""
+        found: dict[str, dict[str, Any]] = {}
+        for index, spec in enumerate(self.recipe.targets):
+            target = self.targets[spec.name] if spec.name in self.targets else on_target.open_target(spec.name)
+            entry: dict[str, Any] = {"emulated": target.emulated}
+            if spec.latency:
+                entry.update(on_target.time_on(target, artifact, data.evaluation[0].sample(), spec=spec,
+                                               bench=self.recipe.bench))
+            if spec.evaluate:
+                per_set = {}
+                for labeled, reference in zip(data.evaluation, references):
+                    subset = on_target.sliced(labeled, spec.evaluate_samples)
+                    say(f"    evaluate {subset.name} on {target.name}")
+                    out = on_target.outputs_on(target, artifact, subset, limit=spec.evaluate_samples,
+                                               batch_size=self.recipe.data.batch_size)
+                    per_set[subset.name] = evaluation.score(
+                        subset, out, None if reference is None else reference[:len(out)])
+                first = per_set[data.evaluation[0].name]
+                entry.update({k: first[k] for k in evaluation.HEADLINE if k in first})
+                entry["evaluation"] = per_set
+                primary_set, reference = data.evaluation[0], references[0]
+                if isinstance(primary_set, LabeledSet) and reference is not None:
+                    # An accuracy drop compares like with like: the reference on the same first samples.
+                    count = first["samples"]
+                    entry["reference_accuracy"] = float(np.mean(reference[:count] == primary_set.labels[:count]))
+            elif index == 0:
+                entry.update({k: host_metrics[k] for k in evaluation.HEADLINE if k in host_metrics})
+            found[spec.name] = entry
+        return found
+
+    def _target_checks(self, final: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each target's own budgets, on that target's numbers for the final stage."""
+        checks = []
+        for spec in self.recipe.targets:
+            measured = final["metrics"].get("targets", {}).get(spec.name)
+            if measured is None or not any(v is not None for v in vars(spec.budgets).values()):
+                continue
+            measured = {"size_bytes": final["metrics"]["size_bytes"], **measured}  # the file is the same everywhere
+            reference = dict(self.reference_metrics or {})
+            if "reference_accuracy" in measured:
+                reference["accuracy"] = measured["reference_accuracy"]
+            for check in gate.evaluate(spec.budgets, final=measured, reference=reference,
+                                       stage=f"{final['name']} on {spec.name}"):
+                checks.append(dict(vars(check), target=spec.name))
+        return checks
+
     def _finish(self) -> RunResult:
         final = self.records[-1]
         checks = gate.evaluate(self.recipe.budgets, final=final["metrics"], reference=self.reference_metrics or {},
@@ -228,9 +283,19 @@ class Pipeline:
             "reference_stage": self.recipe.reference_stage,
             "metric": self.recipe.data.metric,
             "target": {"name": self.recipe.target.name, "threads": self.recipe.target.threads},
+            "targets": [{"name": t.name, "threads": t.threads, "emulated": t.emulated, "evaluate": t.evaluate,
+                         "budgets": {k: v for k, v in vars(t.budgets).items() if v is not None}}
+                        for t in self.recipe.targets],
+            "budgets": {k: v for k, v in vars(self.recipe.budgets).items() if v is not None},
             "stages": self.records,
             "gate": gate.summary(checks, stage=final["name"]),
         }
+        per_target = self._target_checks(final)
+        if per_target:
+            result["gate"]["checks"] += per_target
+            result["gate"]["violations"] += [{k: c[k] for k in ("budget", "limit", "value", "target")}
+                                             for c in per_target if not c["passed"]]
+            result["gate"]["passed"] = not result["gate"]["violations"]
         report.write_all(result, out_dir=self.out_dir)
         return RunResult(report=result, out_dir=self.out_dir)
 

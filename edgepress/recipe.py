@@ -110,16 +110,6 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
-class TargetSpec:
-    name: Literal["local"] = "local"
-    threads: int = 1
-
-    def __post_init__(self) -> None:
-        if self.threads <= 0:
-            raise ValueError("threads must be positive")
-
-
-@dataclass(frozen=True)
 class BenchSpec:
     warmup_runs: int = 50
     runs: int = 200
@@ -153,6 +143,40 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class TargetSpec:
+    """Where each stage's ONNX model is timed, and optionally evaluated: local, ssh://user@host[:port],
+    qemu-aarch64[:CPU] (edgepress/targets). The recipe's first target is the primary one: its numbers are the
+    stage's headline metrics and [budgets] gate them; every target may add budgets of its own."""
+
+    name: str = "local"
+    threads: int = 1
+    # Run the evaluation sets through this target's ONNX Runtime too (ARM kernels may answer differently).
+    # The primary target's quality metrics come from the host, where evaluation is fastest.
+    evaluate: bool = False
+    evaluate_samples: int | None = None  # the first N samples of each set; emulation is slow
+    latency: bool = True  # time the models here (under emulation the timings are marked, never gated)
+    python: str | None = None  # the device's Python (ssh: default python3)
+    identity_file: Path | None = None  # ssh: a private key
+    workdir: str | None = None  # ssh: parent folder of the temporary working folder
+    budgets: Budgets = Budgets()
+
+    def __post_init__(self) -> None:
+        from edgepress.targets import check_name
+
+        check_name(self.name)
+        if self.threads <= 0:
+            raise ValueError("threads must be positive")
+        if self.evaluate_samples is not None and self.evaluate_samples <= 0:
+            raise ValueError("evaluate_samples must be positive")
+        if self.emulated and self.budgets.latency_p90_ms is not None:
+            raise ValueError(f"{self.name} is emulated: its timings are not latency, so latency_p90_ms cannot gate it")
+
+    @property
+    def emulated(self) -> bool:
+        return self.name.startswith("qemu-")
+
+
+@dataclass(frozen=True)
 class StageSpec:
     kind: str
     name: str
@@ -166,17 +190,22 @@ class Recipe:
     model: ModelSpec
     data: DataSpec
     stages: tuple[StageSpec, ...]
-    target: TargetSpec = TargetSpec()
+    targets: tuple[TargetSpec, ...] = (TargetSpec(),)
     bench: BenchSpec = BenchSpec()
     budgets: Budgets = Budgets()
     reference_stage: str = "model"
+
+    @property
+    def target(self) -> TargetSpec:
+        """The primary target: the first of [target] / [[targets]]."""
+        return self.targets[0]
 
     @property
     def folder(self) -> Path:
         return self.path.parent
 
 
-_TOP_LEVEL = {"name", "model", "data", "stages", "target", "bench", "budgets", "reference_stage"}
+_TOP_LEVEL = {"name", "model", "data", "stages", "target", "targets", "bench", "budgets", "reference_stage"}
 
 
 def load(path: Path) -> Recipe:
@@ -239,7 +268,7 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
         model=parse(ModelSpec, table["model"], where="model", resolve_path=resolve),
         data=parse(DataSpec, table["data"], where="data", resolve_path=resolve),
         stages=tuple(stages),
-        target=parse(TargetSpec, table.get("target", {}), where="target", resolve_path=resolve),
+        targets=_targets(table, resolve),
         bench=parse(BenchSpec, table.get("bench", {}), where="bench", resolve_path=resolve),
         budgets=parse(Budgets, table.get("budgets", {}), where="budgets", resolve_path=resolve),
         reference_stage=reference,
@@ -249,6 +278,29 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
     return recipe
 
 
+def _targets(table: dict[str, Any], resolve) -> tuple[TargetSpec, ...]:
+    """[target] for one, [[targets]] for several (the first is the primary), not both."""
+    if "target" in table and "targets" in table:
+        raise SchemaError("the recipe has both [target] and [[targets]]",
+                          fix="keep [[targets]] and move the [target] table into it as its first entry")
+    if "targets" not in table:
+        return (parse(TargetSpec, table.get("target", {}), where="target", resolve_path=resolve),)
+    listed = table["targets"]
+    if not isinstance(listed, list) or not listed:
+        raise SchemaError("'targets' must be a non-empty array of tables", fix="write each as [[targets]] with name = ...")
+    found = tuple(parse(TargetSpec, t, where=f"targets[{i}]", resolve_path=resolve) for i, t in enumerate(listed))
+    quality = ("accuracy_drop_points", "agreement_min", "cosine_min", "top5_agreement_min")
+    for index, spec in enumerate(found[1:], start=1):
+        wanted = [q for q in quality if getattr(spec.budgets, q) is not None]
+        if wanted and not spec.evaluate:
+            raise SchemaError(f"targets[{index}] ({spec.name}) has budgets {wanted} but does not evaluate there",
+                              fix=f"add evaluate = true to targets[{index}] (and evaluate_samples to keep it short)")
+    names = [t.name for t in found]
+    if len(set(names)) != len(names):
+        raise SchemaError(f"a target is listed twice in [[targets]]: {names}", fix="list each target once")
+    return found
+
+
 _BUDGETS_OF = {"top1": ("accuracy_drop_points", "agreement_min"), "cosine": ("cosine_min", "top5_agreement_min")}
 
 
@@ -256,10 +308,14 @@ def _check_budgets(recipe: Recipe) -> None:
     """Accuracy budgets need a classifier's labels, cosine budgets a text model's embeddings."""
     for metric, names in _BUDGETS_OF.items():
         for name in names:
-            if metric != recipe.data.metric and getattr(recipe.budgets, name) is not None:
+            if metric != recipe.data.metric and any(getattr(b, name) is not None for b in _all_budgets(recipe)):
                 usable = ", ".join(_BUDGETS_OF[recipe.data.metric])
                 raise SchemaError(f"budgets.{name} needs data.metric = {metric!r}, but this recipe's is "
                                   f"{recipe.data.metric!r}", fix=f"use {usable} (or size_bytes, latency_p90_ms)")
+
+
+def _all_budgets(recipe: Recipe) -> list[Budgets]:
+    return [recipe.budgets] + [t.budgets for t in recipe.targets]
 
 
 def _check_formats(recipe: Recipe) -> None:
@@ -280,6 +336,6 @@ def _check_formats(recipe: Recipe) -> None:
             raise SchemaError(f"stage {stage.name!r} ({stage.kind}) takes a {wanted} model but gets a {current} one",
                               fix="reorder the stages (export turns a torch model into ONNX)")
         current = REGISTRY[stage.kind].output_format
-    if current != "onnx" and recipe.budgets.latency_p90_ms is not None:
+    if current != "onnx" and any(b.latency_p90_ms is not None for b in _all_budgets(recipe)):
         raise SchemaError("budgets.latency_p90_ms needs the last stage to produce an ONNX model",
                           fix="add an export stage (and ptq) after the torch stages")

@@ -3,6 +3,7 @@
     python3 device_runner.py bench MODEL.onnx [--compare OTHER.onnx] [--threads N] [--runs N | --duration S]
                                              [--warmup N|auto] [--inputs X.npz] [--dim NAME=SIZE ...]
     python3 device_runner.py predict MODEL.onnx --inputs X.npz --out Y.npz [--threads N] [--batch-size N]
+    python3 device_runner.py probe      (what the device has: Python, onnxruntime, numpy, CPU)
 
 Prints one JSON object on stdout (progress goes to stderr). Bad input: {"error": ..., "fix": ...}, exit 2.
 It imports nothing of edgepress and no torch: the device needs only `pip install onnxruntime numpy`.
@@ -37,7 +38,7 @@ def _import_runtime():
         import onnxruntime
     except ImportError as exc:
         raise BadInput(f"the device's Python ({sys.executable}) cannot import {exc.name}",
-                       f"pip install onnxruntime numpy for that Python, or point the target at another one") from None
+                       "pip install onnxruntime numpy for that Python, or point the target at another one") from None
     return numpy, onnxruntime
 
 
@@ -301,9 +302,17 @@ def predict(args) -> dict:
             "device": {"machine": platform.machine(), "onnxruntime": ort.__version__}}
 
 
+def probe() -> dict:
+    np, ort = _import_runtime()
+    return {"device": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+                       "onnxruntime": ort.__version__, "numpy": np.__version__, "cpu_count": os.cpu_count(),
+                       "providers": ort.get_available_providers()}}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="device_runner.py", description="edgepress device runner")
     sub = parser.add_subparsers(dest="command")
+    sub.add_parser("probe")
     for name in ("bench", "predict"):
         p = sub.add_parser(name)
         p.add_argument("model")
@@ -331,7 +340,10 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command is None:
-            raise BadInput("no command", "run `device_runner.py bench MODEL.onnx` or `predict`")
+            raise BadInput("no command", "run `device_runner.py bench MODEL.onnx`, `predict` or `probe`")
+        if args.command == "probe":
+            print(json.dumps(probe()))
+            return 0
         if args.threads <= 0 or args.inter_op_threads <= 0:
             raise BadInput("thread counts must be positive", "pass --threads 1 or more")
         if args.command == "bench":

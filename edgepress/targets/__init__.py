@@ -97,3 +97,12 @@ def parse_runner_output(stdout: str, stderr: str, returncode: int, *, target: st
         raise UserError(f"the device runner failed on {target} (exit {returncode}): {last}",
                         fix="check that the device's Python has onnxruntime and numpy (pip install onnxruntime numpy)")
     return result
+
+
+SCHEMES = ("local", "ssh", "qemu-aarch64")
+
+
+def check_name(name: str) -> None:
+    """A recipe's target name, checked for its scheme before anything runs (ValueError for the schema)."""
+    if scheme_of(name) not in SCHEMES:
+        raise ValueError(f"unknown target {name!r}: use local, ssh://user@host[:port] or qemu-aarch64[:CPU]")

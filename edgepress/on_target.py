@@ -1,0 +1,86 @@
+"""A recipe's targets: each stage's ONNX model timed by the device runner on every target, and evaluated
+there when the target asks for it (ARM kernels may answer differently from x86 on the same INT8 model)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepress.datasets import LabeledSet, TextSet
+from edgepress.progress import say
+from edgepress.recipe import BenchSpec, Recipe, TargetSpec
+from edgepress.stage import Artifact
+from edgepress.targets import Target, TargetOptions, open_target
+
+# What a target entry keeps of the runner's bench JSON.
+_TIMING_KEYS = ("latency_ms", "p50_ci95_ms", "runs", "warmup_runs", "session_create_ms", "first_run_ms",
+                "peak_rss_bytes", "thread_settings", "device", "samples_ms")
+
+
+def open_targets(recipe: Recipe) -> dict[str, Target]:
+    """Every target opened and probed before any stage runs: an unreachable device, a missing setup or a
+    device without onnxruntime fails now, in one line, not after an hour of training."""
+    opened = {}
+    for spec in recipe.targets:
+        target = open_target(spec.name, options=TargetOptions(python=spec.python, identity_file=spec.identity_file,
+                                                              workdir=spec.workdir))
+        if spec.name != "local" or spec.python is not None:
+            found = target.run(files=[], args=["probe"], timeout_s=300.0)["device"]
+            say(f"target {target.name}: {found['machine']}, Python {found['python']}, "
+                f"onnxruntime {found['onnxruntime']}" + (" (emulated)" if target.emulated else ""))
+        opened[spec.name] = target
+    return opened
+
+
+def _save_inputs(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> None:
+    if isinstance(inputs, dict):
+        np.savez(path, **inputs)
+    else:
+        np.savez(path, x=inputs)  # one array: the runner gives it to the model's only input
+
+
+def time_on(target: Target, artifact: Artifact, sample: np.ndarray | dict[str, np.ndarray], *, spec: TargetSpec,
+            bench: BenchSpec) -> dict[str, Any]:
+    """The runner's timing of the artifact on one input repeated to the bench batch."""
+    batch = ({name: np.repeat(values[None], bench.batch, axis=0) for name, values in sample.items()}
+             if isinstance(sample, dict) else np.repeat(sample[None], bench.batch, axis=0))
+    with tempfile.TemporaryDirectory(prefix="edgepress-bench-") as scratch:
+        inputs = Path(scratch) / "bench_inputs.npz"
+        _save_inputs(inputs, batch)
+        found = target.run(files=[artifact.path, inputs], timeout_s=1800.0, args=[
+            "bench", artifact.path.name, "--inputs", inputs.name, "--threads", str(spec.threads),
+            "--runs", str(bench.runs), "--warmup", str(bench.warmup_runs), "--samples"])
+    entry = {key: found[key] for key in _TIMING_KEYS if key in found}
+    entry.update(threads=spec.threads, batch=bench.batch)
+    return entry
+
+
+def outputs_on(target: Target, artifact: Artifact, dataset: LabeledSet | TextSet, *, limit: int | None,
+               batch_size: int) -> np.ndarray:
+    """Top-1 classes (images) or embeddings (text) of the artifact on the first `limit` samples, computed on
+    the target by the runner's `predict`."""
+    if isinstance(dataset, TextSet):
+        inputs: np.ndarray | dict[str, np.ndarray] = {name: values[:limit] for name, values in dataset.feeds.items()}
+    else:
+        inputs = dataset.inputs[:limit]
+    with tempfile.TemporaryDirectory(prefix="edgepress-predict-") as scratch:
+        folder = Path(scratch)
+        _save_inputs(folder / "inputs.npz", inputs)
+        target.run(files=[artifact.path, folder / "inputs.npz"], fetch=["outputs.npz"], into=folder,
+                   timeout_s=7200.0, args=["predict", artifact.path.name, "--inputs", "inputs.npz",
+                                           "--out", "outputs.npz", "--batch-size", str(batch_size)])
+        with np.load(folder / "outputs.npz") as found:
+            first = found[found.files[0]]
+    return first if isinstance(dataset, TextSet) else first.argmax(axis=1)
+
+
+def sliced(dataset: LabeledSet | TextSet, limit: int | None) -> LabeledSet | TextSet:
+    if limit is None:
+        return dataset
+    if isinstance(dataset, TextSet):
+        return TextSet(name=dataset.name, sentences=dataset.sentences[:limit],
+                       feeds={name: values[:limit] for name, values in dataset.feeds.items()})
+    return LabeledSet(name=dataset.name, inputs=dataset.inputs[:limit], labels=dataset.labels[:limit])

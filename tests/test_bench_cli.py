@@ -1,0 +1,155 @@
+"""`edgepress bench` and the single-file device runner, on the local target with real ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tests.conftest import ROOT, assert_one_line_error, run_cli
+
+RUNNER = ROOT / "runtime" / "device_runner.py"
+LATENCY_KEYS = {"p50", "p90", "p95", "p99", "mean", "std", "min", "max"}
+
+
+def matmul_model(path: Path, *, width: int, name: str = "x") -> Path:
+    """A free batch dimension and `width` x `width` float MatMul layers: cost grows with `width`."""
+    rng = np.random.default_rng(0)
+    weights = [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [width, width],
+                                  (rng.standard_normal((width, width)) / width).astype(np.float32).ravel())
+               for i in range(4)]
+    nodes = [helper.make_node("MatMul", [name if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}" if i < 3 else "y"])
+             for i in range(4)]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+                              initializer=weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    return matmul_model(folder / "small.onnx", width=64), matmul_model(folder / "large.onnx", width=512)
+
+
+def test_bench_prints_the_json_contract_and_writes_it_atomically(models, tmp_path):
+    small, _ = models
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", str(small), "--runs", "300", "--warmup", "20", "--dim", "batch=4", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == result
+    assert result["target"] == "local" and result["emulated"] is False
+    assert result["runs"] == 300 and result["threads"] == 1 and result["warmup_runs"] == 20
+    lat = result["latency_ms"]
+    assert LATENCY_KEYS <= lat.keys()
+    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    low, high = result["p50_ci95_ms"]
+    assert low <= lat["p50"] <= high and high - low < lat["p50"]
+    assert result["session_create_ms"] > 0 and result["first_run_ms"] > 0
+    assert result["peak_rss_bytes"] > 10 * 2**20  # a Python with ONNX Runtime loaded: tens of MB at least
+    assert result["size_bytes"] == small.stat().st_size
+    assert result["inputs"] == {"x": {"shape": [4, 64], "dtype": "float32"}}
+    assert result["thread_settings"]["intra_op"] == 1
+    assert "p50 " in proc.stderr and "95% CI" in proc.stderr  # a human line besides the JSON
+
+
+def test_compare_interleaves_two_models_and_the_ratio_interval_excludes_one(models):
+    small, large = models
+    proc = run_cli("bench", str(large), "--compare", str(small), "--runs", "200", "--warmup", "10")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    compare = result["compare"]
+    assert compare["model"] == "small.onnx" and result["thread_settings"]["interleaved"] is True
+    ratio, (low, high) = compare["p50_ratio"], compare["p50_ratio_ci95"]
+    assert ratio == pytest.approx(result["latency_ms"]["p50"] / compare["latency_ms"]["p50"])
+    assert low <= ratio <= high
+    assert low > 1.5, "four 512x512 matmuls against four 64x64 ones: the larger must be clearly slower"
+
+
+def test_inputs_from_npz_and_duration(models, tmp_path):
+    small, _ = models
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, x=np.ones((2, 64), dtype=np.float32))
+    proc = run_cli("bench", str(small), "--inputs", str(inputs), "--duration", "0.5", "--warmup", "auto")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["input_source"] == "inputs.npz" and result["inputs"]["x"]["shape"] == [2, 64]
+    assert result["runs"] >= 10 and result["warmup_runs"] >= 20  # auto: at least two windows of 10
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--dim", "sequence=8"], ["match no free dimension", "batch"]),
+    (["--runs", "0"], ["must be positive"]),
+    (["--warmup", "lots"], ["neither a count nor auto"]),
+    (["--target", "telnet://board"], ["unknown target", "ssh://user@host"]),
+])
+def test_bad_flags_are_one_line_errors(models, args, fragments):
+    small, _ = models
+    assert_one_line_error(run_cli("bench", str(small), *args), *fragments)
+
+
+def test_bad_models_and_inputs_are_one_line_errors(models, tmp_path):
+    small, _ = models
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a protobuf at all")
+    assert_one_line_error(run_cli("bench", str(corrupt)), "cannot load", "corrupt.onnx")
+    assert_one_line_error(run_cli("bench", str(tmp_path / "missing.onnx")), "does not exist")
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.ones((2, 3, 4), dtype=np.float32))
+    assert_one_line_error(run_cli("bench", str(small), "--inputs", str(wrong)), "shape [2, 3, 4]")
+    named = tmp_path / "named.npz"
+    np.savez(named, a=np.ones((1, 64), np.float32), b=np.ones((1, 64), np.float32))
+    assert_one_line_error(run_cli("bench", str(small), "--inputs", str(named)), "lack arrays named ['x']")
+
+
+def test_runner_needs_only_python_3_8_onnxruntime_and_numpy():
+    source = RUNNER.read_text()
+    ast.parse(source, feature_version=(3, 8))  # no syntax newer than the oldest Python a board may have
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names)
+    assert third_party == {"numpy", "onnxruntime"}, third_party
+
+
+def test_runner_runs_as_a_lone_file_without_edgepress_or_torch(models, tmp_path):
+    """Copied alone into an empty folder, run with -I (no user site, no PYTHONPATH, no edgepress on the path),
+    and with torch made unimportable: what a device sees."""
+    small, _ = models
+    (tmp_path / "device_runner.py").write_bytes(RUNNER.read_bytes())
+    (tmp_path / "small.onnx").write_bytes(small.read_bytes())
+    blocker = ("import sys, runpy; sys.modules['torch'] = None; sys.modules['edgepress'] = None; "
+               "sys.argv = ['device_runner.py', 'bench', 'small.onnx', '--runs', '50', '--warmup', '5']; "
+               "runpy.run_path('device_runner.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-I", "-c", blocker], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["runs"] == 50
+
+
+def test_predict_writes_every_output_for_every_input(models, tmp_path):
+    small, _ = models
+    x = np.random.default_rng(1).standard_normal((150, 64)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    (tmp_path / "small.onnx").write_bytes(small.read_bytes())
+    proc = subprocess.run([sys.executable, str(RUNNER), "predict", "small.onnx", "--inputs", "in.npz",
+                           "--out", "out.npz", "--batch-size", "64"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["samples"] == 150
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(small), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with np.load(tmp_path / "out.npz") as got:
+        np.testing.assert_allclose(got["y"], expected, rtol=1e-5, atol=1e-6)
