@@ -81,7 +81,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     _check(args)
     options = TargetOptions(python=args.python, identity_file=args.identity_file, workdir=args.workdir)
     target = open_target(args.target, options=options)
-    files = [args.model] + [p for p in (args.compare, args.inputs) if p is not None]
+    files = list({p.resolve(): p for p in (args.model, args.compare, args.inputs) if p is not None}.values())
     print(f"edgepress: timing {args.model.name}" + (f" against {args.compare.name}" if args.compare else "")
           + f" on {target.name}", file=sys.stderr, flush=True)
     result = target.run(files=files, args=runner_args(args), timeout_s=args.timeout)
