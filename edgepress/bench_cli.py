@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--python", help="the device's Python (default: python3 on ssh, this one locally)")
     parser.add_argument("--identity-file", type=Path, help="ssh: private key")
     parser.add_argument("--workdir", help="ssh: folder on the device for the temporary working folder")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="ssh: seconds to wait for the device")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before the run is abandoned")
 
 
@@ -79,7 +80,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from edgepress.targets import TargetOptions, open_target
 
     _check(args)
-    options = TargetOptions(python=args.python, identity_file=args.identity_file, workdir=args.workdir)
+    options = TargetOptions(python=args.python, identity_file=args.identity_file, workdir=args.workdir,
+                            connect_timeout_s=args.connect_timeout)
     target = open_target(args.target, options=options)
     files = list({p.resolve(): p for p in (args.model, args.compare, args.inputs) if p is not None}.values())
     print(f"edgepress: timing {args.model.name}" + (f" against {args.compare.name}" if args.compare else "")
