@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import html
-import io
 import re
 from pathlib import Path
 from typing import Any
 
-from edgepress import atomic
+from edgepress import atomic, report_plots, report_view
 
 # The quality columns of each data.metric: (header, metrics key, share shown as a percentage).
 QUALITY = {
@@ -41,6 +40,34 @@ def _row(stage: dict[str, Any], metric: str) -> list[str]:
             f"{lat['p99']:.3f}" if lat else "–", f"{stage['seconds']:.1f}"]
 
 
+def target_header(report: dict[str, Any]) -> list[str]:
+    return ["stage", "target"] + [header for header, _, _ in QUALITY[_metric(report)]] + ["size", "p50 ms [95% CI]",
+                                                                                          "p90 ms"]
+
+
+def _latency_cells(entry: dict[str, Any]) -> list[str]:
+    if entry.get("latency_ms") is None:
+        return ["–", "–"]
+    if entry["emulated"]:
+        return ["emulated", "emulated"]  # timings under emulation are not latency: never shown as such
+    lat, ci = entry["latency_ms"], entry.get("p50_ci95_ms")
+    return [f"{lat['p50']:.3f}" + (f" [{ci[0]:.3f}–{ci[1]:.3f}]" if ci else ""), f"{lat['p90']:.3f}"]
+
+
+def target_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The compact table: one row per stage and target it was measured on."""
+    rows = []
+    for stage in report["stages"]:
+        for target, entry in report_view.stage_targets(stage, report=report).items():
+            size = f"{entry['size_bytes'] / 1024:.1f} KiB" if "size_bytes" in entry else "–"
+            rows.append([stage["name"], target, *_quality(entry, _metric(report)), size, *_latency_cells(entry)])
+    return rows
+
+
+def markdown_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def _per_set_header(report: dict[str, Any]) -> list[str]:
     return ["stage", "set", "samples"] + [header for header, _, _ in QUALITY[_metric(report)]]
 
@@ -55,40 +82,54 @@ def _against(report: dict[str, Any]) -> str:
     return f"{compared} against stage `{report['reference_stage']}`."
 
 
+def _gate_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The run's budget checks; a check without a target is on the primary target."""
+    primary = report_view.primary_target(report)
+    return [[c.get("target", primary), c["budget"], f"{c['limit']:g}", f"{c['value']:.4g}",
+             "ok" if c["passed"] else "VIOLATED"] for c in report["gate"]["checks"]]
+
+
+_GATE_HEADER = ["target", "budget", "limit", "value", "result"]
+
+
 def _gate_lines(report: dict[str, Any]) -> list[str]:
     g = report["gate"]
     lines = [f"**Gate on stage `{g['stage']}`: {'PASSED' if g['passed'] else 'FAILED'}**", ""]
-    if g["checks"]:
-        lines += ["| budget | limit | value | result |", "|---|---|---|---|"]
-        lines += [f"| {c['budget']} | {c['limit']:g} | {c['value']:.4g} | {'ok' if c['passed'] else 'VIOLATED'} |"
-                  for c in g["checks"]]
-    else:
-        lines.append("No budgets were set.")
-    return lines
+    rows = _gate_rows(report)
+    return lines + (markdown_table(_GATE_HEADER, rows) if rows else ["No budgets were set."])
+
+
+def _targets_line(report: dict[str, Any]) -> str:
+    listed = [t for t in report.get("targets", []) if isinstance(t, dict)] or [report["target"]]
+    described = [f"{t['name']} ({t.get('threads', 1)} thread(s){', emulated' if t.get('emulated') else ''})"
+                 for t in listed]
+    if len(described) == 1:
+        return f"Target: {described[0]}."
+    return f"Targets: {', '.join(described)}; the first is the primary."
 
 
 def markdown(report: dict[str, Any]) -> str:
-    header, set_header = columns(report), _per_set_header(report)
-    lines = [f"# edgepress report: {report['name']}", "",
-             f"Target: {report['target']['name']}, {report['target']['threads']} thread(s). {_against(report)}", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_row(s, _metric(report))) + " |" for s in report["stages"]]
-    lines += ["", "## Every evaluation set", "", "| " + " | ".join(set_header) + " |", "|" + "---|" * len(set_header)]
-    lines += ["| " + " | ".join(r) + " |" for r in _per_set_rows(report)]
+    """The verdict and a compact table per stage and target first (what a pull-request comment needs),
+    then the details."""
+    lines = [f"# edgepress report: {report['name']}", ""] + _gate_lines(report)
+    lines += ["", "## On each target", "", f"{_targets_line(report)} {_against(report)} Timings under emulation "
+              "are not latency and show as 'emulated'.", ""] + markdown_table(target_header(report), target_rows(report))
+    lines += ["", "## Stages", "", "Headline metrics: the primary target's.", ""]
+    lines += markdown_table(columns(report), [_row(s, _metric(report)) for s in report["stages"]])
+    lines += ["", "## Every evaluation set", ""] + markdown_table(_per_set_header(report), _per_set_rows(report))
     for stage, sensitivity in _sensitivities(report):
         lines += ["", f"## Pruning sensitivity: stage `{stage}`", "",
                   f"Accuracy on the sensitivity subset with one layer pruned at a time "
                   f"(unpruned: {100 * sensitivity['baseline_accuracy']:.2f}%).", ""]
         header, rows = _sensitivity_rows(sensitivity)
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+        lines += markdown_table(header, rows)
         lines += ["", f"![accuracy against prune ratio, per layer]({sensitivity_svg_name(stage)})"]
     for stage, search, header, rows in _precisions(report):
         lines += ["", f"## Node precision: stage `{stage}`", ""]
         if search:
             lines += [f"Chosen: {search['chosen']}, {search['p50_vs_fp32']:.2f}x FP32 p50 on {search['target_isa']}, "
                       f"agreement {100 * search['agreement']:.2f}% on {search['validation_samples']} validation images.", ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "## Gate", ""] + _gate_lines(report)
+        lines += markdown_table(header, rows)
     return "\n".join(lines) + "\n"
 
 
@@ -125,27 +166,15 @@ def _sensitivity_rows(sensitivity: dict[str, Any]) -> tuple[list[str], list[list
     return ["layer"] + [f"ratio {r:g}" for r in ratios], rows
 
 
-def _figure_svg(fig, plt) -> str:
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg")
-    plt.close(fig)
-    svg = buffer.getvalue()
-    return svg[svg.index("<svg"):]
-
-
 def sensitivity_plot_svg(sensitivity: Any) -> str:
     """Accuracy (%) against the share of channels removed, one line per layer, each pruned alone.
 
     `sensitivity` is a SensitivityTable or its to_json() dict (as stored in report.json); each
     layer's line is an SVG group with id `sensitivity-<layer>`, so it can be found and styled."""
     table = sensitivity.to_json() if hasattr(sensitivity, "to_json") else sensitivity
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "<p>(matplotlib is not installed: no plots)</p>"
+    plt = report_plots.pyplot()
+    if plt is None:
+        return report_plots.NO_MATPLOTLIB
     layers = table["layers"]
     fig, ax = plt.subplots(figsize=(9, 4.2))
     colors = plt.get_cmap("viridis")  # up to 0.85 only: its end is a pale yellow, unreadable on white
@@ -163,41 +192,7 @@ def sensitivity_plot_svg(sensitivity: Any) -> str:
     # Outside the axes: deep models have dozens of layers, and the legend must not hide lines.
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(layers) // 20, frameon=False)
     fig.tight_layout()
-    return _figure_svg(fig, plt)
-
-
-def _plots_svg(report: dict[str, Any]) -> str:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "<p>(matplotlib is not installed: no plots)</p>"
-    stages = report["stages"]
-    names = [s["name"] for s in stages]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    axes[0].bar(names, [s["metrics"]["size_bytes"] / 1024 for s in stages], color="#4c72b0")
-    axes[0].set_title("size (KiB)")
-    timed = [s for s in stages if "latency_ms" in s["metrics"]]
-    quality, quality_label = ("accuracy", "accuracy (%)") if _metric(report) == "top1" else ("cosine", "cosine x 100")
-    if timed:
-        labels = [s["name"] for s in timed]
-        axes[1].bar(labels, [s["metrics"]["latency_ms"]["p50"] for s in timed], color="#55a868", label="p50")
-        axes[1].scatter(labels, [s["metrics"]["latency_ms"]["p90"] for s in timed], color="k", marker="_", s=400,
-                        label="p90", zorder=3)
-        axes[1].legend()
-        for s in (s for s in timed if quality in s["metrics"]):
-            point = (s["metrics"]["latency_ms"]["p50"], 100 * s["metrics"][quality])
-            axes[2].scatter(*point)
-            axes[2].annotate(s["name"], point, textcoords="offset points", xytext=(4, 4))
-    axes[1].set_title("latency (ms)")
-    axes[2].set_title(f"{quality_label} vs p50 latency (ms)")
-    axes[2].margins(0.25)
-    for ax in axes[:2]:
-        ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    return _figure_svg(fig, plt)
+    return report_plots.figure_svg(fig, plt)
 
 
 def _html_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
@@ -209,8 +204,7 @@ def _html_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> s
 def html_page(report: dict[str, Any]) -> str:
     g = report["gate"]
     verdict = "PASSED" if g["passed"] else "FAILED"
-    gate_rows = [[c["budget"], f"{c['limit']:g}", f"{c['value']:.4g}", "ok" if c["passed"] else "VIOLATED"]
-                 for c in g["checks"]]
+    gate_rows = _gate_rows(report)
     sensitivity_html = "".join(f"<h2>Pruning sensitivity: stage <code>{html.escape(stage)}</code></h2>"
                                f"{sensitivity_plot_svg(table)}{_html_table(*_sensitivity_rows(table))}"
                                for stage, table in _sensitivities(report))
@@ -220,17 +214,20 @@ def html_page(report: dict[str, Any]) -> str:
 <html><head><meta charset="utf-8"><title>edgepress: {html.escape(report['name'])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}
-.PASSED{{color:#1a7f37}}.FAILED{{color:#cf222e}}</style></head><body>
+.PASSED{{color:#1a7f37}}.FAILED{{color:#cf222e}}.plots{{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}}</style></head><body>
 <h1>edgepress report: {html.escape(report['name'])}</h1>
-<p>Target {html.escape(report['target']['name'])}, {report['target']['threads']} thread(s).
-{html.escape(_against(report).replace("`", ""))}</p>
-<h2>Stages</h2>{_html_table(columns(report), [_row(s, _metric(report)) for s in report['stages']])}
-<h2>Plots</h2>{_plots_svg(report)}
+<h2>Gate on stage <code>{html.escape(g['stage'])}</code>: <span class="{verdict}">{verdict}</span></h2>
+{_html_table(_GATE_HEADER, gate_rows) if gate_rows else "<p>No budgets were set.</p>"}
+<p>{html.escape(_targets_line(report))} {html.escape(_against(report).replace("`", ""))}</p>
+<h2>On each target</h2>{_html_table(target_header(report), target_rows(report))}
+<h2>Plots</h2>
+<div class="plots">{report_plots.size_svg(report)}{report_plots.quality_svg(report)}</div>
+{report_plots.latency_svg(report)}
+<h2>Stages</h2><p>Headline metrics: the primary target's.</p>
+{_html_table(columns(report), [_row(s, _metric(report)) for s in report['stages']])}
 <h2>Every evaluation set</h2>{_html_table(_per_set_header(report), _per_set_rows(report))}
 {sensitivity_html}
 {precision_html}
-<h2>Gate on stage <code>{html.escape(g['stage'])}</code>: <span class="{verdict}">{verdict}</span></h2>
-{_html_table(["budget", "limit", "value", "result"], gate_rows) if gate_rows else "<p>No budgets were set.</p>"}
 </body></html>
 """
 

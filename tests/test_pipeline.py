@@ -7,6 +7,7 @@ import json
 import onnx
 import pytest
 
+from edgepress import report_plots
 from tests.conftest import run_cli, write_recipe
 
 STAGE_KEYS = {"name", "kind", "artifact", "format", "sha256", "seconds", "metrics"}
@@ -77,6 +78,14 @@ def test_human_reports_show_every_stage(tiny_run):
         assert f"| {name} |" in md
         assert f"<td>{name}</td>" in html
     assert "<svg" in html and "PASSED" in html
+    # report.md opens with what a pull-request comment needs: the verdict, then one row per stage and target.
+    assert md.splitlines()[2] == "**Gate on stage `ptq`: PASSED**"
+    on_targets = md.split("## On each target")[1].split("##")[0]
+    assert [line.split(" | ")[:2] for line in on_targets.splitlines() if line.startswith("| ") and "stage" not in line] \
+        == [["| model", "local"], ["| train", "local"], ["| export", "local"], ["| ptq", "local"]]
+    for name in ("export", "ptq"):  # timed ONNX stages are in the latency plot
+        assert f'id="{report_plots.plot_id("latency", name, "local")}"' in html
+    assert f'id="{report_plots.plot_id("latency", "train", "local")}"' not in html  # torch: not timed
 
 
 def test_violated_budget_exits_1_and_lists_it(tmp_path):
