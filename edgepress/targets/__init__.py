@@ -47,23 +47,14 @@ class Target(Protocol):
 
 
 # scheme -> factory(name, options). A factory parses everything after the scheme and raises UserError on a
-# malformed name. Modules register themselves here; one explicit list, like the stage registry.
+# malformed name. One explicit list, like the stage registry.
 Factory = Callable[[str, TargetOptions], Target]
 
 
 def _factories() -> dict[str, Factory]:
-    from edgepress.targets import local
+    from edgepress.targets import local, qemu, ssh
 
-    found: dict[str, Factory] = {"local": local.LocalTarget.from_name}
-    for module_name, scheme in (("ssh", "ssh"), ("qemu", "qemu-aarch64")):
-        try:
-            module = __import__(f"edgepress.targets.{module_name}", fromlist=["from_name"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"edgepress.targets.{module_name}":
-                raise
-            continue
-        found[scheme] = module.from_name
-    return found
+    return {"local": local.LocalTarget.from_name, "ssh": ssh.from_name, "qemu-aarch64": qemu.from_name}
 
 
 def scheme_of(name: str) -> str:
