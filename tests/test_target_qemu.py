@@ -318,3 +318,42 @@ def test_a_difference_between_kernels_is_reported():
     assert comparison["max_abs_diff"] == pytest.approx(0.125)
     assert "differ on 1/64 samples" in comparison["sentence"]
     assert _compare("arm", reference, reference, "x86")["sentence"].startswith("arm vs x86: identical outputs")
+
+
+def test_a_recipe_evaluates_and_gates_the_same_int8_model_on_x86_and_on_arm(prepared, tmp_path):
+    from tests.conftest import TINY_RECIPE, write_recipe
+
+    targets = """
+[[targets]]
+name = "local"
+
+[[targets]]
+name = "qemu-aarch64:cortex-a53"
+evaluate = true
+evaluate_samples = 150
+budgets = { agreement_min = 0.9 }
+
+[[targets]]
+name = "qemu-aarch64:%s"
+evaluate = true
+evaluate_samples = 150
+latency = false
+budgets = { accuracy_drop_points = 100.0 }
+""" % DOT_CPU
+    recipe = write_recipe(tmp_path, text=TINY_RECIPE.format(epochs=2, budgets="agreement_min = 0.9") + targets)
+    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"), env={"EDGEPRESS_CACHE": str(prepared.cache)})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    ptq = report["stages"][-1]["metrics"]
+    a53, dot = ptq["targets"]["qemu-aarch64:cortex-a53"], ptq["targets"][f"qemu-aarch64:{DOT_CPU}"]
+    assert a53["emulated"] is True and a53["device"]["machine"] == "aarch64" and a53["runs"] == 200
+    assert "latency_ms" not in dot  # latency = false: evaluated, not timed
+    for on_arm in (a53, dot):
+        assert on_arm["evaluation"]["digits:test"]["samples"] == 150
+        assert on_arm["agreement"] >= 0.9 and 0.0 <= on_arm["accuracy"] <= 1.0
+    # The headline (primary, x86) latency is the local one, never an emulated one.
+    assert ptq["latency_ms"]["target"] == "local" and not ptq["targets"]["local"]["emulated"]
+    gated = {(c.get("target"), c["budget"]) for c in report["gate"]["checks"]}
+    assert {(None, "agreement_min"), ("qemu-aarch64:cortex-a53", "agreement_min"),
+            (f"qemu-aarch64:{DOT_CPU}", "accuracy_drop_points")} <= gated
+    assert report["gate"]["passed"] is True
