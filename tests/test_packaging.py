@@ -18,7 +18,8 @@ def test_wheel_installs_and_runtime_never_imports_torch(tmp_path):
     wheel = next(dist.glob("edgepress-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("edgepress/cli.py", "edgepress/compress/ptq.py", "edgepress/export/onnx_export.py",
-                   "edgepress/runtime/session.py", "edgepress/models/zoo.py", "edgepress/builtin/demo.toml"):
+                   "edgepress/runtime/session.py", "edgepress/models/zoo.py", "edgepress/builtin/demo.toml",
+                   "edgepress/runtime/device_runner.py", "edgepress/targets/ssh.py", "edgepress/targets/qemu.py"):
         assert module in names, module
     # Never as bare top-level packages that would collide with users' own `models` or `runtime`.
     assert not [n for n in names if n.split("/")[0] in {"models", "runtime", "compress", "export"}]
@@ -34,6 +35,9 @@ def test_wheel_installs_and_runtime_never_imports_torch(tmp_path):
         "assert 'torch' not in sys.modules, 'edgepress.runtime imported torch'\n"
         "import edgepress.models, edgepress.models.data\n"
         "assert 'torch' not in sys.modules, 'edgepress.models.data imported torch'\n"
+        "import edgepress.targets\n"
+        "assert edgepress.targets.RUNNER.is_file(), 'the device runner is not installed beside edgepress.runtime'\n"
+        "assert 'torch' not in sys.modules, 'edgepress.targets imported torch'\n"
         "import edgepress.models.zoo\n"
         "print(edgepress.__file__)\n"
     )
@@ -42,4 +46,4 @@ def test_wheel_installs_and_runtime_never_imports_torch(tmp_path):
     assert str(env_dir) in proc.stdout, f"imported from outside the venv: {proc.stdout}"
     script = env_dir / "bin" / "edgepress"
     help_proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
-    assert help_proc.returncode == 0 and "demo" in help_proc.stdout
+    assert help_proc.returncode == 0 and "demo" in help_proc.stdout and "bench" in help_proc.stdout
