@@ -203,7 +203,8 @@ class Pipeline:
         metrics.update({key: primary[key] for key in evaluation.HEADLINE if key in primary})
         metrics.update(measure.structure(artifact))
         if artifact.format == "onnx":
-            metrics["targets"] = self._on_targets(artifact, data=data, host_metrics=metrics, references=references)
+            metrics["targets"] = self._on_targets(artifact, stage=name, data=data, host_metrics=metrics,
+                                                  references=references)
             primary = metrics["targets"][self.recipe.target.name]
             if "latency_ms" in primary and not self.recipe.target.emulated:
                 metrics["latency_ms"] = dict(primary["latency_ms"], runs=primary["runs"], threads=primary["threads"],
@@ -223,12 +224,14 @@ class Pipeline:
             "metrics": metrics,
         }
 
-    def _on_targets(self, artifact: Artifact, *, data: DataProvider, host_metrics: dict[str, Any],
+    def _on_targets(self, artifact: Artifact, *, stage: str, data: DataProvider, host_metrics: dict[str, Any],
                     references: list[np.ndarray | None]) -> dict[str, dict[str, Any]]:
         """{target name: timing and, where evaluated, quality} for an ONNX artifact. The primary target's
         quality is the host's (same ONNX Runtime build, all cores); other targets evaluate on the device."""
         found: dict[str, dict[str, Any]] = {}
         for index, spec in enumerate(self.recipe.targets):
+            if spec.stages and stage not in spec.stages:
+                continue
             target = self.targets[spec.name] if spec.name in self.targets else on_target.open_target(spec.name)
             entry: dict[str, Any] = {"emulated": target.emulated}
             if spec.latency:

@@ -155,6 +155,9 @@ class TargetSpec:
     evaluate: bool = False
     evaluate_samples: int | None = None  # the first N samples of each set; emulation is slow
     latency: bool = True  # time the models here (under emulation the timings are marked, never gated)
+    # The stages measured here (default: every ONNX stage). Emulation runs an FP32 ResNet-20 at seconds per
+    # image, so an ARM check usually names only the INT8 stage it ships.
+    stages: tuple[str, ...] = ()
     python: str | None = None  # the device's Python (ssh: default python3)
     identity_file: Path | None = None  # ssh: a private key
     workdir: str | None = None  # ssh: parent folder of the temporary working folder
@@ -258,6 +261,17 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
     name = table.get("name", path.stem)
     if not isinstance(name, str):
         raise SchemaError("'name' must be a string", fix='write name = "my-recipe"')
+    targets = _targets(table, resolve)
+    for index, spec in enumerate(targets):
+        for stage in spec.stages:
+            if stage not in seen_names:
+                guess = closest(stage, seen_names)
+                raise SchemaError(f"targets[{index}].stages names {stage!r}, which is no stage of this recipe",
+                                  fix=f"did you mean {guess!r}?" if guess else f"use one of {', '.join(sorted(seen_names))}")
+        final = stages[-1].name if stages else "model"
+        if spec.stages and final not in spec.stages and any(v is not None for v in vars(spec.budgets).values()):
+            raise SchemaError(f"targets[{index}] ({spec.name}) has budgets but does not measure the final stage {final!r}",
+                              fix=f"add {final!r} to targets[{index}].stages")
     reference = table.get("reference_stage", "model")
     if reference not in seen_names:
         raise SchemaError(f"reference_stage {reference!r} names no stage",
@@ -268,7 +282,7 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
         model=parse(ModelSpec, table["model"], where="model", resolve_path=resolve),
         data=parse(DataSpec, table["data"], where="data", resolve_path=resolve),
         stages=tuple(stages),
-        targets=_targets(table, resolve),
+        targets=targets,
         bench=parse(BenchSpec, table.get("bench", {}), where="bench", resolve_path=resolve),
         budgets=parse(Budgets, table.get("budgets", {}), where="budgets", resolve_path=resolve),
         reference_stage=reference,
@@ -295,6 +309,9 @@ def _targets(table: dict[str, Any], resolve) -> tuple[TargetSpec, ...]:
         if wanted and not spec.evaluate:
             raise SchemaError(f"targets[{index}] ({spec.name}) has budgets {wanted} but does not evaluate there",
                               fix=f"add evaluate = true to targets[{index}] (and evaluate_samples to keep it short)")
+    if found[0].stages:
+        raise SchemaError(f"targets[0] ({found[0].name}) names stages, but the primary target measures every ONNX stage",
+                          fix="drop stages from the first target, or list another target first")
     names = [t.name for t in found]
     if len(set(names)) != len(names):
         raise SchemaError(f"a target is listed twice in [[targets]]: {names}", fix="list each target once")

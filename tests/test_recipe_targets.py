@@ -67,6 +67,10 @@ def test_a_violated_target_budget_fails_the_gate_and_names_the_target(tmp_path):
      ["emulated", "latency_p90_ms"]),
     ('[[targets]]\nname = "local"\n[[targets]]\nname = "local"\n', ["listed twice"]),
     ('[[targets]]\nname = "local"\nevaluate_sample = 10\n', ["targets[0].evaluate_sample", "evaluate_samples"]),
+    ('[[targets]]\nname = "local"\n[[targets]]\nname = "qemu-aarch64"\nstages = ["ptg"]\n', ["'ptg'", "did you mean 'ptq'"]),
+    ('[[targets]]\nname = "local"\nstages = ["ptq"]\n', ["primary target measures every ONNX stage"]),
+    ('[[targets]]\nname = "local"\n[[targets]]\nname = "qemu-aarch64"\nstages = ["export"]\nevaluate = true\n'
+     'budgets = { agreement_min = 0.9 }\n', ["does not measure the final stage 'ptq'"]),
     ('[[targets]]\nname = "local"\n[[targets]]\nname = "qemu-aarch64"\nbudgets = { agreement_min = 0.99 }\n',
      ["does not evaluate there", "evaluate = true"]),
 ])

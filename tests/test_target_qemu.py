@@ -338,6 +338,7 @@ name = "qemu-aarch64:%s"
 evaluate = true
 evaluate_samples = 150
 latency = false
+stages = ["ptq"]
 budgets = { accuracy_drop_points = 100.0 }
 """ % DOT_CPU
     recipe = write_recipe(tmp_path, text=TINY_RECIPE.format(epochs=2, budgets="agreement_min = 0.9") + targets)
@@ -348,6 +349,8 @@ budgets = { accuracy_drop_points = 100.0 }
     a53, dot = ptq["targets"]["qemu-aarch64:cortex-a53"], ptq["targets"][f"qemu-aarch64:{DOT_CPU}"]
     assert a53["emulated"] is True and a53["device"]["machine"] == "aarch64" and a53["runs"] == 200
     assert "latency_ms" not in dot  # latency = false: evaluated, not timed
+    export = report["stages"][-2]["metrics"]["targets"]
+    assert f"qemu-aarch64:{DOT_CPU}" not in export and "qemu-aarch64:cortex-a53" in export  # stages = ["ptq"]
     for on_arm in (a53, dot):
         assert on_arm["evaluation"]["digits:test"]["samples"] == 150
         assert on_arm["agreement"] >= 0.9 and 0.0 <= on_arm["accuracy"] <= 1.0
