@@ -77,3 +77,12 @@ def test_a_violated_target_budget_fails_the_gate_and_names_the_target(tmp_path):
 def test_bad_target_tables_are_refused_before_any_work(tmp_path, targets, fragments):
     recipe = write_recipe(tmp_path, text=recipe_text(targets))
     assert_one_line_error(run_cli("check", str(recipe)), *fragments)
+
+
+def test_an_unreachable_device_fails_check_and_run_in_one_line_before_any_stage(tmp_path):
+    targets = '[[targets]]\nname = "local"\n[[targets]]\nname = "ssh://root@127.0.0.1:1"\n'
+    recipe = write_recipe(tmp_path, text=recipe_text(targets))
+    assert_one_line_error(run_cli("check", str(recipe)), "127.0.0.1", "1")
+    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert_one_line_error(proc, "127.0.0.1")
+    assert not (tmp_path / "out" / "00-model").exists(), "a stage ran before the device was found unreachable"
