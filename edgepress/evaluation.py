@@ -40,6 +40,14 @@ def score(dataset: LabeledSet | TextSet, output: np.ndarray, reference: np.ndarr
     return scores
 
 
+def same_answers(output: np.ndarray, host: np.ndarray) -> float:
+    """How far one model's answers on a target match its answers on the host: the share of equal top-1
+    classes, or the mean cosine of the embeddings."""
+    if output.ndim == 1:
+        return float(np.mean(output == host))
+    return float(np.mean(np.sum(_unit(output) * _unit(host), axis=1)))
+
+
 def embedding_similarity(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Cosine with the reference per sentence (mean, min, p5), and top-5 neighbour agreement."""
     ours, theirs = _unit(embeddings), _unit(reference)

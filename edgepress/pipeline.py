@@ -204,7 +204,7 @@ class Pipeline:
         metrics.update(measure.structure(artifact))
         if artifact.format == "onnx":
             metrics["targets"] = self._on_targets(artifact, stage=name, data=data, host_metrics=metrics,
-                                                  references=references)
+                                                  references=references, host_outputs=produced)
             primary = metrics["targets"][self.recipe.target.name]
             if "latency_ms" in primary and not self.recipe.target.emulated:
                 metrics["latency_ms"] = dict(primary["latency_ms"], runs=primary["runs"], threads=primary["threads"],
@@ -225,7 +225,7 @@ class Pipeline:
         }
 
     def _on_targets(self, artifact: Artifact, *, stage: str, data: DataProvider, host_metrics: dict[str, Any],
-                    references: list[np.ndarray | None]) -> dict[str, dict[str, Any]]:
+                    references: list[np.ndarray | None], host_outputs: list[np.ndarray]) -> dict[str, dict[str, Any]]:
         """{target name: timing and, where evaluated, quality} for an ONNX artifact. The primary target's
         quality is the host's (same ONNX Runtime build, all cores); other targets evaluate on the device."""
         found: dict[str, dict[str, Any]] = {}
@@ -239,15 +239,18 @@ class Pipeline:
                                                bench=self.recipe.bench))
             if spec.evaluate:
                 per_set = {}
-                for labeled, reference in zip(data.evaluation, references):
+                for labeled, reference, host in zip(data.evaluation, references, host_outputs):
                     subset = on_target.sliced(labeled, spec.evaluate_samples)
                     say(f"    evaluate {subset.name} on {target.name}")
                     out = on_target.outputs_on(target, artifact, subset, limit=spec.evaluate_samples,
                                                batch_size=self.recipe.data.batch_size)
                     per_set[subset.name] = evaluation.score(
                         subset, out, None if reference is None else reference[:len(out)])
+                    # The same model's answers here against the host's on the same samples: where ARM kernels
+                    # and x86 ones part ways, whatever the reference says.
+                    per_set[subset.name]["same_as_host"] = evaluation.same_answers(out, host[:len(out)])
                 first = per_set[data.evaluation[0].name]
-                entry.update({k: first[k] for k in evaluation.HEADLINE if k in first})
+                entry.update({k: first[k] for k in evaluation.HEADLINE + ("same_as_host",) if k in first})
                 entry["evaluation"] = per_set
                 primary_set, reference = data.evaluation[0], references[0]
                 if isinstance(primary_set, LabeledSet) and reference is not None:

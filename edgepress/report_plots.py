@@ -129,17 +129,19 @@ def quality_svg(report: dict[str, Any]) -> str:
     """Quality against p50 for every stage and target; an emulated target's points are hollow, at the p50
     of the stage's first real target (their own timings are not latency)."""
     key, label = quality_key(report)
-    points = []  # (stage, target, p50, quality, hollow, x taken from)
+    points = []  # (stage, target, p50, quality, hollow, x taken from, samples when a subset)
     for stage in report["stages"]:
         entries = report_view.stage_targets(stage, report=report)
         real = next(((t, e) for t, e in entries.items() if report_view.latency_of(e) is not None), None)
         for target, entry in entries.items():
             if key not in entry:
                 continue
+            # A target that evaluated only the first N samples scores a different subset: the legend says so.
+            subset = next(iter(entry.get("evaluation", {}).values()), {}).get("samples")
             if report_view.latency_of(entry) is not None:
-                points.append((stage["name"], target, entry["latency_ms"]["p50"], entry[key], False, target))
+                points.append((stage["name"], target, entry["latency_ms"]["p50"], entry[key], False, target, subset))
             elif entry["emulated"] and real is not None:
-                points.append((stage["name"], target, real[1]["latency_ms"]["p50"], entry[key], True, real[0]))
+                points.append((stage["name"], target, real[1]["latency_ms"]["p50"], entry[key], True, real[0], subset))
     if not points:
         return f"<p>No stage has both {key} and a latency: no quality plot.</p>"
     plt = pyplot()
@@ -147,9 +149,11 @@ def quality_svg(report: dict[str, Any]) -> str:
         return NO_MATPLOTLIB
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     labelled = set()
-    for stage, target, p50, quality, hollow, source in points:
+    for stage, target, p50, quality, hollow, source, subset in points:
         color = _color(report, target)
         legend = f"{target} (emulated: at {source}'s p50)" if hollow else target
+        if subset is not None:
+            legend += f", first {subset:,} samples"
         (line,) = ax.plot([p50], [100 * quality], marker="o", markersize=7, linestyle="none", color=color,
                           markerfacecolor="none" if hollow else color, label=None if legend in labelled else legend)
         labelled.add(legend)

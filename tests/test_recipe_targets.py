@@ -45,6 +45,7 @@ def test_a_target_that_evaluates_reports_and_gates_its_own_numbers(tmp_path):
         # the host's evaluation on those images.
         assert local["evaluation"]["digits:test"]["samples"] == 120
         assert 0.0 <= local["accuracy"] <= 1.0 and local["agreement"] >= 0.9
+        assert local["same_as_host"] == 1.0  # the runner's ONNX Runtime is the host's: the same answers
     checks = [c for c in report["gate"]["checks"] if c.get("target") == "local"]
     assert [c["budget"] for c in checks] == ["agreement_min"] and checks[0]["passed"]
 
