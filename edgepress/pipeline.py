@@ -20,6 +20,7 @@ from edgepress.errors import UserError
 from edgepress.model_inputs import input_shape_of, tokenizer_of
 from edgepress.progress import say
 from edgepress.recipe import Recipe
+from edgepress.run_lock import output_lock
 from edgepress.stage import ARTIFACT_FILE, Artifact, StageContext, StageOutput
 from edgepress.stages import REGISTRY
 
@@ -131,9 +132,14 @@ class Pipeline:
 
     def run(self) -> RunResult | None:
         """The report; None on the ranks other than 0 of a torchrun launch, which only help train."""
-        recipe = self.recipe
         distributed.init()  # under torchrun; the CLI has joined already, a caller of Pipeline may not have
-        main = distributed.is_main()
+        if not distributed.is_main():
+            return self._run(main=False)
+        with output_lock(self.out_dir):  # rank 0 alone writes the folder
+            return self._run(main=True)
+
+    def _run(self, *, main: bool) -> RunResult | None:
+        recipe = self.recipe
         if main:
             say(f"recipe {recipe.name}: {1 + len(recipe.stages)} stages -> {self.out_dir}")
         data = self.prepare()
