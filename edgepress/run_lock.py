@@ -24,6 +24,7 @@ def output_lock(out_dir: Path) -> Iterator[None]:
     except ImportError:  # Windows: no flock; runs there are not guarded against each other
         yield
         return
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOCK_NAME
     while True:
@@ -54,3 +55,5 @@ def output_lock(out_dir: Path) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)  # before unlocking: a waiter that opened it retries on the new file
         handle.close()
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run refused on bad input leaves no trace, not even an empty folder
