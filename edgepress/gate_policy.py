@@ -15,7 +15,6 @@ the run's own verdict. A budgets file replaces it as a whole (what the file says
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from edgepress import report_view
 from edgepress.errors import UserError
 from edgepress.recipe import Budgets
-from edgepress.schema import SchemaError, closest, parse
+from edgepress.schema import SchemaError, closest, parse, read_toml
 
 # Which number of a target's entry each budget reads.
 NEEDS = {"size_bytes": "size_bytes", "latency_p90_ms": "latency_ms", "accuracy_drop_points": "accuracy",
@@ -79,12 +78,7 @@ def from_report(report: dict[str, Any]) -> Policy:
 
 
 def load(path: Path) -> Policy:
-    if not path.is_file():
-        raise UserError(f"budgets file {path} does not exist", fix="pass the path of a .toml budgets file")
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"budgets file {path.name} is not valid TOML ({exc})", fix="correct the TOML syntax") from None
+    table = read_toml(path, what="budgets file")
 
     def no_paths(value: str) -> Path:
         raise AssertionError("budgets hold no paths")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from edgepress import datapath
-from edgepress.errors import UserError
-from edgepress.schema import SchemaError, closest, parse, unknown_key_error
+from edgepress.schema import SchemaError, closest, parse, read_toml, unknown_key_error
 
 
 @dataclass(frozen=True)
@@ -213,13 +211,7 @@ _TOP_LEVEL = {"name", "model", "data", "stages", "target", "targets", "bench", "
 
 def load(path: Path) -> Recipe:
     path = Path(path).resolve()
-    if not path.is_file():
-        raise UserError(f"recipe {path} does not exist", fix="pass the path of a .toml recipe")
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"recipe {path.name} is not valid TOML ({exc})", fix="correct the TOML syntax") from None
-    return from_table(table, path=path)
+    return from_table(read_toml(path, what="recipe"), path=path)
 
 
 def from_table(table: dict[str, Any], *, path: Path) -> Recipe:

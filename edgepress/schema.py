@@ -37,6 +37,18 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def read_toml(path: Path, *, what: str) -> dict[str, Any]:
+    """A TOML file's table; a missing or malformed file is a one-line UserError naming `what` it is."""
+    import tomllib
+
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist", fix=f"pass the path of a .toml {what}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path.name} is not valid TOML ({exc})", fix="correct the TOML syntax") from None
+
+
 def closest(name: str, valid: typing.Iterable[str]) -> str | None:
     matches = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
     return matches[0] if matches else None

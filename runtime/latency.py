@@ -1,38 +1,15 @@
-"""Batch-1 latency under ONNX Runtime: warm up, time many runs, report percentiles in ms."""
+"""In-process timing under ONNX Runtime for benchmarks and the pruning search; `edgepress bench` and recipes
+time through the device runner (device_runner.py)."""
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from edgepress.runtime.session import as_feed
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    p50: float
-    p90: float
-    p99: float
-    mean: float
-    std: float
-    min: float
-    max: float
-    runs: int
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def summarize(samples_ms: np.ndarray) -> LatencyStats:
-    samples_ms = np.asarray(samples_ms, dtype=np.float64)
-    p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
-    return LatencyStats(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(samples_ms.mean()),
-                        std=float(samples_ms.std()), min=float(samples_ms.min()), max=float(samples_ms.max()),
-                        runs=int(samples_ms.size))
 
 
 def time_runs(session: ort.InferenceSession, sample: np.ndarray | dict[str, np.ndarray], *, warmup_runs: int,
@@ -48,11 +25,6 @@ def time_runs(session: ort.InferenceSession, sample: np.ndarray | dict[str, np.n
         session.run(None, feed)
         times_ms[i] = (time.perf_counter_ns() - start) / 1e6
     return times_ms
-
-
-def measure_latency(session: ort.InferenceSession, sample: np.ndarray | dict[str, np.ndarray], *, warmup_runs: int,
-                    runs: int) -> LatencyStats:
-    return summarize(time_runs(session, sample, warmup_runs=warmup_runs, runs=runs))
 
 
 def interleaved_latency(paths: dict, sample: np.ndarray | dict[str, np.ndarray], *, threads: int, rounds: int,
