@@ -44,6 +44,14 @@ def evaluate(budgets: Budgets, *, final: dict[str, Any], reference: dict[str, An
     return checks
 
 
+def reference_for(reference: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """The reference stage's metrics to judge `measured` by: a target that evaluated only the first N samples
+    is compared with the reference's accuracy on those same samples."""
+    if "reference_accuracy" not in measured:
+        return reference
+    return {**reference, "accuracy": measured["reference_accuracy"]}
+
+
 def summary(checks: list[Check], *, stage: str) -> dict[str, Any]:
     return {
         "passed": all(c.passed for c in checks),

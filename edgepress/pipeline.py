@@ -276,9 +276,7 @@ class Pipeline:
             if measured is None or not any(v is not None for v in vars(spec.budgets).values()):
                 continue
             measured = {"size_bytes": final["metrics"]["size_bytes"], **measured}  # the file is the same everywhere
-            reference = dict(self.reference_metrics or {})
-            if "reference_accuracy" in measured:
-                reference["accuracy"] = measured["reference_accuracy"]
+            reference = gate.reference_for(self.reference_metrics or {}, measured)
             for check in gate.evaluate(spec.budgets, final=measured, reference=reference,
                                        stage=f"{final['name']} on {spec.name}"):
                 checks.append(dict(vars(check), target=spec.name))

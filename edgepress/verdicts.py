@@ -29,13 +29,9 @@ class Outcome:
 
 
 def _reference(report: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
-    """The reference stage's headline metrics, as the run's gate used them; a target that evaluated only the
-    first N samples compares with the reference's accuracy on those same samples."""
+    """The reference stage's headline metrics, as the run's gate used them."""
     stage = report_view.stage_named(report, report.get("reference_stage", "model"))
-    reference = dict(stage["metrics"]) if stage else {}
-    if "reference_accuracy" in entry:
-        reference["accuracy"] = entry["reference_accuracy"]
-    return reference
+    return gate.reference_for(dict(stage["metrics"]) if stage else {}, entry)
 
 
 def budget_outcomes(report: dict[str, Any], policy: Policy) -> list[Outcome]:
