@@ -6,6 +6,7 @@ imports torch.distributed and pays nothing.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 
@@ -60,6 +61,10 @@ def init() -> bool:
         dist.init_process_group(backend="cpu:gloo,cuda:nccl")
     else:
         dist.init_process_group(backend="gloo")
+    # A process that exits with the group up can die of "terminate called without an active exception"
+    # (SIGABRT) while the interpreter tears down under gloo's threads (pytorch/pytorch#190489); it did in
+    # CI after fit() had finished. Destroying the group at exit, while Python is still whole, avoids it.
+    atexit.register(teardown)
     return True
 
 
