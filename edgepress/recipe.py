@@ -238,7 +238,7 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
         settings_table = dict(stage_table)
         kind = settings_table.pop("kind")
         name = settings_table.pop("name", kind)
-        if kind not in REGISTRY:
+        if not isinstance(kind, str) or kind not in REGISTRY:
             guess = closest(str(kind), REGISTRY)
             raise SchemaError(f"unknown stage kind {kind!r} in {where}",
                               fix=f"did you mean {guess!r}?" if guess else f"use one of {', '.join(REGISTRY)}")
@@ -265,7 +265,7 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
             raise SchemaError(f"targets[{index}] ({spec.name}) has budgets but does not measure the final stage {final!r}",
                               fix=f"add {final!r} to targets[{index}].stages")
     reference = table.get("reference_stage", "model")
-    if reference not in seen_names:
+    if not isinstance(reference, str) or reference not in seen_names:
         raise SchemaError(f"reference_stage {reference!r} names no stage",
                           fix=f"use one of {', '.join(sorted(seen_names))}")
     recipe = Recipe(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -18,6 +20,10 @@ from edgepress.errors import UserError
 
 class SchemaError(UserError):
     pass
+
+
+INT_LIMIT = 2**63
+FLOAT_LIMIT = sys.float_info.max
 
 
 def _type_name(tp: Any) -> str:
@@ -37,16 +43,29 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+MAX_TOML_BYTES = 1 << 20  # a recipe or budgets file is a page of settings; anything larger is not one
+
+
 def read_toml(path: Path, *, what: str) -> dict[str, Any]:
-    """A TOML file's table; a missing or malformed file is a one-line UserError naming `what` it is."""
+    """A TOML file's table; a missing, oversized or malformed file is a one-line UserError naming `what` it is."""
     import tomllib
 
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{what} {path} does not exist", fix=f"pass the path of a .toml {what}")
+    if not path.is_file():
+        raise UserError(f"{what} {path} is not a file", fix=f"pass the path of a .toml {what}")
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_TOML_BYTES + 1)  # never more, whatever the file claims or grows to
+    if len(data) > MAX_TOML_BYTES:
+        raise UserError(f"{what} {path.name} is larger than {MAX_TOML_BYTES >> 20} MiB",
+                        fix=f"point to the {what} itself, a small .toml file")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(data.decode("utf-8-sig"))  # an editor's byte-order mark is no error
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} {path.name} is not valid TOML ({exc})", fix="correct the TOML syntax") from None
+    except RecursionError:
+        raise UserError(f"{what} {path.name} nests arrays or tables too deeply to read",
+                        fix="write the settings as flat key = value lines") from None
 
 
 def closest(name: str, valid: typing.Iterable[str]) -> str | None:
@@ -86,6 +105,13 @@ def parse(cls: type, table: Any, *, where: str, resolve_path: Callable[[str], Pa
         raise SchemaError(f"invalid '{where}': {exc}", fix="correct the value as the message says") from None
 
 
+def _same_shape(tp: Any, value: Any) -> bool:
+    """Whether `value` is the kind of TOML value that `tp` reads: a table for a dataclass, an array for a tuple."""
+    if isinstance(value, dict):
+        return dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict
+    return isinstance(value, list) and typing.get_origin(tp) is tuple
+
+
 def _convert(tp: Any, value: Any, place: str, resolve_path: Callable[[str], Path]) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -97,11 +123,15 @@ def _convert(tp: Any, value: Any, place: str, resolve_path: Callable[[str], Path
         options = [a for a in args if a is not type(None)]
         if len(options) == 1:  # Optional[X]: X's own error is the precise one
             return _convert(options[0], value, place, resolve_path)
+        errors = []
         for option in options:
             try:
                 return _convert(option, value, place, resolve_path)
-            except SchemaError:
-                continue
+            except SchemaError as exc:
+                errors.append((option, exc))
+        for option, exc in errors:  # a table meant as the table option: its own error names the key
+            if _same_shape(option, value):
+                raise exc
         raise wrong
     if origin is Literal:
         if value in args:
@@ -122,7 +152,13 @@ def _convert(tp: Any, value: Any, place: str, resolve_path: Callable[[str], Path
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise wrong
-        return resolve_path(value)
+        try:
+            if "\x00" in value:
+                raise ValueError("it contains a NUL character")
+            return resolve_path(value)
+        except (ValueError, RuntimeError, OSError) as exc:  # a NUL, ~unknown-user, a name too long, a symlink loop
+            raise SchemaError(f"'{place}' = {value[:200]!r} is not a usable path ({exc})",
+                              fix="write a path relative to the recipe's folder, an absolute one, or {data}/...") from None
     if tp is bool:
         if not isinstance(value, bool):
             raise wrong
@@ -130,10 +166,16 @@ def _convert(tp: Any, value: Any, place: str, resolve_path: Callable[[str], Path
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong
+        if not -INT_LIMIT <= value < INT_LIMIT:  # torch, numpy and ONNX Runtime take 64-bit integers
+            raise SchemaError(f"'{place}' = {value} is out of range", fix=f"set {place.rsplit('.', 1)[-1]} to a "
+                              "sensible size (at most 2**63 - 1 in any case)")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong
+        if abs(value) > FLOAT_LIMIT or not math.isfinite(value):  # abs first: a huge int has no float
+            raise SchemaError(f"'{place}' must be a finite number, got {value!r}",
+                              fix=f"set {place.rsplit('.', 1)[-1]} to a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
