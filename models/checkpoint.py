@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ def load_checkpoint(*, path: Path, model: nn.Module) -> dict[str, Any]:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # anything _check_match did not foresee, still one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path.name} does not fit the model: {first}",
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # torch's first line is a header ("Error(s) in loading state_dict for X:"); the reason follows it
+        reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        raise UserError(f"checkpoint {path.name} does not fit the model: {reason[:300]}",
                         fix="pick the architecture and kwargs the checkpoint was trained with") from None
     info: dict[str, Any] = {"tensors": stored}
     if wrapper is not None:
@@ -49,7 +52,7 @@ def _read(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
         message = str(exc)
-        needs_global = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        needs_global = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", message)
         if needs_global:
             raise UserError(f"checkpoint {path.name} holds Python objects ({needs_global.group(1)}) that only "
                             "torch.load(weights_only=False) would unpickle; edgepress loads weights only, never code",
@@ -98,9 +101,12 @@ def _check_match(state: dict[str, Any], model: nn.Module, *, path: Path) -> None
     unexpected = [k for k in state if k not in expected]
     shapes = [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in expected
               if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape]
-    if not (missing or unexpected or shapes):
+    not_weights = [f"{k}: {_what(state[k])}" for k in expected if k in state and _what(state[k])]
+    if not (missing or unexpected or shapes or not_weights):
         return
     parts = []
+    if not_weights:
+        parts.append(f"{len(not_weights)} values are not dense tensors with data ({_names(not_weights)})")
     if missing:
         parts.append(f"{len(missing)} missing ({_names(missing)})")
     if unexpected:
@@ -113,6 +119,17 @@ def _check_match(state: dict[str, Any], model: nn.Module, *, path: Path) -> None
                     fix=_suggest_architecture(state))
 
 
+def _what(value: Any) -> str:
+    """'' for a tensor load_state_dict can copy from, else what the value is instead."""
+    if not isinstance(value, torch.Tensor):
+        return f"a {type(value).__name__}"
+    if value.is_meta:
+        return "a meta tensor without data"
+    if value.layout != torch.strided:
+        return f"a {str(value.layout).replace('torch.', '')} tensor"
+    return ""
+
+
 def _names(keys: list[str]) -> str:
     more = f", +{len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
     return ", ".join(keys[:_SHOWN]) + more
@@ -120,19 +137,25 @@ def _names(keys: list[str]) -> str:
 
 def _suggest_architecture(state: dict[str, Any]) -> str:
     """Name the zoo models whose default build has exactly the checkpoint's keys and shapes."""
-    from edgepress.models.zoo import ZOO  # only on this error path: it builds every zoo model
-
     wanted = {k: tuple(v.shape) for k, v in state.items()
               if isinstance(v, torch.Tensor) and not k.endswith("num_batches_tracked")}
-    matches = []
+    matches = [name for name, shapes in _zoo_shapes().items() if shapes == wanted]
+    if matches:
+        return f"the checkpoint matches zoo model {' / '.join(matches)}: set [model] name = {matches[0]!r}"
+    return ("pick the architecture and kwargs the checkpoint was trained with "
+            "(e.g. cifar_resnet56, not cifar_resnet20, for a ResNet-56 checkpoint; num_classes)")
+
+
+@functools.lru_cache(maxsize=1)
+def _zoo_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
+    """{zoo name: {key: shape}} of every zoo model's default build, built once per process (it takes a second)."""
+    from edgepress.models.zoo import ZOO  # only on the mismatch error path
+
+    found = {}
     for name, entry in ZOO.items():
         try:
             have = entry.builder().state_dict()
         except Exception:  # a zoo builder failing is not this user's problem; just skip it
             continue
-        if {k: tuple(v.shape) for k, v in have.items() if not k.endswith("num_batches_tracked")} == wanted:
-            matches.append(name)
-    if matches:
-        return f"the checkpoint matches zoo model {' / '.join(matches)}: set [model] name = {matches[0]!r}"
-    return ("pick the architecture and kwargs the checkpoint was trained with "
-            "(e.g. cifar_resnet56, not cifar_resnet20, for a ResNet-56 checkpoint; num_classes)")
+        found[name] = {k: tuple(v.shape) for k, v in have.items() if not k.endswith("num_batches_tracked")}
+    return found

@@ -98,8 +98,9 @@ def build_model(*, name: str | None, entry: str | None, kwargs: dict[str, Any]) 
     try:
         model = builder(**kwargs)
     except Exception as exc:  # e.g. an unexpected keyword: a recipe problem, not a crash
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no kwargs"
-        raise UserError(f"building {what} with {shown} failed: {type(exc).__name__}: {exc}",
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())[:300] or "no kwargs"
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]  # torch may append a C++ stack
+        raise UserError(f"building {what} with {shown} failed: {type(exc).__name__}: {reason}",
                         fix="correct [model].kwargs to arguments the builder accepts") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"{what} returned a {type(model).__name__}, not a torch.nn.Module",
