@@ -60,30 +60,53 @@ def runner_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _check(args: argparse.Namespace) -> None:
+def _check(args: argparse.Namespace) -> list[Path]:
+    """The files the device needs, by distinct base names: the models, their external data, the inputs.
+    Each model is checked here, before any session opens it (edgepress/onnx_check.py)."""
+    from edgepress.onnx_check import check_onnx_file
+
     files = [args.model] + [p for p in (args.compare, args.inputs) if p is not None]
     for path in files:
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"{path} does not exist", fix="pass the path of an existing file")
-    if args.compare is not None and args.compare.name == args.model.name and args.compare.resolve() != args.model.resolve():
-        raise UserError(f"--compare {args.compare} has the same file name as {args.model}",
-                        fix="rename one of them: both are copied into one folder on the device")
+    for flag, model in (("MODEL", args.model), ("--compare", args.compare)):
+        if model is not None:
+            files += _carried(check_onnx_file(model, what=flag), model=model)
+    if args.inputs is not None and not args.inputs.is_file():
+        raise UserError(f"--inputs {args.inputs} is not a file", fix="pass an .npz written by numpy.savez")
+    by_name: dict[str, Path] = {}
+    for path in files:
+        other = by_name.setdefault(path.name, path)
+        if other.resolve() != path.resolve():
+            raise UserError(f"{path} has the same file name as {other}",
+                            fix="rename one of them: all are copied into one folder on the device")
     if args.threads <= 0 or args.inter_op_threads <= 0:
         raise UserError("thread counts must be positive", fix="pass --threads 1 or more")
     if (args.duration is None and args.runs <= 0) or (args.duration is not None and args.duration <= 0):
         raise UserError("--runs and --duration must be positive", fix="pass e.g. --runs 200 or --duration 10")
     if args.warmup != "auto" and not str(args.warmup).isdigit():
         raise UserError(f"--warmup {args.warmup!r} is neither a count nor auto", fix="pass e.g. --warmup 50 or auto")
+    return list({p.resolve(): p for p in files}.values())
+
+
+def _carried(external: tuple[Path, ...], *, model: Path) -> list[Path]:
+    """External data files travel with the model by base name, so they must sit right beside it."""
+    folder = model.resolve().parent
+    for path in external:
+        if path.parent != folder:
+            raise UserError(f"{model} reads external data from {path.relative_to(folder)}, in a subfolder; the "
+                            "device gets every file in one folder",
+                            fix="save the external data beside the model (location='NAME.data' in onnx.save)")
+    return list(external)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from edgepress.targets import TargetOptions, open_target
 
-    _check(args)
+    files = _check(args)
     options = TargetOptions(python=args.python, identity_file=args.identity_file, workdir=args.workdir,
                             connect_timeout_s=args.connect_timeout)
     target = open_target(args.target, options=options)
-    files = list({p.resolve(): p for p in (args.model, args.compare, args.inputs) if p is not None}.values())
     print(f"edgepress: timing {args.model.name}" + (f" against {args.compare.name}" if args.compare else "")
           + f" on {target.name}", file=sys.stderr, flush=True)
     result = target.run(files=files, args=runner_args(args), timeout_s=args.timeout)

@@ -9,7 +9,13 @@ from edgepress.recipe import Recipe
 
 
 def input_shape_of(recipe: Recipe) -> tuple[int, ...] | None:
-    """Without the batch axis: [C, H, W] for an image model, [sequence length] for a text model."""
+    """Without the batch axis: [C, H, W] for an image model, [sequence length] for a text model.
+    The first look at the recipe's model: an ONNX file is checked here, before any session opens it."""
+    if recipe.model.onnx is not None:
+        from edgepress.onnx_check import check_onnx_file, refuse_external_data
+
+        external = check_onnx_file(recipe.model.onnx, what="[model] onnx")
+        refuse_external_data(recipe.model.onnx, external, what="[model] onnx")
     shape = _declared_shape(recipe)
     if recipe.data.modality == "text" and shape is not None and recipe.model.name is not None:
         from edgepress.models.zoo import text_model_limits

@@ -16,14 +16,17 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import time
+import zipfile
 
 EXIT_ERROR = 2
 BOOTSTRAP_RESAMPLES = 2000
 SETTLE_WINDOW_RUNS = 10
 SETTLE_TOLERANCE = 0.03  # warm-up ends when two consecutive windows' medians differ by less than this share
 SETTLE_MAX_RUNS = 1000
+RANDOM_INPUT_LIMIT = 1 << 30  # bytes of random inputs at most: a model's declared shapes may be hostile
 
 
 class BadInput(Exception):
@@ -103,10 +106,12 @@ def parse_dims(pairs) -> dict:
 
 
 def random_feed(np, session, *, dims: dict, seed: int) -> dict:
-    """One input per model input: free dimensions from `dims` (by name) or 1; token ids small, masks ones."""
+    """One input per model input: free dimensions from `dims` (by name) or 1; token ids small, masks ones.
+    A model that declares inputs of more than RANDOM_INPUT_LIMIT bytes in all is refused before any is made."""
     rng = np.random.default_rng(seed)
     feed = {}
     used = set()
+    total = 0
     for node in session.get_inputs():
         shape = []
         for dim in node.shape:
@@ -119,8 +124,13 @@ def random_feed(np, session, *, dims: dict, seed: int) -> dict:
         if dtype is None:
             raise BadInput(f"input {node.name!r} has type {node.type}, which random inputs do not cover",
                            "pass real inputs with --inputs FILE.npz")
+        total += int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+        if total > RANDOM_INPUT_LIMIT:
+            raise BadInput(f"the model's inputs need more than {RANDOM_INPUT_LIMIT >> 30} GiB of random values "
+                           f"(input {node.name!r} has shape {shape})",
+                           "give free dimensions smaller sizes with --dim NAME=SIZE, or pass --inputs FILE.npz")
         if dtype.startswith("float"):
-            feed[node.name] = rng.standard_normal(shape).astype(dtype)
+            feed[node.name] = rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
         elif dtype == "bool" or "mask" in node.name:
             feed[node.name] = np.ones(shape, dtype=dtype)
         elif "type" in node.name:  # token_type_ids
@@ -138,11 +148,11 @@ def random_feed(np, session, *, dims: dict, seed: int) -> dict:
 def npz_feed(np, session, path: str) -> dict:
     """Inputs from an npz file: arrays named after the model's inputs, or one array for a one-input model."""
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"cannot read inputs {path!r}: {exc}", "pass an .npz written by numpy.savez") from None
-    with archive:
-        arrays = {name: archive[name] for name in archive.files}
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as exc:
+        raise BadInput(f"cannot read inputs {path!r}: {type(exc).__name__}: {exc}",
+                       "pass an .npz written by numpy.savez") from None
     inputs = session.get_inputs()
     if len(inputs) == 1 and len(arrays) == 1:
         arrays = {inputs[0].name: next(iter(arrays.values()))}
@@ -166,6 +176,23 @@ def npz_feed(np, session, path: str) -> dict:
 
 # ---------------------------------------------------------------- sessions and timing
 
+_ORT_NOISE = (
+    (re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : "), ""),
+    (re.compile(r"^Load model from .*? failed:"), ""),
+    (re.compile(r"/onnxruntime_src/\S+:\d+ .*?\) (?=[A-Z])"), ""),  # a source location and a C++ signature
+    (re.compile(r'In Node, \("([^"]*)", (\S+), "[^"]*", -?\d+\) : \(.*?\) -> \(.*?\) , '), r'in node "\1" (\2): '),
+)
+
+
+def ort_reason(exc: BaseException, limit: int = 300) -> str:
+    """ONNX Runtime's message on one line, without its error code, source locations and node signatures,
+    so that the reason itself (at the end) survives the cut to `limit` characters."""
+    text = " ".join(str(exc).split())
+    for pattern, replacement in _ORT_NOISE:
+        text = pattern.sub(replacement, text)
+    return text[:limit] or type(exc).__name__
+
+
 def open_session(ort, path: str, args):
     if not os.path.isfile(path):
         raise BadInput(f"model {path!r} does not exist on the device", "check the path, or the copy to the device")
@@ -181,8 +208,7 @@ def open_session(ort, path: str, args):
     try:
         session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises several types for a corrupt or unsupported file
-        reason = " ".join(str(exc).split())[:300]
-        raise BadInput(f"ONNX Runtime cannot load {path!r}: {reason}",
+        raise BadInput(f"ONNX Runtime cannot load {path!r}: {ort_reason(exc)}",
                        "re-export the model; check it with onnx.checker") from None
     return session, (time.perf_counter() - started) * 1e3
 
@@ -379,6 +405,10 @@ def main(argv=None) -> int:
             result = predict(args)
     except BadInput as exc:
         print(json.dumps({"error": exc.problem, "fix": exc.fix}))
+        return EXIT_ERROR
+    except MemoryError as exc:  # a model or inputs too large for this device, not a bug of the runner
+        print(json.dumps({"error": f"the device ran out of memory ({exc or 'MemoryError'})",
+                          "fix": "use a smaller model, batch or inputs, or a device with more memory"}))
         return EXIT_ERROR
     print(json.dumps(result))
     return 0

@@ -9,6 +9,10 @@ import numpy as np
 import onnxruntime as ort
 
 from edgepress.errors import UserError
+from edgepress.runtime.device_runner import ort_reason
+
+MAX_ONNX_BYTES = 2**31  # protobuf's limit for one message
+NOT_ONNX_FIX = "point to a .onnx file exported by torch.onnx or edgepress"
 
 
 @dataclass(frozen=True)
@@ -18,14 +22,23 @@ class InputInfo:
     dtype: str
 
 
+def check_model_path(path: Path, *, what: str = "ONNX model") -> None:
+    """A regular, non-empty file under protobuf's 2 GiB: checked before anything reads the file."""
+    if not path.exists():
+        raise UserError(f"{what} {path} does not exist", fix="check the path, or run the stage that produces it")
+    if not path.is_file():
+        raise UserError(f"{what} {path} is not a file", fix=NOT_ONNX_FIX)
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"{what} {path} is empty, not an ONNX model", fix=NOT_ONNX_FIX)
+    if size >= MAX_ONNX_BYTES:  # never read whole: protobuf could not parse it anyway
+        raise UserError(f"{what} {path} is {size} bytes, more than the 2 GiB an ONNX protobuf can hold",
+                        fix="save the weights as external data: onnx.save(model, path, save_as_external_data=True)")
+
+
 def open_session(path: Path, *, threads: int, optimization: bool = True) -> ort.InferenceSession:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"ONNX model {path} does not exist", fix="check the path, or run the stage that produces it")
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if not head:
-        raise UserError(f"{path} is empty, not an ONNX model", fix="point to a .onnx file exported by torch.onnx or edgepress")
+    check_model_path(path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -35,9 +48,7 @@ def open_session(path: Path, *, threads: int, optimization: bool = True) -> ort.
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for a bad protobuf or graph
-        reason = " ".join(str(exc).split())[:200]
-        raise UserError(f"{path} is not a valid ONNX model ({reason})",
-                        fix="point to a .onnx file exported by torch.onnx or edgepress") from None
+        raise UserError(f"{path} is not a valid ONNX model ({ort_reason(exc)})", fix=NOT_ONNX_FIX) from None
 
 
 def input_info(session: ort.InferenceSession) -> InputInfo:

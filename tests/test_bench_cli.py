@@ -101,7 +101,7 @@ def test_bad_models_and_inputs_are_one_line_errors(models, tmp_path):
     small, _ = models
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"not a protobuf at all")
-    assert_one_line_error(run_cli("bench", str(corrupt)), "cannot load", "corrupt.onnx")
+    assert_one_line_error(run_cli("bench", str(corrupt)), "not a valid ONNX model", "corrupt.onnx")
     assert_one_line_error(run_cli("bench", str(tmp_path / "missing.onnx")), "does not exist")
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, x=np.ones((2, 3, 4), dtype=np.float32))

@@ -83,6 +83,10 @@ def parse_runner_output(stdout: str, stderr: str, returncode: int, *, target: st
         result = None
     if isinstance(result, dict) and "error" in result:
         raise UserError(f"on {target}: {result['error']}", fix=result.get("fix", "see the runner's message"))
+    if returncode < 0:  # a signal: ONNX Runtime crashed in native code, or the kernel killed it for memory
+        raise UserError(f"the device runner on {target} was killed by signal {-returncode}",
+                        fix="check the model with onnx.checker.check_model and its memory needs; a crash of "
+                            "ONNX Runtime itself on a valid model is worth a report to ONNX Runtime")
     if result is None or returncode != 0:
         last = " ".join((stderr.strip().splitlines() or ["no output"])[-1].split())[:300]
         raise UserError(f"the device runner failed on {target} (exit {returncode}): {last}",
