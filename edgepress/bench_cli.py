@@ -63,6 +63,7 @@ def runner_args(args: argparse.Namespace) -> list[str]:
 def _check(args: argparse.Namespace) -> list[Path]:
     """The files the device needs, by distinct base names: the models, their external data, the inputs.
     Each model is checked here, before any session opens it (edgepress/onnx_check.py)."""
+    from edgepress.archives import check_npz
     from edgepress.onnx_check import check_onnx_file
 
     files = [args.model] + [p for p in (args.compare, args.inputs) if p is not None]
@@ -72,8 +73,10 @@ def _check(args: argparse.Namespace) -> list[Path]:
     for flag, model in (("MODEL", args.model), ("--compare", args.compare)):
         if model is not None:
             files += _carried(check_onnx_file(model, what=flag), model=model)
-    if args.inputs is not None and not args.inputs.is_file():
-        raise UserError(f"--inputs {args.inputs} is not a file", fix="pass an .npz written by numpy.savez")
+    if args.inputs is not None:
+        if not args.inputs.is_file():
+            raise UserError(f"--inputs {args.inputs} is not a file", fix="pass an .npz written by numpy.savez")
+        check_npz(args.inputs, what="--inputs", fix="pass an .npz written by numpy.savez")
     by_name: dict[str, Path] = {}
     for path in files:
         other = by_name.setdefault(path.name, path)

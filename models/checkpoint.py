@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgepress.archives import check_unpacked_size
 from edgepress.errors import UserError
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -48,6 +49,7 @@ def _read(path: Path) -> Any:
         raise UserError(f"checkpoint {path} does not exist", fix="check [model].checkpoint (use {data}/... for shared data)")
     if not path.is_file():
         raise UserError(f"checkpoint {path} is not a file", fix="point [model].checkpoint at a .pt/.pth/.th file")
+    check_unpacked_size(path, what="checkpoint", fix="re-save it with torch.save(model.state_dict(), path)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files

@@ -16,6 +16,7 @@ from typing import BinaryIO
 import numpy as np
 
 from edgepress import datapath
+from edgepress.archives import check_npz
 from edgepress.errors import UserError
 from edgepress.recipe import DatasetSpec, PreprocessSpec
 
@@ -124,6 +125,7 @@ def digits_test_indices(labels: np.ndarray) -> np.ndarray:
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise UserError(f"dataset file {path} does not exist", fix="check the path (use {data}/... for shared data)")
+    check_npz(path, what="dataset file", fix="write it with np.savez(path, images=..., labels=...)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
@@ -133,7 +135,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
             return archive["images"], archive["labels"]
     except UserError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as exc:
         raise UserError(f"{path.name} is not a readable npz archive ({type(exc).__name__}: {exc})",
                         fix="write it with np.savez(path, images=..., labels=...)") from None
 

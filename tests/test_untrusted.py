@@ -1,13 +1,15 @@
 """Untrusted files, case by case (issue 6, point 3; tests/test_fuzz.py throws thousands at the same code):
-external data outside a model's folder, checkpoints that would run code, oversized recipes, models whose
-declared inputs would exhaust a device's memory."""
+external data outside a model's folder, checkpoints that would run code, oversized recipes, zip bombs and
+lying array headers, models whose declared inputs would exhaust a device's memory."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +200,38 @@ def test_schema_refuses_what_no_setting_means(tmp_path):
         with pytest.raises(UserError) as caught:
             recipe_mod.load(recipe)
         assert expected in caught.value.one_line()
+
+
+def _zip_bomb_entry(path: Path, name: str, megabytes: int) -> None:
+    """Append an entry of `megabytes` MiB of zeros that deflates to a few hundred KiB, written in chunks."""
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open(name, "w", force_zip64=True) as entry:
+            chunk = bytes(1 << 20)
+            for _ in range(megabytes):
+                entry.write(chunk)
+
+
+def test_zip_bombs_and_lying_npy_headers_are_refused_before_anything_is_allocated(tmp_path):
+    import torch
+
+    from edgepress.models.checkpoint import load_checkpoint
+    from edgepress.models.data import load_dataset
+    from edgepress.models.small_cnn import small_cnn
+    from edgepress.recipe import DatasetSpec
+
+    checkpoint = tmp_path / "bomb.pt"
+    torch.save(small_cnn(width=8).state_dict(), checkpoint)
+    _zip_bomb_entry(checkpoint, "bomb/data/99", 300)
+    assert checkpoint.stat().st_size < 4 << 20
+    with pytest.raises(UserError, match=r"would unpack to 300 MiB from a file of 1 MiB, more than 16 times"):
+        load_checkpoint(path=checkpoint, model=small_cnn(width=8))
+
+    fake = io.BytesIO()  # an .npy header that promises 64 TB, and 256 bytes of data
+    np.lib.format.write_array_header_1_0(fake, {"descr": "|u1", "fortran_order": False, "shape": (10**12, 8, 8)})
+    fake.write(bytes(256))
+    liar = tmp_path / "liar.npz"
+    with zipfile.ZipFile(liar, "w") as archive:
+        archive.writestr("images.npy", fake.getvalue())
+        archive.writestr("labels.npy", b"")
+    with pytest.raises(UserError, match=r"array 'images' declares shape \[1000000000000, 8, 8\] .* holds 384 bytes"):
+        load_dataset(DatasetSpec(path=liar))
