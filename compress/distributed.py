@@ -88,6 +88,16 @@ def barrier(*, timeout_s: float | None = None) -> None:
         dist.barrier()
 
 
+def from_main(value):
+    """Rank 0's `value` (any picklable object) on every rank; `value` itself in a single process."""
+    dist = _group()
+    if dist is None or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shard(count: int, *, rank: int, world: int) -> slice:
     """This rank's contiguous share of `count` items; shares differ in size by at most one."""
     return slice(rank * count // world, (rank + 1) * count // world)

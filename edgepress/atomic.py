@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -57,3 +58,34 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Temporary files and folders of the functions above that a killed process left in `folder`. Only for
+    a folder no other process writes (the run lock guarantees that for an output folder)."""
+    for path in Path(folder).glob(".*"):
+        if path.name.endswith((".tmp", ".old")):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+FULL_BELOW_BYTES = 1 << 20
+
+
+def out_of_space(exc: BaseException, folder: Path) -> bool:
+    """Whether `exc`, raised while writing under `folder`, means its disk is full. Not every writer keeps the
+    errno (torch.save says only "file write failed"), so a disk nearly full when the error is caught, before
+    the partial files are removed, counts too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
+    except OSError:
+        return False

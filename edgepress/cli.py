@@ -18,14 +18,25 @@ EXIT_OK, EXIT_BUDGET, EXIT_ERROR = 0, 1, 2
 COMMAND_MODULES = {"bench": "edgepress.bench_cli", "gate": "edgepress.gate_cli", "target": "edgepress.target_cli"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes are bad input too: one line and exit 2, not argparse's usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"edgepress: error: {self.prog}: {message}; fix: see `{self.prog} --help`\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgepress", description=__doc__)
+    parser = _Parser(prog="edgepress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a recipe, its files and data without running any stage")
     check.add_argument("recipe", type=Path)
     run = sub.add_parser("run", help="run a recipe's stages, write reports, gate on its budgets")
     run.add_argument("recipe", type=Path)
     run.add_argument("--out", type=Path, help="output folder (default: runs/<recipe name>)")
+    redo = run.add_mutually_exclusive_group()
+    redo.add_argument("--force", action="store_true",
+                      help="redo every stage (by default a rerun keeps stages whose input, settings and code are unchanged)")
+    redo.add_argument("--from", dest="rerun_from", metavar="STAGE", help="redo this stage and every stage after it")
     demo = sub.add_parser("demo", help="the built-in default: train a small CNN on digits, export, INT8, gate")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     for command, module_name in COMMAND_MODULES.items():
@@ -50,7 +61,7 @@ def _check(recipe_path: Path) -> int:
     return EXIT_OK
 
 
-def _run(recipe_path: Path, out: Path | None) -> int:
+def _run(recipe_path: Path, out: Path | None, *, force: bool = False, rerun_from: str | None = None) -> int:
     from edgepress import recipe as recipe_mod
     from edgepress.pipeline import Pipeline
 
@@ -58,7 +69,7 @@ def _run(recipe_path: Path, out: Path | None) -> int:
     # Under `torchrun --nproc_per_node N -m edgepress run ...` every rank trains; rank 0 alone writes and reports.
     joined = distributed.init()
     try:
-        result = Pipeline(recipe, out_dir=out or Path("runs") / recipe.name).run()
+        result = Pipeline(recipe, out_dir=out or Path("runs") / recipe.name, force=force, rerun_from=rerun_from).run()
     finally:
         if joined:
             distributed.teardown()
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.recipe)
         if args.command == "run":
-            return _run(args.recipe, args.out)
+            return _run(args.recipe, args.out, force=args.force, rerun_from=args.rerun_from)
         if args.command in COMMAND_MODULES:
             return importlib.import_module(COMMAND_MODULES[args.command]).run(args)
         with resources.as_file(resources.files("edgepress") / "builtin" / "demo.toml") as demo_recipe:

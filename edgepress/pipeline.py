@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepress import atomic, evaluation, gate, measure, on_target, report
+from edgepress import atomic, evaluation, gate, measure, on_target, report, resume
 from edgepress.compress import distributed
 from edgepress.datasets import DataProvider, LabeledSet
 from edgepress.errors import UserError
@@ -107,13 +107,20 @@ class _StageLog:
             self.fh.flush()
 
     def close(self) -> None:
-        self.fh.close()
+        try:
+            self.fh.close()
+        except OSError:  # a full disk: the stage's error says so; this log goes with its folder
+            pass
 
 
 class Pipeline:
-    def __init__(self, recipe: Recipe, *, out_dir: Path) -> None:
+    def __init__(self, recipe: Recipe, *, out_dir: Path, force: bool = False, rerun_from: str | None = None) -> None:
+        """A rerun keeps the stage folders whose inputs, settings and code are unchanged (see resume.py);
+        `force` redoes every stage, `rerun_from` that stage and all after it."""
         self.recipe = recipe
         self.out_dir = Path(out_dir).resolve()
+        self.force = force
+        self.rerun_from = rerun_from
         self.records: list[dict[str, Any]] = []
         self.artifacts: dict[str, Artifact] = {}
         self.reference_outputs: list[np.ndarray] | None = None  # top-1 classes or embeddings, per set
@@ -122,6 +129,7 @@ class Pipeline:
 
     def prepare(self, *, probe_targets: bool = True) -> DataProvider:
         """Everything that can fail on bad input, checked before any stage runs."""
+        resume.check_from(self.rerun_from, ["model"] + [s.name for s in self.recipe.stages])
         input_shape = input_shape_of(self.recipe)
         data = DataProvider(self.recipe.data, input_shape=input_shape, tokenizer=tokenizer_of(self.recipe))
         needs = {need for stage in self.recipe.stages for need in REGISTRY[stage.kind].needs}
@@ -144,16 +152,41 @@ class Pipeline:
             say(f"recipe {recipe.name}: {1 + len(recipe.stages)} stages -> {self.out_dir}")
         data = self.prepare()
         steps = [("model", "model", None)] + [(s.name, s.kind, s) for s in recipe.stages]
+        names = [name for name, _, _ in steps]
+        redo_from = 0 if self.force else names.index(self.rerun_from) if self.rerun_from else len(steps)
+        if main:
+            atomic.remove_leftovers(self.out_dir)  # of a killed run; the lock keeps other runs out
+            key = resume.first_key(recipe, data)
         current: Artifact | None = None
         for index, (name, kind, spec) in enumerate(steps):
             folder = self.out_dir / f"{index:02d}-{name}"
             resume_dir = self.out_dir / f".resume-{folder.name}"
+            kept = None
+            if main:
+                if spec is not None:
+                    key = resume.next_key(key, source_sha256=sha256(current.path), name=name, kind=kind,
+                                          settings=spec.settings)
+                kept = resume.reusable(folder, key=key) if index < redo_from else None
+            redo = distributed.from_main(kept is None)  # the other ranks train along only what rank 0 redoes
             if not main:
-                self._train_along(kind=kind, spec=spec, source=current, data=data, resume_dir=resume_dir)
+                if redo:
+                    self._train_along(kind=kind, spec=spec, source=current, data=data, resume_dir=resume_dir)
                 distributed.barrier(timeout_s=STAGE_WAIT_S)  # rank 0 has committed the stage folder
                 output_format = REGISTRY[kind].output_format if spec else ("onnx" if recipe.model.onnx else "torch")
                 current = Artifact(path=folder / ARTIFACT_FILE[output_format], format=output_format)
                 self.artifacts[name] = current
+                continue
+            if kept is not None:
+                record, produced = kept
+                say(f"[{index + 1}/{len(steps)}] {kind} -> {folder.name}: kept, finished earlier from the same "
+                    "input, settings and code")
+                self._keep(record, produced)
+                current = Artifact(path=folder / Path(record["artifact"]).name, format=record["format"])
+                self.artifacts[name] = current
+                if spec is None:
+                    check_layer_names(recipe, current)  # the stages' settings may have changed since
+                shutil.rmtree(resume_dir, ignore_errors=True)
+                distributed.barrier()
                 continue
             say(f"[{index + 1}/{len(steps)}] {kind} -> {folder.name}")
             with atomic.atomic_dir(folder) as work:
@@ -169,9 +202,13 @@ class Pipeline:
                     else:
                         output = REGISTRY[kind].run(current, spec.settings, ctx)
                     seconds = time.monotonic() - started
-                    record = self._measure(name=name, kind=kind, output=output, data=data, folder=folder,
-                                           seconds=seconds, log=log)
+                    record, produced = self._measure(name=name, kind=kind, output=output, data=data,
+                                                     folder=folder, seconds=seconds, log=log)
                     atomic.write_json(work / "metrics.json", record["metrics"])
+                    resume.save(work, key=key, record=record, outputs=produced)
+                except Exception as exc:
+                    self._raise_if_full(exc, work, doing=f"stage {name!r} was running")
+                    raise
                 finally:
                     log.close()
             current = Artifact(path=folder / output.artifact.path.name, format=output.artifact.format)
@@ -194,8 +231,24 @@ class Pipeline:
                                artifacts=dict(self.artifacts))
             REGISTRY[kind].run(source, spec.settings, ctx)
 
+    def _raise_if_full(self, exc: Exception, folder: Path, *, doing: str) -> None:
+        if isinstance(exc, UserError) or not atomic.out_of_space(exc, folder):
+            return
+        free = shutil.disk_usage(folder).free
+        raise UserError(f"the disk holding {self.out_dir} is full ({free / 2**20:.1f} MiB free) while {doing}",
+                        fix="free space on it (or pass another --out) and rerun the same command: finished stages "
+                            "are kept") from None
+
+    def _keep(self, record: dict[str, Any], produced: list[np.ndarray]) -> None:
+        """A stage reused from an earlier run counts as if it had just run."""
+        if record["name"] == self.recipe.reference_stage:
+            self.reference_outputs = produced
+            self.reference_metrics = record["metrics"]
+        self.records.append(record)
+
     def _measure(self, *, name: str, kind: str, output: StageOutput, data: DataProvider, folder: Path,
-                 seconds: float, log) -> dict[str, Any]:
+                 seconds: float, log) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """The stage's record for the report, and its evaluation outputs (per set)."""
         artifact = output.artifact
         metrics: dict[str, Any] = {}
         produced = [evaluation.outputs(artifact, labeled, batch_size=self.recipe.data.batch_size)
@@ -228,7 +281,7 @@ class Pipeline:
             "sha256": sha256(artifact.path),
             "seconds": round(seconds, 3),
             "metrics": metrics,
-        }
+        }, produced
 
     def _on_targets(self, artifact: Artifact, *, stage: str, data: DataProvider, host_metrics: dict[str, Any],
                     references: list[np.ndarray | None], host_outputs: list[np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -306,7 +359,11 @@ class Pipeline:
             result["gate"]["violations"] += [{k: c[k] for k in ("budget", "limit", "value", "target")}
                                              for c in per_target if not c["passed"]]
             result["gate"]["passed"] = not result["gate"]["violations"]
-        report.write_all(result, out_dir=self.out_dir)
+        try:
+            report.write_all(result, out_dir=self.out_dir)
+        except Exception as exc:
+            self._raise_if_full(exc, self.out_dir, doing="the report was written")
+            raise
         return RunResult(report=result, out_dir=self.out_dir)
 
 

@@ -1,0 +1,148 @@
+"""Which finished stage folders a rerun may keep.
+
+A stage folder is kept when its key matches: a hash of the previous stage's key, the artifact it was made
+from (by content), its own name, kind and settings, and the code and library versions. The first key also
+covers the recipe's model, data (by content, as loaded), evaluation, targets and bench settings: everything
+but the run's name and budgets, so a changed budget re-gates without redoing any stage. A stage folder
+only appears complete (atomic rename) and is checked again on reuse: its artifact must still hash to what
+its record says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import platform
+from dataclasses import asdict, fields, is_dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepress import atomic
+from edgepress.datasets import DataProvider
+from edgepress.errors import UserError
+
+STAGE_FILE = "stage.json"
+OUTPUTS_FILE = "outputs.npz"  # the stage's evaluation outputs, per set: a reused reference stage needs them
+PACKAGES = ("edgepress", "edgepress.compress", "edgepress.export", "edgepress.runtime", "edgepress.models")
+LIBRARIES = ("torch", "onnx", "onnxruntime", "numpy", "torch-pruning")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Every source file of edgepress and the versions of the libraries that compute its results."""
+    digest = hashlib.sha256()
+    for package in PACKAGES:
+        spec = importlib.util.find_spec(package)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            for path in sorted(Path(folder).rglob("*")):
+                if path.suffix in (".py", ".toml") and "__pycache__" not in path.parts:
+                    digest.update(f"{package}/{path.relative_to(folder).as_posix()}\0".encode())
+                    digest.update(path.read_bytes())
+    for library in LIBRARIES:
+        try:
+            version = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:
+            version = "absent"
+        digest.update(f"{library}=={version}\0".encode())
+    # Kernels and so results differ between instruction sets (e.g. ONNX Runtime's INT8 on x86 and ARM).
+    digest.update(platform.machine().encode())
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _file_digest(path: Path | None) -> str:
+    if path is None or not Path(path).is_file():
+        return ""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _data_digest(data: DataProvider) -> str:
+    """The loaded data itself, so an edited file or another EDGEPRESS_DATA counts, whatever the paths say."""
+    digest = hashlib.sha256()
+    loaded = [("evaluation", s) for s in data.evaluation]
+    loaded += [(role, data.__dict__[role]) for role in ("calibration", "training") if role in data.__dict__]
+    for role, labeled in loaded:
+        digest.update(f"{role}:{labeled.name}\0".encode())
+        arrays = [labeled.inputs, labeled.labels] if hasattr(labeled, "inputs") else list(labeled.feeds.values())
+        for array in arrays:
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def _hash(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def first_key(recipe, data: DataProvider) -> str:
+    """The key of stage 00 (the source model)."""
+    context = _plain(recipe)
+    for dropped in ("path", "name", "budgets", "stages"):
+        context.pop(dropped, None)
+    for target in context["targets"]:
+        target.pop("budgets", None)
+    for source in ("checkpoint", "onnx"):  # by content below: a moved file is the same model
+        context["model"].pop(source, None)
+    return _hash({"code": code_version(), "recipe": context, "data": _data_digest(data),
+                  "checkpoint": _file_digest(recipe.model.checkpoint), "onnx": _file_digest(recipe.model.onnx)})
+
+
+def next_key(previous_key: str, *, source_sha256: str, name: str, kind: str, settings: Any) -> str:
+    return _hash({"previous": previous_key, "source": source_sha256, "name": name, "kind": kind,
+                  "settings": _plain(settings)})
+
+
+def save(work: Path, *, key: str, record: dict[str, Any], outputs: list[np.ndarray]) -> None:
+    """Written last into the stage's working folder, before it is renamed into place."""
+    with atomic.atomic_path(work / OUTPUTS_FILE) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, *outputs)
+    atomic.write_json(work / STAGE_FILE, {"key": key, "record": record})
+
+
+def reusable(folder: Path, *, key: str) -> tuple[dict[str, Any], list[np.ndarray]] | None:
+    """(record, evaluation outputs) of a complete stage folder with this key and an intact artifact, else None."""
+    try:
+        saved = json.loads((folder / STAGE_FILE).read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or saved.get("key") != key:
+            return None
+        record = saved["record"]
+        artifact = folder / Path(record["artifact"]).name
+        if _file_digest(artifact) != record["sha256"]:
+            return None
+        with np.load(folder / OUTPUTS_FILE, allow_pickle=False) as archive:
+            outputs = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record, outputs
+
+
+def check_from(stage: str | None, names: list[str]) -> None:
+    if stage is None or stage in names:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(stage, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UserError(f"--from {stage!r} names no stage of this recipe",
+                    fix=f"{hint}the stages are: {', '.join(names)}")
