@@ -1,7 +1,8 @@
 """Untrusted input, fuzzed (issue 6, point 3).
 
 Over a thousand mutated recipes go through `check` (and a bounded sample through `run`), a few hundred
-corrupted ONNX files through `bench` and a recipe's `[model] onnx`, a few hundred corrupted checkpoints through
+corrupted ONNX files through a recipe's `[model] onnx` (every hand-made one and a seeded sample of the byte-level
+mutants also through `bench`), a few hundred corrupted checkpoints and some corrupted dataset npz files through
 `check`. Every case must end with success (exit 0; 1 for a budget violated by `run`) or with exactly one line
 "edgepress: error: ...; fix: ..." and exit 2. An internal error, a traceback, a hang, a crash (a signal) or any
 other ending fails the test, whose message is a table of how the cases ended and the first failures.
@@ -45,7 +46,7 @@ RUN_SAMPLE_FAILING = 15
 RUN_MUTANTS = 160  # checked, to find the passing ones
 BENCH_SAMPLE = 60  # mutated ONNX files that also go through `bench` (each may start the device runner)
 
-KINDS = ("recipes/check", "recipes/run", "onnx/bench", "onnx/recipe", "checkpoint/check")
+KINDS = ("recipes/check", "recipes/run", "onnx/bench", "onnx/recipe", "checkpoint/check", "npz/check")
 ENDINGS = ("ok", "one-line error, exit 2", "internal error", "traceback", "hang", "crash", "other")
 FAILURES = ("internal error", "traceback", "hang", "crash", "other")
 
@@ -480,6 +481,16 @@ evaluation = [{{ dataset = "digits:test", limit = 16 }}]
 preprocess = {{ mean = [0.5], std = [0.5] }}
 """
 
+NPZ_RECIPE = """
+name = "fuzz-npz"
+[model]
+name = "small_cnn_8"
+kwargs = {{ width = 8 }}
+[data]
+evaluation = [{{ path = "{path}" }}]
+preprocess = {{ mean = [0.5], std = [0.5] }}
+"""
+
 STAGES = """
 [[stages]]
 kind = "prune"
@@ -641,6 +652,7 @@ def onnx_files(assets: Assets, folder: Path, rng: random.Random) -> list[tuple[s
         made.append((label, path))
         return path
 
+    place("the original (valid)", base)
     for label, data in byte_mutants(base, rng, truncations=40, flips=150, overwrites=40):
         place(label, data)
     for size in (1, 7, 64, 4096, 100_000):
@@ -822,6 +834,38 @@ def checkpoint_files(assets: Assets, folder: Path, rng: random.Random) -> list[t
     return made
 
 
+def npz_files(assets: Assets, folder: Path, rng: random.Random) -> list[tuple[str, Path]]:
+    """Dataset files: the npz mutated byte by byte, and .npy headers that lie about their size."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    folder.mkdir()
+    made: list[tuple[str, Path]] = []
+
+    def place(label: str, data: bytes) -> None:
+        path = folder / f"{len(made):04d}.npz"
+        path.write_bytes(data)
+        made.append((label, path))
+
+    original = (assets.folder / "digits.npz").read_bytes()
+    place("the original (valid)", original)
+    for label, data in byte_mutants(original, rng, truncations=15, flips=30, overwrites=15):
+        place(f"npz {label}", data)
+    for shape in [(10**12, 8, 8), (2**62, 1), (-1, 8, 8), (40, 8, 8, 10**9)]:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr("images.npy", header.getvalue() + bytes(64))
+            labels = io.BytesIO()
+            np.save(labels, np.zeros(40, np.int64))
+            zipped.writestr("labels.npy", labels.getvalue())
+        place(f"npy header declaring shape {list(shape)}", archive.getvalue())
+    return made
+
+
 # ---------------------------------------------------------------- the campaign
 
 def build_cases(folder: Path) -> tuple[list[Case], dict]:
@@ -876,6 +920,10 @@ def build_cases(folder: Path) -> tuple[list[Case], dict]:
         recipe = folder / "checkpoints" / f"recipe-{index:04d}.toml"
         recipe.write_text(CHECKPOINT_RECIPE.format(path=path))
         add("checkpoint/check", f"{label} ({path})", ["check", str(recipe)])
+    for index, (label, path) in enumerate(npz_files(assets, folder / "npz", rng)):
+        recipe = folder / "npz" / f"recipe-{index:04d}.toml"
+        recipe.write_text(NPZ_RECIPE.format(path=path))
+        add("npz/check", f"{label} ({path})", ["check", str(recipe)])
     return cases, {"run_mutants": run_mutants, "assets": assets}
 
 
@@ -956,6 +1004,7 @@ def test_untrusted_input_never_crashes_edgepress(tmp_path):
     counts = collections.Counter(case.kind for case, _, _ in results)
     assert counts["recipes/check"] >= 1000 and counts["recipes/run"] >= 10, counts
     assert counts["onnx/bench"] + counts["onnx/recipe"] >= 300 and counts["checkpoint/check"] >= 200, counts
+    assert counts["npz/check"] >= 50, counts
     assert not facts["pwned"], "a checkpoint's pickle ran os.mkdir: torch.load without weights_only"
     assert not any(ending in FAILURES for _, ending, _ in results), failure_report(results)
     endings = collections.Counter(ending for _, ending, _ in results)
