@@ -59,7 +59,10 @@ LossFn = Callable[[Any, Any, Any], Any]
 
 
 def resume_key(*, source_sha256: str, settings: Any) -> str:
-    text = json.dumps({"source": source_sha256, "settings": asdict(settings)}, sort_keys=True, default=str)
+    from edgepress.resume import code_version  # an epoch checkpoint of other code is not resumed from either
+
+    text = json.dumps({"source": source_sha256, "settings": asdict(settings), "code": code_version()},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -176,7 +179,13 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
 
     checkpoint = resume_dir / "last.pt" if resume_dir is not None else None
     if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        try:
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, training starts afresh
+            saved = {}
+            log(f"ignoring {checkpoint}: unreadable ({type(exc).__name__})")
+        if not isinstance(saved, dict):
+            saved = {}
         if saved.get("key") == key:
             model.load_state_dict(saved["model"])
             if extra_modules is not None:
@@ -187,8 +196,8 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
             history = saved["history"]
             torch.set_rng_state(saved["rng"])
             log(f"resuming {label} after epoch {start_epoch} from {checkpoint}")
-        else:
-            log(f"ignoring {checkpoint}: it belongs to other settings or another input")
+        elif saved:
+            log(f"ignoring {checkpoint}: it belongs to other settings, another input or other code")
 
     net = model
     if world > 1:

@@ -192,3 +192,16 @@ def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and
     # The kills were spread over every stage: each stage was killed at least once while it was running.
     assert {r["landed"] for r in results} >= set(STAGES), table
     assert sum(r["kept"] == STAGES for r in results) >= 1, table  # killed after the last stage, before the report
+
+
+def test_a_damaged_epoch_checkpoint_is_ignored_not_fatal(tmp_path):
+    recipe = write_recipe(tmp_path, epochs=2)
+    out = tmp_path / "out"
+    for damaged in (b"", b"PK\x03\x04 not a zip", b"\x80\x04junk"):
+        (out / ".resume-01-train").mkdir(parents=True, exist_ok=True)
+        (out / ".resume-01-train" / "last.pt").write_bytes(damaged)
+        proc = edgepress_run(str(recipe), "--out", str(out), "--force")
+        assert proc.returncode == 0, proc.stderr
+        assert "ignoring" in (out / "01-train" / "stage.log").read_text() and "unreadable" in \
+            (out / "01-train" / "stage.log").read_text()
+        assert not (out / ".resume-01-train").exists()
