@@ -461,35 +461,15 @@ size_bytes = 100000
 accuracy_drop_points = 50.0
 """
 
-ONNX_RECIPE = """
-name = "fuzz-onnx"
-[model]
-onnx = "{path}"
-[data]
-evaluation = [{{ dataset = "digits:test", limit = 16 }}]
-preprocess = {{ mean = [0.5], std = [0.5] }}
-"""
+SMALL_CNN = 'name = "small_cnn_8"\nkwargs = { width = 8 }'
+DIGITS = 'dataset = "digits:test", limit = 16'
 
-CHECKPOINT_RECIPE = """
-name = "fuzz-checkpoint"
-[model]
-name = "small_cnn_8"
-kwargs = {{ width = 8 }}
-checkpoint = "{path}"
-[data]
-evaluation = [{{ dataset = "digits:test", limit = 16 }}]
-preprocess = {{ mean = [0.5], std = [0.5] }}
-"""
 
-NPZ_RECIPE = """
-name = "fuzz-npz"
-[model]
-name = "small_cnn_8"
-kwargs = {{ width = 8 }}
-[data]
-evaluation = [{{ path = "{path}" }}]
-preprocess = {{ mean = [0.5], std = [0.5] }}
-"""
+def file_recipe(kind: str, *, model: str, evaluation: str = DIGITS) -> str:
+    """The smallest recipe around one file under test: a [model] and one evaluation set, no stages."""
+    return (f'name = "fuzz-{kind}"\n[model]\n{model}\n[data]\nevaluation = [{{ {evaluation} }}]\n'
+            'preprocess = { mean = [0.5], std = [0.5] }\n')
+
 
 STAGES = """
 [[stages]]
@@ -560,8 +540,9 @@ def recipe_seeds(assets: Assets) -> dict[str, str]:
     seeds = {
         "tiny": tiny,
         "demo": (ROOT / "edgepress" / "builtin" / "demo.toml").read_text(),
-        "tiny-onnx": ONNX_RECIPE.format(path="../tiny.onnx") + '\n[[stages]]\nkind = "ptq"\n\n[target]\nthreads = 1\n',
-        "tiny-checkpoint": CHECKPOINT_RECIPE.format(path="../tiny.pt"),
+        "tiny-onnx": file_recipe("onnx", model='onnx = "../tiny.onnx"')
+        + '\n[[stages]]\nkind = "ptq"\n\n[target]\nthreads = 1\n',
+        "tiny-checkpoint": file_recipe("checkpoint", model=SMALL_CNN + '\ncheckpoint = "../tiny.pt"'),
         "tiny-npz": tiny.replace('evaluation = [{ dataset = "digits:test" }]', 'evaluation = '
                                  '[{ path = "../digits.npz", label = "mine" }, { dataset = "digits:test" }]'),
         "tiny-stages": tiny.replace('[[stages]]\nkind = "export"', STAGES.strip() + '\n\n[[stages]]\nkind = "export"')
@@ -904,7 +885,7 @@ def build_cases(folder: Path) -> tuple[list[Case], dict]:
     for index, (label, path) in enumerate(onnx_cases):
         recipe = path.parent / "recipe.toml" if path.parent.is_dir() and path.parent != folder / "onnx" else \
             folder / "onnx" / f"recipe-{index:04d}.toml"
-        recipe.write_text(ONNX_RECIPE.format(path=path))
+        recipe.write_text(file_recipe("onnx", model=f'onnx = "{path}"'))
         add("onnx/recipe", f"{label} ({path})", ["check", str(recipe)])
         # Every hand-made hostile file goes through bench; of the byte-level mutants, a seeded sample (each
         # one that passes the host-side check starts the device runner, about half a second).
@@ -918,11 +899,11 @@ def build_cases(folder: Path) -> tuple[list[Case], dict]:
 
     for index, (label, path) in enumerate(checkpoint_files(assets, folder / "checkpoints", rng)):
         recipe = folder / "checkpoints" / f"recipe-{index:04d}.toml"
-        recipe.write_text(CHECKPOINT_RECIPE.format(path=path))
+        recipe.write_text(file_recipe("checkpoint", model=f'{SMALL_CNN}\ncheckpoint = "{path}"'))
         add("checkpoint/check", f"{label} ({path})", ["check", str(recipe)])
     for index, (label, path) in enumerate(npz_files(assets, folder / "npz", rng)):
         recipe = folder / "npz" / f"recipe-{index:04d}.toml"
-        recipe.write_text(NPZ_RECIPE.format(path=path))
+        recipe.write_text(file_recipe("npz", model=SMALL_CNN, evaluation=f'path = "{path}"'))
         add("npz/check", f"{label} ({path})", ["check", str(recipe)])
     return cases, {"run_mutants": run_mutants, "assets": assets}
 
