@@ -22,7 +22,9 @@ STARTED = re.compile(r"\[\d+/\d+\] \S+ -> (\d\d-\S+)$")
 
 # Every kind of stage that writes a different artifact: torch weights trained, pruned, distilled; ONNX
 # exported and quantized. Few timed runs: the latency numbers are not what these tests compare.
-FIVE_STAGES = TINY_RECIPE.format(epochs=4, budgets="").replace(
+# Training takes most epochs: with one thread an epoch of this CNN takes a few milliseconds, and a kill
+# should also land between epochs.
+FIVE_STAGES = TINY_RECIPE.format(epochs=40, budgets="").replace(
     '[[stages]]\nkind = "export"\n',
     '[[stages]]\nkind = "prune"\nchannel_ratio = 0.5\n\n'
     '[[stages]]\nkind = "distill"\nteacher = "train"\nepochs = 2\nbatch_size = 32\n\n'
@@ -56,12 +58,18 @@ def report_of(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
-    """One uninterrupted run of FIVE_STAGES, and how long each stage took."""
+    """One uninterrupted run of FIVE_STAGES, and how long each stage's announcement came before the next
+    one (the last: before its metrics line), and "report" from then to the exit, in seconds."""
     folder = tmp_path_factory.mktemp("clean")
     recipe = write_recipe(folder, text=FIVE_STAGES)
-    proc = edgepress_run(str(recipe), "--out", str(folder / "out"))
-    assert proc.returncode == 0, proc.stderr
-    return recipe, folder / "out", {s["artifact"].split("/")[0]: s["seconds"] for s in report_of(folder / "out")["stages"]}
+    began = time.monotonic()
+    lines, returncode = _run_until(recipe, folder / "out", stage=None, delay_s=0)
+    ended = time.monotonic() - began
+    assert returncode == 0, lines
+    starts = [(m.group(1), at) for at, line in lines if (m := STARTED.search(line))]
+    ends = [at for _, at in starts[1:]] + [next(at for at, line in reversed(lines) if "KiB" in line)]
+    windows = {name: end - at for (name, at), end in zip(starts, ends)}
+    return recipe, folder / "out", {**windows, "report": ended - ends[-1]}
 
 
 def test_a_rerun_keeps_every_finished_stage_and_reports_the_same(clean):
@@ -121,19 +129,21 @@ def test_changed_settings_budgets_force_from_and_a_damaged_artifact(clean, tmp_p
     assert_one_line_error(edgepress_run(str(recipe), "--out", str(out), "--from", "export", "--force"))
 
 
-def _run_until(recipe: Path, out: Path, *, stage: str, delay_s: float) -> list[str]:
+def _run_until(recipe: Path, out: Path, *, stage: str | None, delay_s: float) -> tuple[list[tuple[float, str]], int]:
     """Start `edgepress run`, SIGKILL it `delay_s` after it announces `stage` (or after it finished its
-    stages, for "report"); the lines it printed."""
+    stages, for "report"; never, for None); the lines it printed, each with the second it came, and the
+    exit code."""
+    started = time.monotonic()
     victim = subprocess.Popen([sys.executable, "-m", "edgepress", "run", str(recipe), "--out", str(out)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**{k: v for k, v in os.environ.items() if k != "EDGEPRESS_DEBUG"}, **ONE_THREAD})
-    lines: list[str] = []
+    lines: list[tuple[float, str]] = []
     armed = threading.Event()
 
     def read() -> None:
         last_started = False
         for line in victim.stderr:
-            lines.append(line.rstrip())
+            lines.append((time.monotonic() - started, line.rstrip()))
             last_started = last_started or line.rstrip().endswith(f"-> {STAGES[-1]}")
             finished_last = last_started and "KiB" in line  # the last stage's metrics line
             if line.rstrip().endswith(f"-> {stage}") or (stage == "report" and finished_last):
@@ -141,12 +151,13 @@ def _run_until(recipe: Path, out: Path, *, stage: str, delay_s: float) -> list[s
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    assert armed.wait(timeout=300), f"{stage} never started: {lines[-5:]}"
-    time.sleep(delay_s)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    if stage is not None:
+        assert armed.wait(timeout=300), f"{stage} never started: {lines[-5:]}"
+        time.sleep(delay_s)
+        victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=300)
     reader.join(timeout=10)
-    return lines
+    return lines, victim.returncode
 
 
 def _complete(out: Path) -> list[str]:
@@ -155,24 +166,28 @@ def _complete(out: Path) -> list[str]:
 
 def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and_matches(clean, tmp_path):
     recipe, clean_out, seconds = clean
-    # Moments from each stage's announcement to about its measured end (two in the source model's,
-    # which is done in a blink), and two while the report is written: 24 kills.
-    fractions = {"00-model": (0.0, 0.5)}
-    moments = [(stage, f * seconds[stage]) for stage in STAGES for f in fractions.get(stage, (0.0, 0.3, 0.6, 0.9))]
-    moments += [("report", 0.0), ("report", 0.05)]
+    # Moments from each stage's announcement to about the next one's (two in the source model's, which is
+    # done in a blink, five in training), and two after the last stage, while the report is written and the
+    # process ends: 25 kills.
+    fractions = {"00-model": (0.0, 0.5), "01-train": (0.0, 0.5, 0.7, 0.8, 0.9), "report": (0.0, 0.3)}
+    moments = [(stage, f * seconds[stage]) for stage in STAGES + ["report"]
+               for f in fractions.get(stage, (0.0, 0.3, 0.6, 0.9))]
     expected = deterministic(report_of(clean_out))
 
     def kill_and_rerun(index: int) -> dict:
         stage, delay = moments[index]
         out = tmp_path / f"kill{index:02d}"
-        printed = _run_until(recipe, out, stage=stage, delay_s=delay)
-        landed = ([STARTED.search(line.split("] ", 1)[-1]) for line in printed if STARTED.search(line)] or [None])[-1]
+        printed, _ = _run_until(recipe, out, stage=stage, delay_s=delay)
+        landed = ([m for _, line in printed if (m := STARTED.search(line))] or [None])[-1]
         complete = _complete(out)
         rerun = edgepress_run(str(recipe), "--out", str(out))
+        train_log = out / "01-train" / "stage.log"
+        resumed = re.search(r"resuming train after epoch (\d+)", train_log.read_text()) if train_log.exists() else None
         return {"moment": (stage, round(delay, 2)), "landed": landed.group(1) if landed else "startup",
                 "complete": complete, "rc": rerun.returncode, "kept": kept(rerun.stderr), "stderr": rerun.stderr[-2000:],
                 "same": rerun.returncode == 0 and deterministic(report_of(out)) == expected,
-                "leftovers": sorted(p.name for p in out.iterdir() if p.name.startswith("."))}
+                "leftovers": sorted(p.name for p in out.iterdir() if p.name.startswith(".")),
+                "resumed_epoch": int(resumed.group(1)) if resumed else None}
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # two at once: 2 cores, and the kill moments need not be exact
         results = list(pool.map(kill_and_rerun, range(len(moments))))
@@ -180,10 +195,11 @@ def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and
     table = "\n".join(f"{r['moment']} landed in {r['landed']}: complete {len(r['complete'])}, rerun rc {r['rc']}, "
                       f"kept {len(r['kept'])}, same {r['same']}" for r in results)
     (tmp_path / "kills.md").write_text(  # for the record: pytest keeps the last runs' tmp_path folders
-        "| kill | after | landed in | stages complete | rerun exit | kept | report as uninterrupted |\n"
-        "|---|---|---|---|---|---|---|\n" + "".join(
+        "| kill | after | landed in | stages complete | rerun exit | kept | training resumed after epoch | report as uninterrupted |\n"
+        "|---|---|---|---|---|---|---|---|\n" + "".join(
             f"| {i + 1} | {r['moment'][0]} +{r['moment'][1]} s | {r['landed']} | {len(r['complete'])} | {r['rc']} | "
-            f"{len(r['kept'])} | {'yes' if r['same'] else 'NO'} |\n" for i, r in enumerate(results)))
+            f"{len(r['kept'])} | {r['resumed_epoch'] or '-'} | {'yes' if r['same'] else 'NO'} |\n"
+            for i, r in enumerate(results)))
     for result in results:
         assert result["rc"] == 0, (result["moment"], result["stderr"])
         assert result["kept"] == result["complete"], table  # all finished work is kept, nothing else
@@ -192,6 +208,7 @@ def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and
     # The kills were spread over every stage: each stage was killed at least once while it was running.
     assert {r["landed"] for r in results} >= set(STAGES), table
     assert sum(r["kept"] == STAGES for r in results) >= 1, table  # killed after the last stage, before the report
+    assert any(r["resumed_epoch"] for r in results), table  # a killed training stage went on from its checkpoint
 
 
 def test_a_damaged_epoch_checkpoint_is_ignored_not_fatal(tmp_path):
