@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         _say_once(f"edgepress: error: this command needs {exc.name!r}, which is not installed; "
                   "fix: pip install 'edgepress[host]' (devices need only the base install)")
         return EXIT_ERROR
+    except MemoryError:
+        _say_once("edgepress: error: ran out of memory; fix: use a smaller model, batch or data limit, or a machine "
+                  "with more memory (finished stages are kept)")
+        return EXIT_ERROR
     except KeyboardInterrupt:
         _say_once("edgepress: interrupted; finished stages are kept")
         return 130

@@ -176,6 +176,9 @@ def _read_up_to(stream: BinaryIO, size: int) -> bytes:
     return b"".join(chunks)
 
 
+IDX_MAX_BYTES = 4 << 30  # ImageNet-sized image arrays are far beyond what an IDX file holds in practice
+
+
 def _read_idx(path: Path, *, limit: int | None = None) -> np.ndarray:
     """Parse an IDX file: 2 zero bytes, a type byte, a dims byte, big-endian uint32 sizes, data.
     With `limit` only the first items are read, so a prefix of a large gzip file is cheap."""
@@ -194,6 +197,10 @@ def _read_idx(path: Path, *, limit: int | None = None) -> np.ndarray:
             dims = [int(d) for d in np.frombuffer(dim_bytes, dtype=">u4")]
             count = dims[0] if limit is None else min(dims[0], limit)
             item = int(np.prod(dims[1:], dtype=np.int64)) * dtype.itemsize
+            if count * item > IDX_MAX_BYTES:  # a gzip file can inflate to any size: read no more than this
+                raise UserError(f"IDX file {path.name} declares {count * item / 2**30:.1f} GiB of data, more than the "
+                                f"{IDX_MAX_BYTES / 2**30:.0f} GiB edgepress reads",
+                                fix="set a limit on the dataset in the recipe, or check the file")
             data = _read_up_to(stream, count * item)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise UserError(f"cannot read IDX file {path.name} ({type(exc).__name__}: {exc})",

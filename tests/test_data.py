@@ -189,3 +189,12 @@ def test_cifar10_builtin() -> None:
     assert raw.labels.tolist()[:4] == [3, 8, 8, 0]  # cat, ship, ship, airplane: the official test order
     with pytest.raises(UserError, match="'cifar10:test_raw_1017'"):
         load_dataset(DatasetSpec(dataset="cifar10:test_raw_1016"))
+
+
+def test_a_gzip_idx_file_declaring_more_than_can_be_read_is_refused_before_reading(tmp_path: Path) -> None:
+    # 93 GiB declared in a 40-byte file: a gzip bomb would inflate to whatever its header promises.
+    header = bytes([0, 0, 0x08, 3]) + np.array([100_000, 1_000, 1_000], dtype=">u4").tobytes()
+    (tmp_path / "img.gz").write_bytes(gzip.compress(header + bytes(16)))
+    labels = write_idx(tmp_path / "lbl.idx", np.zeros(4, dtype=np.uint8), gz=True)
+    with pytest.raises(UserError, match=r"declares 93\.1 GiB of data, more than the 4 GiB"):
+        load_dataset(DatasetSpec(images=tmp_path / "img.gz", labels=labels))
