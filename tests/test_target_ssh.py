@@ -226,6 +226,20 @@ def test_shell_metacharacters_reach_the_device_as_plain_words(sshd, client, tmp_
     assert list(workdir.iterdir()) == []
 
 
+def test_rm_rf_in_a_path_is_inert(sshd, client, tmp_path):
+    """A folder path may hold slashes, so here the payload can name a real folder to delete: it must survive."""
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "alive").write_text("yes")
+    payload = f"; rm -rf {canary} ; $(rm -rf {canary}) `rm -rf {canary}` && rm -rf {canary} #"
+    model = _tiny_model(tmp_path / "rm -rf ; $(rm -rf ..).onnx", 1.0)
+    workdir = tmp_path / "up" / f"work {payload}"
+    result = _bench(tmp_path, model, f"ssh://{ALIAS}", "--workdir", str(workdir))
+    assert result["model"] == model.name and result["runs"] == 20
+    assert (canary / "alive").read_text() == "yes"
+    assert workdir.is_dir() and list(workdir.iterdir()) == []
+
+
 def test_runner_result_and_fetch_through_the_target_api(client, models, tmp_path):
     model, _ = models
     inputs = tmp_path / "x.npz"
