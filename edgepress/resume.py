@@ -14,7 +14,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import platform
 from dataclasses import asdict, fields, is_dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -49,8 +48,11 @@ def code_version() -> str:
         except importlib.metadata.PackageNotFoundError:
             version = "absent"
         digest.update(f"{library}=={version}\0".encode())
-    # Kernels and so results differ between instruction sets (e.g. ONNX Runtime's INT8 on x86 and ARM).
-    digest.update(platform.machine().encode())
+    # Kernels, and so results and automatic choices (the INT8 scheme, 7-bit weights), differ between
+    # instruction sets: x86 with and without VNNI, ARM with and without dot products.
+    from edgepress.runtime.isa import local_isa
+
+    digest.update(local_isa().describe().encode())
     return digest.hexdigest()
 
 
