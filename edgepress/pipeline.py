@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -33,14 +32,6 @@ class RunResult:
     @property
     def passed(self) -> bool:
         return bool(self.report["gate"]["passed"])
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_source(recipe: Recipe, *, work_dir: Path, input_shape: tuple[int, ...], log) -> StageOutput:
@@ -163,8 +154,9 @@ class Pipeline:
             resume_dir = self.out_dir / f".resume-{folder.name}"
             kept = None
             if main:
+                source_sha256 = resume.file_sha256(current.path) if current else ""
                 if spec is not None:
-                    key = resume.next_key(key, source_sha256=sha256(current.path), name=name, kind=kind,
+                    key = resume.next_key(key, source_sha256=source_sha256, name=name, kind=kind,
                                           settings=spec.settings)
                 kept = resume.reusable(folder, key=key) if index < redo_from else None
             redo = distributed.from_main(kept is None)  # the other ranks train along only what rank 0 redoes
@@ -193,7 +185,7 @@ class Pipeline:
                 log = _StageLog(work / "stage.log")
                 try:
                     ctx = StageContext(recipe=recipe, data=data, work_dir=work, log=log, resume_dir=resume_dir,
-                                       source_sha256=sha256(current.path) if current else "",
+                                       source_sha256=source_sha256,
                                        artifacts=dict(self.artifacts))
                     started = time.monotonic()
                     if spec is None:
@@ -227,7 +219,7 @@ class Pipeline:
             return
         with tempfile.TemporaryDirectory(prefix=f"edgepress-rank{distributed.rank()}-") as scratch:
             ctx = StageContext(recipe=self.recipe, data=data, work_dir=Path(scratch), log=lambda _: None,
-                               resume_dir=resume_dir, source_sha256=sha256(source.path) if source else "",
+                               resume_dir=resume_dir, source_sha256=resume.file_sha256(source.path) if source else "",
                                artifacts=dict(self.artifacts))
             REGISTRY[kind].run(source, spec.settings, ctx)
 
@@ -278,7 +270,7 @@ class Pipeline:
             "kind": kind,
             "artifact": f"{folder.name}/{artifact.path.name}",
             "format": artifact.format,
-            "sha256": sha256(artifact.path),
+            "sha256": resume.file_sha256(artifact.path),
             "seconds": round(seconds, 3),
             "metrics": metrics,
         }, produced

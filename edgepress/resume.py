@@ -14,7 +14,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -68,9 +68,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _file_digest(path: Path | None) -> str:
-    if path is None or not Path(path).is_file():
-        return ""
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -106,7 +104,8 @@ def first_key(recipe, data: DataProvider) -> str:
     for source in ("checkpoint", "onnx"):  # by content below: a moved file is the same model
         context["model"].pop(source, None)
     return _hash({"code": code_version(), "recipe": context, "data": _data_digest(data),
-                  "checkpoint": _file_digest(recipe.model.checkpoint), "onnx": _file_digest(recipe.model.onnx)})
+                  **{source: file_sha256(path) if path is not None else ""
+                     for source, path in (("checkpoint", recipe.model.checkpoint), ("onnx", recipe.model.onnx))}})
 
 
 def next_key(previous_key: str, *, source_sha256: str, name: str, kind: str, settings: Any) -> str:
@@ -130,7 +129,7 @@ def reusable(folder: Path, *, key: str) -> tuple[dict[str, Any], list[np.ndarray
             return None
         record = saved["record"]
         artifact = folder / Path(record["artifact"]).name
-        if _file_digest(artifact) != record["sha256"]:
+        if file_sha256(artifact) != record["sha256"]:
             return None
         with np.load(folder / OUTPUTS_FILE, allow_pickle=False) as archive:
             outputs = [archive[f"arr_{i}"] for i in range(len(archive.files))]

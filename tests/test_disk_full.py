@@ -41,16 +41,10 @@ def _fill(folder: Path) -> Path:
     block = b"\0" * (1 << 16)
     with open(filler, "wb", buffering=0) as fh:
         try:
-            while True:
+            while True:  # unbuffered: the write that meets the end stores what fits, the next one fails
                 fh.write(block)
         except OSError:
             pass
-    try:
-        with open(filler, "ab", buffering=0) as fh:
-            while True:
-                fh.write(b"\0")
-    except OSError:
-        pass
     return filler
 
 
