@@ -28,8 +28,11 @@ class QatSettings(LoopSettings):
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     teacher: str = "input"  # "input" = this stage's own FP32 input; else a finished torch stage's name
-    alpha: float = 1.0  # 1.0: match the FP32 teacher only, which is what agreement with FP32 asks for
-    temperature: float = 1.0
+    # "logits_mse" matches the teacher's logits themselves: a flip needs only a small change in the
+    # gap between the top two logits, which KL at T = 1 barely weighs once the top class is confident.
+    loss: Literal["kl", "logits_mse"] = "kl"
+    alpha: float = 1.0  # weight of the teacher term; 1 - alpha goes to cross-entropy on the labels
+    temperature: float = 1.0  # kl only
     # 7-bit weights where the target's U8S8 kernels add products in int16 (x86 without VNNI);
     # "auto" asks the target's CPU.
     weight_bits: Literal["auto", "7", "8"] = "auto"
@@ -64,6 +67,25 @@ def weight_qmax(settings: QatSettings, log) -> int:
     return 64 if bits == 7 else 127
 
 
+def logits_mse_loss_fn(teacher, *, alpha: float, label_smoothing: float = 0.0):
+    """fit()'s loss: alpha * mean squared logit error against `teacher` + (1 - alpha) * cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+
+    teacher.eval()
+
+    def loss_fn(net, batch, target):
+        with torch.no_grad():
+            teacher_logits = teacher.to(batch.device)(batch)
+        logits = net(batch)
+        loss = alpha * F.mse_loss(logits.float(), teacher_logits.float())
+        if alpha < 1.0:
+            loss = loss + (1.0 - alpha) * F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+        return loss, logits
+
+    return loss_fn
+
+
 def _predict(module, inputs: np.ndarray, batch: int = 200) -> np.ndarray:
     import torch
 
@@ -93,8 +115,11 @@ def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, 
     before = float(np.mean(_predict(graph.module.eval(), check_inputs).argmax(1) == reference))
     log(f"before training: INT8 agrees with the teacher on {100 * before:.2f}% of {len(check_inputs)} check inputs")
     graph.set_mode("quantize")
-    loss_fn = teacher_loss_fn(teacher, alpha=settings.alpha, temperature=settings.temperature,
-                              label_smoothing=settings.label_smoothing)
+    if settings.loss == "logits_mse":
+        loss_fn = logits_mse_loss_fn(teacher, alpha=settings.alpha, label_smoothing=settings.label_smoothing)
+    else:
+        loss_fn = teacher_loss_fn(teacher, alpha=settings.alpha, temperature=settings.temperature,
+                                  label_smoothing=settings.label_smoothing)
     history = fit(graph.module, inputs=torch.from_numpy(train_inputs), labels=torch.from_numpy(train_labels),
                   settings=settings, loss_fn=loss_fn, resume_dir=resume_dir, key=key, log=log, label="qat")
     graph.module.cpu().eval()
@@ -102,6 +127,7 @@ def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, 
     after = float(np.mean(_predict(graph.module, check_inputs).argmax(1) == reference))
     log(f"after training: INT8 agrees with the teacher on {100 * after:.2f}%")
     return graph, {"weight_bits": 7 if graph.weight_qmax == 64 else 8, "activation_quantizers": len(graph.quantizers),
+                   "loss": settings.loss,
                    "samples": int(len(train_inputs)), "epochs_run": len(history), "history": history,
                    "teacher_agreement_before": before, "teacher_agreement_after": after}
 

@@ -142,6 +142,38 @@ def test_qat_stage_in_a_recipe_reports_parity_and_integer_kernels(tmp_path):
     assert stage["metrics"]["agreement"] >= 0.9
 
 
+def test_logits_mse_loss_matches_its_formula_and_pulls_the_int8_model_to_the_teacher():
+    from edgepress.compress.loop import LoopSettings, fit
+    from edgepress.compress.qat import logits_mse_loss_fn
+
+    teacher = _trained_like(ResidualNet())
+    inputs = torch.from_numpy(_images(256, seed=3))
+    labels = torch.randint(0, 5, (256,), generator=torch.Generator().manual_seed(0))
+    graph = QatGraph(_trained_like(ResidualNet()), weight_qmax=127)
+    torch.manual_seed(0)
+    graph.calibrate(inputs[:128], method="percentile", percentile=99.99)
+    graph.set_mode("quantize")
+    with torch.no_grad():
+        student, target = graph.module(inputs[:32]), teacher(inputs[:32])
+        mixed, _ = logits_mse_loss_fn(teacher, alpha=0.25)(graph.module, inputs[:32], labels[:32])
+        pure, _ = logits_mse_loss_fn(teacher, alpha=1.0)(graph.module, inputs[:32], labels[:32])
+    mse = F.mse_loss(student, target)
+    assert float(pure) == pytest.approx(float(mse), rel=1e-6)
+    assert float(mixed) == pytest.approx(float(0.25 * mse + 0.75 * F.cross_entropy(student, labels[:32])), rel=1e-6)
+
+    # Perturbed weights: the fake-quantized model starts far from its teacher, and the loss must close the gap.
+    with torch.no_grad():
+        for parameter in graph.module.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+        before = float(F.mse_loss(graph.module(inputs), teacher(inputs)))
+    fit(graph.module, inputs=inputs, labels=labels, loss_fn=logits_mse_loss_fn(teacher, alpha=1.0), log=lambda _: None,
+        settings=LoopSettings(epochs=5, learning_rate=0.01, weight_decay=0.0, batch_size=32), resume_dir=None, key="")
+    graph.module.eval()
+    with torch.no_grad():
+        after = float(F.mse_loss(graph.module(inputs), teacher(inputs)))
+    assert after < 0.5 * before, (before, after)
+
+
 def test_unknown_teacher_is_one_line_error(tmp_path):
     text = _tiny_qat_recipe('teacher = "nope"')
     recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
