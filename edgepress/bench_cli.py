@@ -104,7 +104,9 @@ def _carried(external: tuple[Path, ...], *, model: Path) -> list[Path]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from edgepress.targets import TargetOptions, open_target
+    """The bench JSON; a runner that stopped after some timed runs raises PartialMeasurement whose result is
+    labelled like a whole one."""
+    from edgepress.targets import PartialMeasurement, TargetOptions, open_target
 
     files = _check(args)
     options = TargetOptions(python=args.python, identity_file=args.identity_file, workdir=args.workdir,
@@ -112,7 +114,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     target = open_target(args.target, options=options)
     print(f"edgepress: timing {args.model.name}" + (f" against {args.compare.name}" if args.compare else "")
           + f" on {target.name}", file=sys.stderr, flush=True)
-    result = target.run(files=files, args=runner_args(args), timeout_s=args.timeout)
+    try:
+        result = target.run(files=files, args=runner_args(args), timeout_s=args.timeout)
+    except PartialMeasurement as exc:
+        exc.result = _labelled(exc.result, target)
+        raise
+    return _labelled(result, target)
+
+
+def _labelled(result: dict[str, Any], target) -> dict[str, Any]:
     result = {"target": target.name, "emulated": target.emulated, **result}
     if target.emulated:
         result["note"] = "timings under emulation: use them to compare kernels' answers, never as latency"
@@ -132,10 +142,23 @@ def summary_line(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = measure(args)
+    from edgepress.targets import PartialMeasurement
+
+    try:
+        result = measure(args)
+    except PartialMeasurement as exc:
+        # What was measured before the runner stopped is written as a result would be, marked, then the error.
+        _write(args, exc.result)
+        where = args.json_path if args.json_path is not None else "stdout"
+        raise UserError(f"{exc.problem}; their statistics are written to {where} with \"complete\": false",
+                        fix=exc.fix) from None
+    _write(args, result)
+    print(summary_line(result), file=sys.stderr)
+    return 0
+
+
+def _write(args: argparse.Namespace, result: dict[str, Any]) -> None:
     text = json.dumps(result, indent=2)
     if args.json_path is not None:
         atomic.write_text(args.json_path, text + "\n")
     print(text)
-    print(summary_line(result), file=sys.stderr)
-    return 0

@@ -13,11 +13,11 @@ from edgepress.datasets import LabeledSet, TextSet
 from edgepress.progress import say
 from edgepress.recipe import BenchSpec, Recipe, TargetSpec
 from edgepress.stage import Artifact
-from edgepress.targets import Target, TargetOptions, open_target
+from edgepress.targets import PartialMeasurement, Target, TargetOptions, open_target
 
 # What a target entry keeps of the runner's bench JSON.
 _TIMING_KEYS = ("latency_ms", "p50_ci95_ms", "runs", "warmup_runs", "session_create_ms", "first_run_ms",
-                "peak_rss_bytes", "thread_settings", "device", "samples_ms")
+                "peak_rss_bytes", "thread_settings", "device", "samples_ms", "complete", "incomplete")
 
 
 def open_targets(recipe: Recipe) -> dict[str, Target]:
@@ -44,15 +44,24 @@ def _save_inputs(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> None
 
 def time_on(target: Target, artifact: Artifact, sample: np.ndarray | dict[str, np.ndarray], *, spec: TargetSpec,
             bench: BenchSpec) -> dict[str, Any]:
-    """The runner's timing of the artifact on one input repeated to the bench batch."""
+    """The runner's timing of the artifact on one input repeated to the bench batch. A runner that stopped
+    after some timed runs raises PartialMeasurement whose result is already such an entry."""
     batch = ({name: np.repeat(values[None], bench.batch, axis=0) for name, values in sample.items()}
              if isinstance(sample, dict) else np.repeat(sample[None], bench.batch, axis=0))
     with tempfile.TemporaryDirectory(prefix="edgepress-bench-") as scratch:
         inputs = Path(scratch) / "bench_inputs.npz"
         _save_inputs(inputs, batch)
-        found = target.run(files=[artifact.path, inputs], timeout_s=1800.0, args=[
-            "bench", artifact.path.name, "--inputs", inputs.name, "--threads", str(spec.threads),
-            "--runs", str(bench.runs), "--warmup", str(bench.warmup_runs), "--samples"])
+        try:
+            found = target.run(files=[artifact.path, inputs], timeout_s=1800.0, args=[
+                "bench", artifact.path.name, "--inputs", inputs.name, "--threads", str(spec.threads),
+                "--runs", str(bench.runs), "--warmup", str(bench.warmup_runs), "--samples"])
+        except PartialMeasurement as exc:
+            exc.result = _timing_entry(exc.result, spec=spec, bench=bench)
+            raise
+    return _timing_entry(found, spec=spec, bench=bench)
+
+
+def _timing_entry(found: dict[str, Any], *, spec: TargetSpec, bench: BenchSpec) -> dict[str, Any]:
     entry = {key: found[key] for key in _TIMING_KEYS if key in found}
     entry.update(threads=spec.threads, batch=bench.batch)
     return entry

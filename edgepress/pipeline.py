@@ -22,6 +22,7 @@ from edgepress.recipe import Recipe
 from edgepress.run_lock import output_lock
 from edgepress.stage import ARTIFACT_FILE, Artifact, StageContext, StageOutput
 from edgepress.stages import REGISTRY
+from edgepress.targets import PartialMeasurement
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ def check_layer_names(recipe: Recipe, source: Artifact) -> None:
         except UserError as exc:
             raise UserError(f"stage {spec.name!r}: {exc.problem}", fix=exc.fix) from None
 
+
+# Beside a stage folder (NN-name + this): what the targets measured of a stage that a failing target stopped.
+INCOMPLETE_TARGETS = ".targets-incomplete.json"
 
 # Ranks other than 0 wait at a barrier while rank 0 alone evaluates, exports, quantizes: far longer
 # than the process group's default 30 minutes would allow on a big model. A rank 0 that dies instead
@@ -255,7 +259,8 @@ class Pipeline:
         metrics.update(measure.structure(artifact))
         if artifact.format == "onnx":
             metrics["targets"] = self._on_targets(artifact, stage=name, data=data, host_metrics=metrics,
-                                                  references=references, host_outputs=produced)
+                                                  references=references, host_outputs=produced,
+                                                  kept_in=self.out_dir / f"{folder.name}{INCOMPLETE_TARGETS}")
             primary = metrics["targets"][self.recipe.target.name]
             if "latency_ms" in primary and not self.recipe.target.emulated:
                 metrics["latency_ms"] = dict(primary["latency_ms"], runs=primary["runs"], threads=primary["threads"],
@@ -276,42 +281,61 @@ class Pipeline:
         }, produced
 
     def _on_targets(self, artifact: Artifact, *, stage: str, data: DataProvider, host_metrics: dict[str, Any],
-                    references: list[np.ndarray | None], host_outputs: list[np.ndarray]) -> dict[str, dict[str, Any]]:
+                    references: list[np.ndarray | None], host_outputs: list[np.ndarray],
+                    kept_in: Path) -> dict[str, dict[str, Any]]:
         """{target name: timing and, where evaluated, quality} for an ONNX artifact. The primary target's
-        quality is the host's (same ONNX Runtime build, all cores); other targets evaluate on the device."""
+        quality is the host's (same ONNX Runtime build, all cores); other targets evaluate on the device.
+        A target that fails (a device dying mid-run) fails the stage, whose folder is then not kept; what the
+        targets measured of it until then, the dead one's timed runs included, is written to `kept_in`."""
         found: dict[str, dict[str, Any]] = {}
         for index, spec in enumerate(self.recipe.targets):
             if spec.stages and stage not in spec.stages:
                 continue
             target = self.targets[spec.name] if spec.name in self.targets else on_target.open_target(spec.name)
             entry: dict[str, Any] = {"emulated": target.emulated}
-            if spec.latency:
-                entry.update(on_target.time_on(target, artifact, data.evaluation[0].sample(), spec=spec,
-                                               bench=self.recipe.bench))
-            if spec.evaluate:
-                per_set = {}
-                for labeled, reference, host in zip(data.evaluation, references, host_outputs):
-                    subset = on_target.sliced(labeled, spec.evaluate_samples)
-                    say(f"    evaluate {subset.name} on {target.name}")
-                    out = on_target.outputs_on(target, artifact, subset, limit=spec.evaluate_samples,
-                                               batch_size=self.recipe.data.batch_size)
-                    per_set[subset.name] = evaluation.score(
-                        subset, out, None if reference is None else reference[:len(out)])
-                    # The same model's answers here against the host's on the same samples: where ARM kernels
-                    # and x86 ones part ways, whatever the reference says.
-                    per_set[subset.name]["same_as_host"] = evaluation.same_answers(out, host[:len(out)])
-                first = per_set[data.evaluation[0].name]
-                entry.update({k: first[k] for k in evaluation.HEADLINE + ("same_as_host",) if k in first})
-                entry["evaluation"] = per_set
-                primary_set, reference = data.evaluation[0], references[0]
-                if isinstance(primary_set, LabeledSet) and reference is not None:
-                    # An accuracy drop compares like with like: the reference on the same first samples.
-                    count = first["samples"]
-                    entry["reference_accuracy"] = float(np.mean(reference[:count] == primary_set.labels[:count]))
-            elif index == 0:
-                entry.update({k: host_metrics[k] for k in evaluation.HEADLINE if k in host_metrics})
+            try:
+                self._on_target(target, spec, index, entry, artifact=artifact, data=data, host_metrics=host_metrics,
+                                references=references, host_outputs=host_outputs)
+            except UserError as exc:
+                if isinstance(exc, PartialMeasurement):
+                    entry.update(exc.result)
+                found[spec.name] = dict(entry, complete=False, error=exc.one_line())
+                atomic.write_json(kept_in, {"stage": stage, "complete": False, "targets": found})
+                raise UserError(f"stage {stage!r}: {exc.problem}; what the targets measured of this stage is kept "
+                                f"in {kept_in}", fix=exc.fix) from None
             found[spec.name] = entry
+        kept_in.unlink(missing_ok=True)  # an earlier run's, now measured in full
         return found
+
+    def _on_target(self, target, spec, index: int, entry: dict[str, Any], *, artifact: Artifact,
+                   data: DataProvider, host_metrics: dict[str, Any], references: list[np.ndarray | None],
+                   host_outputs: list[np.ndarray]) -> None:
+        """One target's timing and quality of an ONNX artifact, added to `entry` as they arrive."""
+        if spec.latency:
+            entry.update(on_target.time_on(target, artifact, data.evaluation[0].sample(), spec=spec,
+                                           bench=self.recipe.bench))
+        if spec.evaluate:
+            per_set = {}
+            for labeled, reference, host in zip(data.evaluation, references, host_outputs):
+                subset = on_target.sliced(labeled, spec.evaluate_samples)
+                say(f"    evaluate {subset.name} on {target.name}")
+                out = on_target.outputs_on(target, artifact, subset, limit=spec.evaluate_samples,
+                                           batch_size=self.recipe.data.batch_size)
+                per_set[subset.name] = evaluation.score(
+                    subset, out, None if reference is None else reference[:len(out)])
+                # The same model's answers here against the host's on the same samples: where ARM kernels
+                # and x86 ones part ways, whatever the reference says.
+                per_set[subset.name]["same_as_host"] = evaluation.same_answers(out, host[:len(out)])
+            first = per_set[data.evaluation[0].name]
+            entry.update({k: first[k] for k in evaluation.HEADLINE + ("same_as_host",) if k in first})
+            entry["evaluation"] = per_set
+            primary_set, reference = data.evaluation[0], references[0]
+            if isinstance(primary_set, LabeledSet) and reference is not None:
+                # An accuracy drop compares like with like: the reference on the same first samples.
+                count = first["samples"]
+                entry["reference_accuracy"] = float(np.mean(reference[:count] == primary_set.labels[:count]))
+        elif index == 0:
+            entry.update({k: host_metrics[k] for k in evaluation.HEADLINE if k in host_metrics})
 
     def _target_checks(self, final: dict[str, Any]) -> list[dict[str, Any]]:
         """Each target's own budgets, on that target's numbers for the final stage."""

@@ -5,7 +5,11 @@
     python3 device_runner.py predict MODEL.onnx --inputs X.npz --out Y.npz [--threads N] [--batch-size N]
     python3 device_runner.py probe      (what the device has: Python, onnxruntime, numpy, CPU)
 
-Prints one JSON object on stdout (progress goes to stderr). Bad input: {"error": ..., "fix": ...}, exit 2.
+Prints one JSON object on stdout (human progress goes to stderr). Bad input: {"error": ..., "fix": ...}, exit 2.
+While it times, bench also prints a progress line {"partial": true, "runs": N, "new_samples_ms": [[...]], ...} on
+stdout about once a second: the timings measured since the previous line (the first line also carries a "header"
+with what summarize() needs). A device that dies mid-run thus loses no timing that reached the host, and the host
+rebuilds the statistics from those lines with summarize(). Only the last line without "partial" is the result.
 It imports nothing of edgepress and no torch: the device needs only `pip install onnxruntime numpy`.
 """
 
@@ -27,6 +31,9 @@ SETTLE_WINDOW_RUNS = 10
 SETTLE_TOLERANCE = 0.03  # warm-up ends when two consecutive windows' medians differ by less than this share
 SETTLE_MAX_RUNS = 1000
 RANDOM_INPUT_LIMIT = 1 << 30  # bytes of random inputs at most: a model's declared shapes may be hostile
+# Seconds between progress lines: what a device that dies mid-run loses at most. Each line carries only the new
+# timings (every timing once in all), so the output grows with the runs, not with their square.
+PROGRESS_INTERVAL_S = 1.0
 
 
 class BadInput(Exception):
@@ -245,13 +252,16 @@ def warm_up(np, sessions, feeds, warmup: str) -> int:
     return done
 
 
-def timed_runs(sessions, feeds, *, runs: int, duration_s: float, round_runs: int, seed: int):
+def timed_runs(sessions, feeds, *, runs: int, duration_s: float, round_runs: int, seed: int, progress=None):
     """Per-run ms for each session. With two, they alternate in rounds of `round_runs` in a shuffled order, so
-    slow spells of a noisy machine fall on both alike. Stops after `runs` runs each, or after `duration_s`."""
+    slow spells of a noisy machine fall on both alike. Stops after `runs` runs each, or after `duration_s`.
+    `progress(new_samples, count)` is called between whole rounds, at most every PROGRESS_INTERVAL_S, with the
+    timings since its previous call (never inside a round, so the interleaved rounds stay whole)."""
     samples = [[] for _ in sessions]
     order = list(range(len(sessions)))
     rng = random.Random(seed)
     deadline = time.perf_counter() + duration_s if duration_s else None
+    reported, next_report = 0, time.perf_counter() + PROGRESS_INTERVAL_S
     while True:
         rng.shuffle(order)
         for index in order:
@@ -261,6 +271,9 @@ def timed_runs(sessions, feeds, *, runs: int, duration_s: float, round_runs: int
         if (deadline is None and count >= runs) or (deadline is not None and time.perf_counter() >= deadline
                                                      and count >= 10):
             return [s[:runs] if deadline is None else s for s in samples]
+        if progress is not None and time.perf_counter() >= next_report:
+            progress([s[reported:] for s in samples], count)
+            reported, next_report = count, time.perf_counter() + PROGRESS_INTERVAL_S
 
 
 def peak_rss_bytes() -> int:
@@ -272,6 +285,40 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
+def summarize(np, header: dict, samples_ms, *, peak_rss: int) -> dict:
+    """The bench result from the timings of each model (the first, then --compare's) and the header that
+    bench() makes before timing. The host calls it too, on the timings a runner streamed before it died."""
+    samples = [np.asarray(s, dtype=np.float64) for s in samples_ms]
+    rng = np.random.default_rng(header["seed"])
+    medians = [bootstrap_medians(np, s, rng=rng) for s in samples]
+
+    def one(index: int) -> dict:
+        return dict({"runs": int(samples[index].size), "latency_ms": percentile_summary(np, samples[index]),
+                     "p50_ci95_ms": ci95(np, medians[index])}, **header["models"][index])
+
+    result = one(0)
+    result.update(header["common"])
+    result.update(peak_rss_bytes=peak_rss,
+                  samples_ms=[round(float(v), 5) for v in samples[0]] if header["keep_samples"] else None)
+    if len(samples) > 1:
+        # p50 ratio of the first model over the second; its interval from resampled pairs of interleaved rounds.
+        round_runs = header["round_runs"]
+        ratios = paired_round_ratios(np, samples[0], samples[1], round_runs=round_runs, rng=rng)
+        result["compare"] = dict(one(1), p50_ratio=float(np.median(samples[0]) / np.median(samples[1])),
+                                 p50_ratio_ci95=ci95(np, ratios), interleaved_rounds=int(samples[0].size // round_runs))
+        if header["keep_samples"]:
+            result["compare"]["samples_ms"] = [round(float(v), 5) for v in samples[1]]
+    return result
+
+
+def print_progress(header: dict, new_samples, count: int) -> None:
+    line = {"partial": True, "runs": count, "peak_rss_bytes": peak_rss_bytes(),
+            "new_samples_ms": [[round(float(v), 5) for v in s] for s in new_samples]}
+    if len(new_samples[0]) == count:  # the first line: the host needs the header once
+        line["header"] = header
+    print(json.dumps(line), flush=True)
+
+
 def bench(args) -> dict:
     np, ort = _import_runtime()
     if args.cpus:
@@ -279,45 +326,31 @@ def bench(args) -> dict:
             raise BadInput("--cpus needs Linux (os.sched_setaffinity)", "drop --cpus on this device")
         os.sched_setaffinity(0, args.cpus)
     paths = [args.model] + ([args.compare] if args.compare else [])
-    sessions, create_ms, feeds, first_ms = [], [], [], []
+    sessions, models, feeds = [], [], []
     for index, path in enumerate(paths):
         session, created = open_session(ort, path, args)
         feed = (npz_feed(np, session, args.inputs) if args.inputs
                 else random_feed(np, session, dims=args.dims, seed=args.seed + index))
-        sessions.append(session), create_ms.append(created), feeds.append(feed)
-        first_ms.append(first_run(session, feed))
+        sessions.append(session), feeds.append(feed)
+        models.append({"session_create_ms": created, "first_run_ms": first_run(session, feed),
+                       "size_bytes": os.path.getsize(path), "model": os.path.basename(path)})
     warmup_runs = warm_up(np, sessions, feeds, args.warmup)
     print(f"runner: warm-up {warmup_runs} runs; timing", file=sys.stderr, flush=True)
-    samples = [np.asarray(s, dtype=np.float64) for s in timed_runs(
-        sessions, feeds, runs=args.runs, duration_s=args.duration, round_runs=args.round_runs, seed=args.seed)]
-    rng = np.random.default_rng(args.seed)
-    medians = [bootstrap_medians(np, s, rng=rng) for s in samples]
-
-    def one(index: int) -> dict:
-        return {"runs": int(samples[index].size), "latency_ms": percentile_summary(np, samples[index]),
-                "p50_ci95_ms": ci95(np, medians[index]), "session_create_ms": create_ms[index],
-                "first_run_ms": first_ms[index], "size_bytes": os.path.getsize(paths[index]),
-                "model": os.path.basename(paths[index])}
-
-    result = one(0)
-    result.update({
-        "warmup_runs": warmup_runs, "threads": args.threads, "peak_rss_bytes": peak_rss_bytes(),
-        "thread_settings": {"intra_op": args.threads, "inter_op": args.inter_op_threads, "spinning": args.spinning,
-                            "affinity": sorted(args.cpus) if args.cpus else None, "interleaved": len(paths) > 1},
-        "inputs": {name: {"shape": list(value.shape), "dtype": str(value.dtype)} for name, value in feeds[0].items()},
-        "input_source": args.inputs or "random",
-        "device": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-                   "onnxruntime": ort.__version__, "numpy": np.__version__, "cpu_count": os.cpu_count()},
-        "samples_ms": [round(float(v), 5) for v in samples[0]] if args.samples else None,
-    })
-    if args.compare:
-        # p50 ratio of the first model over the second; its interval from resampled pairs of interleaved rounds.
-        ratios = paired_round_ratios(np, samples[0], samples[1], round_runs=args.round_runs, rng=rng)
-        result["compare"] = dict(one(1), p50_ratio=float(np.median(samples[0]) / np.median(samples[1])),
-                                 p50_ratio_ci95=ci95(np, ratios), interleaved_rounds=int(samples[0].size // args.round_runs))
-        if args.samples:
-            result["compare"]["samples_ms"] = [round(float(v), 5) for v in samples[1]]
-    return result
+    header = {"seed": args.seed, "round_runs": args.round_runs, "keep_samples": bool(args.samples), "models": models,
+              "common": {
+                  "warmup_runs": warmup_runs, "threads": args.threads,
+                  "thread_settings": {"intra_op": args.threads, "inter_op": args.inter_op_threads,
+                                      "spinning": args.spinning, "affinity": sorted(args.cpus) if args.cpus else None,
+                                      "interleaved": len(paths) > 1},
+                  "inputs": {name: {"shape": list(value.shape), "dtype": str(value.dtype)}
+                             for name, value in feeds[0].items()},
+                  "input_source": args.inputs or "random",
+                  "device": {"machine": platform.machine(), "system": platform.system(),
+                             "python": platform.python_version(), "onnxruntime": ort.__version__,
+                             "numpy": np.__version__, "cpu_count": os.cpu_count()}}}
+    samples = timed_runs(sessions, feeds, runs=args.runs, duration_s=args.duration, round_runs=args.round_runs,
+                         seed=args.seed, progress=lambda new, count: print_progress(header, new, count))
+    return dict(summarize(np, header, samples, peak_rss=peak_rss_bytes()), complete=True)
 
 
 def predict(args) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from tests.conftest import ROOT, assert_one_line_error, run_cli
+from tests.runner_processes import kill_once_timing, runner_child, wait_for
 
 RUNNER = ROOT / "runtime" / "device_runner.py"
 LATENCY_KEYS = {"p50", "p90", "p95", "p99", "mean", "std", "min", "max"}
@@ -111,6 +113,55 @@ def test_bad_models_and_inputs_are_one_line_errors(models, tmp_path):
     assert_one_line_error(run_cli("bench", str(small), "--inputs", str(named)), "lack arrays named ['x']")
 
 
+def test_a_runner_killed_mid_bench_keeps_the_runs_it_measured(models, tmp_path):
+    """SIGKILL, as the kernel's out-of-memory killer sends it, to the local target's runner while it times."""
+    small, _ = models
+    out = tmp_path / "bench.json"
+    env = {key: value for key, value in os.environ.items() if key != "EDGEPRESS_DEBUG"}
+    bench = subprocess.Popen([sys.executable, "-m", "edgepress", "bench", str(small), "--duration", "300",
+                              "--warmup", "5", "--samples", "--json", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        runner = wait_for(lambda: runner_child(bench.pid), what="runner process", owner=bench)
+        kill_once_timing(runner, owner=bench)
+        stdout, stderr = bench.communicate(timeout=120)
+    finally:
+        bench.kill()
+    proc = subprocess.CompletedProcess(bench.args, bench.returncode, stdout, stderr)
+    assert_one_line_error(proc, "the device runner on local was killed (signal 9) after", "timed runs", str(out),
+                          '"complete": false', "free memory")
+    result = json.loads(out.read_text())
+    assert json.loads(stdout) == result
+    assert result["complete"] is False and result["runs"] > 0
+    assert f"after {result['runs']} timed runs" in stderr
+    # every timing that arrived is kept, and the statistics are those of exactly these timings
+    samples = np.asarray(result["samples_ms"])
+    assert samples.size == result["runs"] == result["incomplete"]["runs_measured"]
+    assert result["latency_ms"]["p50"] == pytest.approx(float(np.median(samples)), rel=1e-6)
+    assert result["latency_ms"]["max"] == pytest.approx(float(samples.max()), rel=1e-6)
+    assert result["thread_settings"]["intra_op"] == 1 and result["size_bytes"] == small.stat().st_size
+
+
+def test_a_finished_bench_is_marked_complete_and_streams_its_progress(models, tmp_path):
+    """The runner's progress lines carry every timing once, and the host's summary of them is the result."""
+    small, _ = models
+    (tmp_path / "small.onnx").write_bytes(small.read_bytes())
+    proc = subprocess.run([sys.executable, str(RUNNER), "bench", "small.onnx", "--duration", "2.5", "--warmup", "5",
+                           "--samples"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    final, progress = lines[-1], lines[:-1]
+    assert final["complete"] is True and "partial" not in final
+    assert len(progress) >= 1 and all(line["partial"] is True for line in progress)
+    streamed = [value for line in progress for value in line["new_samples_ms"][0]]
+    assert streamed == final["samples_ms"][:len(streamed)] and progress[-1]["runs"] == len(streamed)
+    from edgepress.targets import partial_result
+
+    rebuilt = partial_result(proc.stdout)
+    assert rebuilt["complete"] is False and rebuilt["runs"] == len(streamed)
+    assert rebuilt["latency_ms"]["p50"] == pytest.approx(float(np.median(streamed)), rel=1e-9)
+
+
 def test_runner_needs_only_python_3_8_onnxruntime_and_numpy():
     source = RUNNER.read_text()
     ast.parse(source, feature_version=(3, 8))  # no syntax newer than the oldest Python a board may have
@@ -136,7 +187,7 @@ def test_runner_runs_as_a_lone_file_without_edgepress_or_torch(models, tmp_path)
     proc = subprocess.run([sys.executable, "-I", "-c", blocker], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert json.loads(proc.stdout)["runs"] == 50
+    assert json.loads(proc.stdout.splitlines()[-1])["runs"] == 50
 
 
 def test_predict_writes_every_output_for_every_input(models, tmp_path):

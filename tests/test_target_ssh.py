@@ -25,7 +25,10 @@ import pytest
 from edgepress import cli
 from edgepress.errors import UserError
 from edgepress.targets import TargetOptions, open_target
-from tests.conftest import assert_one_line_error, run_cli
+from edgepress.targets.ssh import PID_FILE
+from edgepress.pipeline import INCOMPLETE_TARGETS
+from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, write_recipe
+from tests.runner_processes import kill_once_timing, wait_for
 
 SSHD = Path("/usr/sbin/sshd")
 ALIAS = "edgepress-test-device"
@@ -377,3 +380,97 @@ def test_names_are_normalised(name, normalised):
 def test_missing_identity_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="identity file .* does not exist"):
         open_target("ssh://pi@board", options=TargetOptions(identity_file=tmp_path / "nope"))
+
+
+def _bench_process(model: Path, target: str, *extra: str) -> subprocess.Popen:
+    """`edgepress bench` in a fresh interpreter, left running so that its device can die under it."""
+    env = {key: value for key, value in os.environ.items() if key != "EDGEPRESS_DEBUG"}
+    return subprocess.Popen([sys.executable, "-m", "edgepress", "bench", str(model), "--target", target,
+                             "--warmup", "5", "--python", sys.executable, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _pid_in(workdir: Path) -> int | None:
+    for pid_file in workdir.glob(f"*/{PID_FILE}"):
+        text = pid_file.read_text().strip()
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("victim, fragments", [
+    ("runner", [f"the runner on ssh://{ALIAS} stopped after", "killed on the device"]),
+    # sshd's process for the session: the connection breaks while the runner still runs on the device
+    ("session", [f"the connection to ssh://{ALIAS} was lost after", "closed by remote host"]),
+])
+def test_a_device_dying_mid_bench_keeps_the_runs_measured(client, models, tmp_path, victim, fragments):
+    workdir, out = tmp_path / "work", tmp_path / "bench.json"
+    bench = _bench_process(models[0], f"ssh://{ALIAS}", "--duration", "300", "--workdir", str(workdir),
+                           "--json", str(out))
+    try:
+        pid = wait_for(lambda: _pid_in(workdir), what="runner pid file on the device", owner=bench)
+        session = _parent_of(pid)
+        kill_once_timing(pid, owner=bench, victim=pid if victim == "runner" else session)
+        stdout, stderr = bench.communicate(timeout=120)
+    finally:
+        bench.kill()
+    proc = subprocess.CompletedProcess(bench.args, bench.returncode, stdout, stderr)
+    assert_one_line_error(proc, *fragments, "timed runs", str(out), '"complete": false')
+    assert [line for line in stderr.splitlines() if not line.startswith("edgepress: timing")] == \
+        [line for line in stderr.splitlines() if line.startswith("edgepress: error:")], stderr
+    result = json.loads(out.read_text())
+    assert json.loads(stdout) == result
+    assert result["complete"] is False and result["runs"] > 0
+    assert result["incomplete"]["runs_measured"] == result["runs"]
+    assert f"after {result['runs']} timed runs" in stderr
+    lat = result["latency_ms"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
+    low, high = result["p50_ci95_ms"]
+    assert low <= lat["p50"] <= high
+    assert result["target"] == f"ssh://{ALIAS}" and result["model"] == "tiny.onnx"
+    # the working folder goes, and a runner cut off from its host is stopped, not left timing for 300 s
+    assert list(workdir.iterdir()) == []
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+
+
+def test_a_device_dying_in_a_recipe_keeps_earlier_stages_and_the_other_targets(client, tmp_path):
+    """The second target's runner is killed while it times the first ONNX stage (export): the run fails in one
+    line, the stage folders before it stay, and the primary target's numbers and the dead target's timed runs
+    of that stage are kept beside the stage folder."""
+    workdir, out = tmp_path / "work", tmp_path / "out"
+    targets = (f'[[targets]]\nname = "local"\nlatency = false\n'
+               f'[[targets]]\nname = "ssh://{ALIAS}"\npython = "{sys.executable}"\nworkdir = "{workdir}"\n')
+    text = TINY_RECIPE.format(epochs=1, budgets="").replace("runs = 200", "runs = 100000000") + targets
+    recipe = write_recipe(tmp_path, text=text)
+    env = {key: value for key, value in os.environ.items() if key != "EDGEPRESS_DEBUG"}
+    run = subprocess.Popen([sys.executable, "-m", "edgepress", "run", str(recipe), "--out", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        # the probe before any stage runs no bench; the runner timing the export stage does
+        pid = wait_for(lambda: (out / "01-train").is_dir() and _pid_in(workdir), what="bench runner on the device",
+                       owner=run, deadline_s=300)
+        kill_once_timing(pid, owner=run)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    kept = out / f"02-export{INCOMPLETE_TARGETS}"
+    proc = subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
+    assert_one_line_error(proc, "stage 'export'", f"the runner on ssh://{ALIAS} stopped after", "timed runs",
+                          str(kept))
+    assert (out / "00-model").is_dir() and (out / "01-train" / "stage.json").is_file()
+    assert not (out / "02-export").exists() and not (out / "report.json").exists()
+    saved = json.loads(kept.read_text())
+    assert saved["stage"] == "export" and saved["complete"] is False
+    primary, dead = saved["targets"]["local"], saved["targets"][f"ssh://{ALIAS}"]
+    assert 0.0 <= primary["accuracy"] <= 1.0 and "latency_ms" not in primary  # the host's, as a full run has
+    assert dead["complete"] is False and dead["runs"] > 0 and len(dead["samples_ms"]) == dead["runs"]
+    assert dead["latency_ms"]["min"] <= dead["latency_ms"]["p50"] <= dead["latency_ms"]["max"]
+    assert "stopped after" in dead["error"] and dead["incomplete"]["runs_measured"] == dead["runs"]
+    assert list(workdir.iterdir()) == []

@@ -19,6 +19,7 @@ import edgepress.runtime as _runtime_package
 
 # Installed, runtime/ is edgepress.runtime wherever it lies; the runner ships inside it.
 RUNNER = Path(_runtime_package.__file__).resolve().parent / "device_runner.py"
+SIGKILL = 9  # the same number on every POSIX device, whatever this host's signal module says
 
 
 @dataclass(frozen=True)
@@ -72,25 +73,99 @@ def open_target(name: str, *, options: TargetOptions = TargetOptions()) -> Targe
     return factories[scheme](name, options)
 
 
-def parse_runner_output(stdout: str, stderr: str, returncode: int, *, target: str) -> dict[str, Any]:
-    """The runner's one JSON object; its {"error", "fix"} becomes a UserError naming the target."""
+class PartialMeasurement(UserError):
+    """The runner stopped (killed, out of time, its connection lost) after some timed runs: `result` holds the
+    statistics of those runs, with "complete": false and "incomplete" saying why, so they are not lost."""
+
+    def __init__(self, problem: str, *, fix: str, result: dict[str, Any]) -> None:
+        super().__init__(problem, fix=fix)
+        self.result = result
+
+
+def _json_lines(stdout: str) -> list[dict[str, Any]]:
+    """Every JSON object the runner printed, one a line; a line cut off by a dying runner is skipped."""
     import json
 
-    lines = [line for line in stdout.splitlines() if line.strip().startswith("{")]
+    found = []
+    for line in stdout.splitlines():
+        if line.strip().startswith("{"):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                found.append(value)
+    return found
+
+
+def partial_result(stdout: str) -> dict[str, Any] | None:
+    """The statistics of the timed runs a bench runner streamed in its progress lines before it stopped (see
+    runtime/device_runner.py), computed by the runner's own summarize(); None when none arrived."""
+    header, samples, peak_rss = None, None, 0
+    for line in _json_lines(stdout):
+        if line.get("partial") is not True:
+            continue
+        new = line.get("new_samples_ms")
+        header = line.get("header", header)
+        if not isinstance(header, dict) or not isinstance(new, list) or len(new) != len(header.get("models", ())):
+            break  # not the stream this runner writes: keep what came before
+        samples = samples or [[] for _ in new]
+        for kept, more in zip(samples, new):
+            kept.extend(more)
+        peak_rss = max(peak_rss, int(line.get("peak_rss_bytes") or 0))
+        if len(samples[0]) != line.get("runs"):
+            break
+    if header is None or not samples or not samples[0]:
+        return None
+    import numpy as np
+
+    from edgepress.runtime import device_runner
+
     try:
-        result = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        result = None
+        return dict(device_runner.summarize(np, header, samples, peak_rss=peak_rss), complete=False)
+    except (KeyError, TypeError, ValueError):  # a runner of another version: its lines are not ours to read
+        return None
+
+
+def runner_stopped(head: str, tail: str = "", *, fix: str, stdout: str) -> UserError:
+    """The error for a runner that never printed its result: `head`, the count of timed runs that did arrive
+    (if any), `tail`; with any, a PartialMeasurement that keeps them."""
+    partial = partial_result(stdout)
+    if partial is None:
+        return UserError(head + tail, fix=fix)
+    runs = partial["runs"]
+    line = f"{head} after {runs} timed run{'s' if runs != 1 else ''}{tail}"
+    partial["incomplete"] = {"reason": line, "runs_measured": runs,
+                             "statistics": f"from the {runs} timed runs measured before the runner stopped, "
+                                           "not from every run asked for"}
+    return PartialMeasurement(line, fix=fix, result=partial)
+
+
+def output_so_far(exc: BaseException) -> str:
+    """What a runner cut off by a time-out had printed (subprocess keeps it on the exception, as bytes)."""
+    out = getattr(exc, "stdout", None)
+    return out.decode("utf-8", "replace") if isinstance(out, bytes) else (out or "")
+
+
+def parse_runner_output(stdout: str, stderr: str, returncode: int, *, target: str) -> dict[str, Any]:
+    """The runner's final JSON object; its {"error", "fix"} becomes a UserError naming the target. A runner
+    that stopped before its result but after some timed runs: a PartialMeasurement keeping them."""
+    finals = [line for line in _json_lines(stdout) if line.get("partial") is not True]
+    result = finals[-1] if finals else None
     if isinstance(result, dict) and "error" in result:
         raise UserError(f"on {target}: {result['error']}", fix=result.get("fix", "see the runner's message"))
+    if returncode == -SIGKILL:  # the kernel's out-of-memory killer, or someone on the device
+        raise runner_stopped(f"the device runner on {target} was killed (signal {SIGKILL})", stdout=stdout,
+                             fix="check the device's free memory and what else runs there, then run again")
     if returncode < 0:  # a signal: ONNX Runtime crashed in native code, or the kernel killed it for memory
-        raise UserError(f"the device runner on {target} was killed by signal {-returncode}",
-                        fix="check the model with onnx.checker.check_model and its memory needs; a crash of "
-                            "ONNX Runtime itself on a valid model is worth a report to ONNX Runtime")
+        raise runner_stopped(f"the device runner on {target} was killed by signal {-returncode}", stdout=stdout,
+                             fix="check the model with onnx.checker.check_model and its memory needs; a crash of "
+                                 "ONNX Runtime itself on a valid model is worth a report to ONNX Runtime")
     if result is None or returncode != 0:
         last = " ".join((stderr.strip().splitlines() or ["no output"])[-1].split())[:300]
-        raise UserError(f"the device runner failed on {target} (exit {returncode}): {last}",
-                        fix="check that the device's Python has onnxruntime and numpy (pip install onnxruntime numpy)")
+        raise runner_stopped(f"the device runner failed on {target} (exit {returncode})", f": {last}",
+                             stdout=stdout, fix="check that the device's Python has onnxruntime and numpy "
+                                                "(pip install onnxruntime numpy)")
     return result
 
 

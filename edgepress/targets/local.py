@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgepress.errors import UserError
-from edgepress.targets import RUNNER, TargetOptions, parse_runner_output
+from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, runner_stopped
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,10 @@ class LocalTarget:
             try:
                 done = subprocess.run([self.python, RUNNER.name, *args], cwd=work, capture_output=True, text=True,
                                       timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                raise UserError(f"the runner on {self.name} took longer than {timeout_s:.0f} s",
-                                fix="lower --runs or --duration, or raise the time-out") from None
+            except subprocess.TimeoutExpired as exc:
+                raise runner_stopped(f"the runner on {self.name} took longer than {timeout_s:.0f} s",
+                                     stdout=output_so_far(exc),
+                                     fix="lower --runs or --duration, or raise the time-out") from None
             except FileNotFoundError:
                 raise UserError(f"python {self.python!r} not found", fix="point --python at an installed Python") from None
             result = parse_runner_output(done.stdout, done.stderr, done.returncode, target=self.name)

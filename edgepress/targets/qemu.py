@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgepress.errors import UserError
-from edgepress.targets import RUNNER, TargetOptions, parse_runner_output
+from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, runner_stopped
 from edgepress.targets.local import _link_or_copy
 
 SCHEME = "qemu-aarch64"
@@ -228,10 +228,10 @@ class QemuTarget:
             try:
                 done = subprocess.run(self.command(setup, root, RUNNER.name, *args), cwd=work, capture_output=True,
                                       text=True, timeout=timeout_s, env=guest_env(setup.site_packages))
-            except subprocess.TimeoutExpired:
-                raise UserError(f"the runner on {self.name} took longer than {timeout_s:.0f} s (emulation is "
-                                "10-50x slower than the host)",
-                                fix="lower --runs or --duration, or raise the time-out") from None
+            except subprocess.TimeoutExpired as exc:
+                raise runner_stopped(f"the runner on {self.name} took longer than {timeout_s:.0f} s",
+                                     " (emulation is 10-50x slower than the host)", stdout=output_so_far(exc),
+                                     fix="lower --runs or --duration, or raise the time-out") from None
             except OSError as exc:
                 raise UserError(f"cannot start {self.qemu}: {exc.strerror or exc}",
                                 fix="reinstall the Debian package qemu-user") from None

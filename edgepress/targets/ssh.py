@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
 from edgepress.errors import UserError
-from edgepress.targets import RUNNER, TargetOptions, parse_runner_output
+from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, runner_stopped
 
 DEFAULT_PYTHON = "python3"
 FOLDER_PREFIX = "edgepress-ssh-"
@@ -42,6 +42,9 @@ _NAME = re.compile(r"ssh://(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?"
                    r"(?P<host>[A-Za-z0-9_][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
 _CONNECT = re.compile(r"connect to host (?P<host>\S+) port (?P<port>\d+)")
 # ssh failures that another try cannot mend
+# what ssh says when the connection itself broke, as against a runner that died on a device still reachable
+_CONNECTION_LOST = ("closed by remote host", "Broken pipe", "Connection reset", "Timeout, server", "not responding",
+                    "packet_write_wait", "client_loop: send disconnect")
 _PERMANENT = ("Permission denied", "Host key verification failed", "host key is known", "HAS CHANGED",
               "Bad configuration option",
               "Bad owner or permissions", "Too many authentication failures", "no matching")
@@ -154,9 +157,9 @@ class SshTarget:
                   f"&& exec {command}")
         try:
             return self._call(script, timeout_s=timeout_s, may_retry=lambda reply: STARTED not in reply.stderr)
-        except subprocess.TimeoutExpired:
-            raise UserError(f"the runner on {self.name} took longer than {timeout_s:.0f} s",
-                            fix="lower --runs or --duration, or raise --timeout") from None
+        except subprocess.TimeoutExpired as exc:
+            raise runner_stopped(f"the runner on {self.name} took longer than {timeout_s:.0f} s",
+                                 stdout=output_so_far(exc), fix="lower --runs or --duration, or raise --timeout") from None
 
     def _runner_result(self, reply: _Reply) -> dict[str, Any]:
         _, started, runner_stderr = reply.stderr.partition(STARTED)
@@ -173,9 +176,14 @@ class SshTarget:
             raise UserError(f"python {self.python!r} on {self.name} is not executable",
                             fix="pass --python with the path of a Python 3.8+ on the device")
         if reply.returncode == CONNECTION_FAILED:
-            raise UserError(f"the runner on {self.name} stopped before it finished (killed, out of memory, or the "
-                            f"connection dropped): {_last_line(runner_stderr)}",
-                            fix="check the device's free memory and its connection, then run again")
+            if any(marker in runner_stderr for marker in _CONNECTION_LOST):
+                raise runner_stopped(f"the connection to {self.name} was lost", f": {_last_line(runner_stderr)}",
+                                     stdout=reply.stdout,
+                                     fix="check the device's power and network connection, then run again")
+            raise runner_stopped(f"the runner on {self.name} stopped", " (killed on the device, "
+                                 f"out of memory, or the connection dropped): {_last_line(runner_stderr)}",
+                                 stdout=reply.stdout, fix="check the device's free memory and its connection, then "
+                                                          "run again")
         if reply.returncode != 0 and "SyntaxError" in runner_stderr:
             raise UserError(f"python {self.python!r} on {self.name} cannot run the runner: {_last_line(runner_stderr)}",
                             fix="the runner needs Python 3.8+: pass --python with a newer Python on the device")
