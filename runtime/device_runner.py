@@ -285,6 +285,14 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
+def cpu_affinity():
+    """The CPUs this process may run on, as the kernel has them after any --cpus (inherited from whatever
+    started the runner otherwise, e.g. taskset or a container's cpuset); None where the OS does not tell."""
+    if not hasattr(os, "sched_getaffinity"):  # macOS, Windows
+        return None
+    return sorted(os.sched_getaffinity(0))
+
+
 def summarize(np, header: dict, samples_ms, *, peak_rss: int) -> dict:
     """The bench result from the timings of each model (the first, then --compare's) and the header that
     bench() makes before timing. The host calls it too, on the timings a runner streamed before it died."""
@@ -324,7 +332,11 @@ def bench(args) -> dict:
     if args.cpus:
         if not hasattr(os, "sched_setaffinity"):
             raise BadInput("--cpus needs Linux (os.sched_setaffinity)", "drop --cpus on this device")
-        os.sched_setaffinity(0, args.cpus)
+        try:
+            os.sched_setaffinity(0, args.cpus)
+        except OSError:
+            raise BadInput(f"--cpus {','.join(map(str, sorted(args.cpus)))} names no CPU this process may run on",
+                           f"pick from the device's CPUs {sorted(os.sched_getaffinity(0))}") from None
     paths = [args.model] + ([args.compare] if args.compare else [])
     sessions, models, feeds = [], [], []
     for index, path in enumerate(paths):
@@ -340,7 +352,8 @@ def bench(args) -> dict:
               "common": {
                   "warmup_runs": warmup_runs, "threads": args.threads,
                   "thread_settings": {"intra_op": args.threads, "inter_op": args.inter_op_threads,
-                                      "spinning": args.spinning, "affinity": sorted(args.cpus) if args.cpus else None,
+                                      "spinning": args.spinning, "affinity": cpu_affinity(),
+                                      "pinned": sorted(args.cpus) if args.cpus else None,
                                       "interleaved": len(paths) > 1},
                   "inputs": {name: {"shape": list(value.shape), "dtype": str(value.dtype)}
                              for name, value in feeds[0].items()},

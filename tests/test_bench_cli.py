@@ -88,6 +88,28 @@ def test_inputs_from_npz_and_duration(models, tmp_path):
     assert result["runs"] >= 10 and result["warmup_runs"] >= 20  # auto: at least two windows of 10
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is a Linux call")
+def test_thread_settings_report_inter_op_threads_spinning_and_the_cpus_it_ran_on(models):
+    small, _ = models
+    allowed = sorted(os.sched_getaffinity(0))
+    pinned = allowed[-1]  # one CPU this test may use, whichever the machine's cpuset grants
+    proc = run_cli("bench", str(small), "--runs", "50", "--warmup", "5", "--inter-op-threads", "2",
+                   "--spinning", "off", "--cpus", str(pinned))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["thread_settings"] == {
+        "intra_op": 1, "inter_op": 2, "spinning": "off", "affinity": [pinned], "pinned": [pinned],
+        "interleaved": False}
+    # unpinned, the runner reports the CPUs it inherited, not None
+    proc = run_cli("bench", str(small), "--runs", "20", "--warmup", "2", "--threads", "2", "--spinning", "on")
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads(proc.stdout)["thread_settings"]
+    assert settings["affinity"] == allowed and settings["pinned"] is None
+    assert (settings["intra_op"], settings["inter_op"], settings["spinning"]) == (2, 1, "on")
+    missing = max(allowed) + 1024  # no machine this runs on has so many CPUs in its cpuset
+    assert_one_line_error(run_cli("bench", str(small), "--runs", "20", "--cpus", str(missing)),
+                          f"--cpus {missing} names no CPU", "pick from")
+
+
 @pytest.mark.parametrize("args,fragments", [
     (["--dim", "sequence=8"], ["match no free dimension", "batch"]),
     (["--runs", "0"], ["must be positive"]),
