@@ -186,7 +186,8 @@ def npz_feed(np, session, path: str) -> dict:
 _ORT_NOISE = (
     (re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : "), ""),
     (re.compile(r"^Load model from .*? failed:"), ""),
-    (re.compile(r"/onnxruntime_src/\S+:\d+ .*?\) (?=[A-Z])"), ""),  # a source location and a C++ signature
+    # a source location, a C++ signature and the failed check that precede the sentence a person can read
+    (re.compile(r"/onnxruntime_src/\S+:\d+ [^(]*\(.*?\) (?:\S.*? was false\. )?(?=[A-Z])"), ""),
     (re.compile(r'In Node, \("([^"]*)", (\S+), "[^"]*", -?\d+\) : \(.*?\) -> \(.*?\) , '), r'in node "\1" (\2): '),
 )
 
@@ -230,9 +231,9 @@ def first_run(session, feed) -> float:
     try:
         return run_once_ms(session, feed)
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise BadInput(f"the model does not run on these inputs: {reason}",
-                       "give inputs of the model's shapes (--inputs FILE.npz, or --dim NAME=SIZE)") from None
+        raise BadInput(f"the model does not run on these inputs: {ort_reason(exc)}",
+                       "give inputs of the model's shapes (--inputs FILE.npz, or --dim NAME=SIZE); if they are "
+                       "right, the model itself fails on them: re-export it") from None
 
 
 def warm_up(np, sessions, feeds, warmup: str) -> int:
@@ -380,8 +381,7 @@ def predict(args) -> dict:
         try:
             chunks.append(session.run(None, part))
         except Exception as exc:
-            reason = " ".join(str(exc).split())[:300]
-            raise BadInput(f"the model does not run on {args.inputs!r}: {reason}",
+            raise BadInput(f"the model does not run on {args.inputs!r}: {ort_reason(exc)}",
                            "give inputs of the model's shapes") from None
     names = [node.name for node in session.get_outputs()]
     outputs = {name: np.concatenate([chunk[i] for chunk in chunks]) for i, name in enumerate(names)}

@@ -184,6 +184,36 @@ def test_a_finished_bench_is_marked_complete_and_streams_its_progress(models, tm
     assert rebuilt["latency_ms"]["p50"] == pytest.approx(float(np.median(streamed)), rel=1e-9)
 
 
+def _one_node_model(path: Path, node, inputs, outputs, initializer=()) -> Path:
+    graph = helper.make_graph([node], path.stem, inputs, outputs, initializer=list(initializer))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)  # valid ONNX: what fails is feeding or running it
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_whose_inputs_cannot_be_fed_is_a_one_line_error(tmp_path):
+    """A string input has no random values; a Reshape to 7 x 7 of a 1 x 16 input loads but fails its first run."""
+    strings = _one_node_model(tmp_path / "strings.onnx", helper.make_node("Identity", ["text"], ["same"]),
+                              [helper.make_tensor_value_info("text", TensorProto.STRING, [1])],
+                              [helper.make_tensor_value_info("same", TensorProto.STRING, [1])])
+    proc = run_cli("bench", str(strings), "--runs", "20")
+    assert_one_line_error(proc, "input 'text' has type tensor(string)", "random inputs do not cover",
+                          "fix: pass real inputs with --inputs FILE.npz")
+    assert proc.stdout == ""  # no result, not even a partial one: nothing was timed
+
+    impossible = helper.make_tensor("shape", TensorProto.INT64, [2], [7, 7])
+    reshape = _one_node_model(tmp_path / "reshape.onnx", helper.make_node("Reshape", ["x", "shape"], ["y"]),
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7, 7])], [impossible])
+    proc = run_cli("bench", str(reshape), "--runs", "20")
+    line = assert_one_line_error(proc, "the model does not run on these inputs",
+                                 "cannot be reshaped to the requested shape", "{1,16}", "{7,7}", "re-export it")
+    assert "onnxruntime_src" not in line and "[ONNXRuntimeError]" not in line  # the reason, not ORT's noise
+    assert proc.stdout == ""
+
+
 def test_runner_needs_only_python_3_8_onnxruntime_and_numpy():
     source = RUNNER.read_text()
     ast.parse(source, feature_version=(3, 8))  # no syntax newer than the oldest Python a board may have
