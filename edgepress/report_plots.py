@@ -3,7 +3,8 @@ target, quality against p50 latency per stage and target.
 
 Timings under emulation are not latency: they never enter the latency plot, and an emulated target's quality
 is drawn hollow at the p50 of a real target for the same stage, with the legend saying so. Each drawn stage
-and target is an SVG group with id plot_id(kind, stage, target), so it can be found and styled."""
+and target is an SVG group with id plot_id(kind, stage, target), so it can be found and styled; a size bar is
+plot_id("size", stage), since a stage's file is the same on every target."""
 
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ def figure_svg(fig, plt) -> str:
     return svg[svg.index("<svg"):]
 
 
-def plot_id(kind: str, stage: str, target: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{kind}-{stage}-at-{target}")
+def plot_id(kind: str, stage: str, target: str | None = None) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{kind}-{stage}" + (f"-at-{target}" if target is not None else ""))
 
 
 def quality_key(report: dict[str, Any]) -> tuple[str, str]:
@@ -61,7 +62,10 @@ def size_svg(report: dict[str, Any]) -> str:
         return NO_MATPLOTLIB
     stages = report["stages"]
     fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(stages), 3.4))
-    ax.bar([s["name"] for s in stages], [s["metrics"].get("size_bytes", 0) / 1024 for s in stages], color=COLORS[0])
+    bars = ax.bar([s["name"] for s in stages], [s["metrics"].get("size_bytes", 0) / 1024 for s in stages],
+                  color=COLORS[0])
+    for bar, stage in zip(bars, stages):
+        bar.set_gid(plot_id("size", stage["name"]))
     ax.set_title("size per stage (KiB)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()

@@ -83,6 +83,8 @@ def test_human_reports_show_every_stage(tiny_run):
     on_targets = md.split("## On each target")[1].split("##")[0]
     assert [line.split(" | ")[:2] for line in on_targets.splitlines() if line.startswith("| ") and "stage" not in line] \
         == [["| model", "local"], ["| train", "local"], ["| export", "local"], ["| ptq", "local"]]
+    for name in ("model", "train", "export", "ptq"):  # every stage has its bar in the size plot
+        assert html.count(f'id="{report_plots.plot_id("size", name)}"') == 1
     for name in ("export", "ptq"):  # timed ONNX stages are in the latency plot
         assert f'id="{report_plots.plot_id("latency", name, "local")}"' in html
     assert f'id="{report_plots.plot_id("latency", "train", "local")}"' not in html  # torch: not timed
