@@ -40,6 +40,9 @@ class QatSettings(LoopSettings):
     percentile: float = 99.999
     calibration_samples: int = 512
     learn_ranges: bool = True
+    # Conv/Linear layers (torch module names) left in FP32, e.g. the first conv, whose input is the
+    # normalised image: cheap to run in FP32, and one uint8 grid loses pixel levels of its three channels.
+    fp32_layers: tuple[str, ...] = ()
     parity_samples: int = 1000
     min_parity: float = 0.995
     opset: int = 17
@@ -101,7 +104,7 @@ def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, 
     from edgepress.compress.distill import teacher_loss_fn
     from edgepress.compress.qat_graph import QatGraph
 
-    graph = QatGraph(model, weight_qmax=weight_qmax(settings, log))
+    graph = QatGraph(model, weight_qmax=weight_qmax(settings, log), float_layers=settings.fp32_layers)
     if not np.all(np.isfinite(calibration)):
         raise UserError("the calibration data contains NaN or infinite values", fix="clean the calibration data or its preprocessing")
     torch.manual_seed(settings.seed)  # the observers subsample
@@ -147,7 +150,7 @@ def export(*, graph, input_shape: tuple[int, ...], out, parity_inputs: np.ndarra
     export_onnx(model=frozen, input_shape=input_shape, path=out,
                 settings=ExportSettings(exporter="torchscript", opset=settings.opset), log=log)
     swapped = int8_weights(out, weights)
-    kernels = check_integer_kernels(out)
+    kernels = check_integer_kernels(out, allowed_float=len(settings.fp32_layers))
     log(f"ONNX Runtime runs {kernels['integer_compute_nodes']} integer and {kernels['float_compute_nodes']} float "
         f"compute nodes: {kernels['op_counts']}")
     ort_logits = predict(open_session(out, threads=1), parity_inputs, batch_size=200)
@@ -191,12 +194,22 @@ def run(source: Artifact, settings: QatSettings, ctx: StageContext) -> StageOutp
     exported["parity"]["set"] = parity_set.name
     precision = node_precision_map(out)
     return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={
-        "quantization": {"scheme": "u8s8", "method": "qat", "node_precision": precision, "fp32_fallback": [],
+        "quantization": {"scheme": "u8s8", "method": "qat", "node_precision": precision,
+                         "fp32_fallback": [{"node": node, "reason": f"fp32_layers = {list(settings.fp32_layers)}"}
+                                           for node, kind in precision.items() if kind == "fp32"],
                          "int8_nodes": sum(p == "int8" for p in precision.values()),
                          "float_nodes": sum(p == "fp32" for p in precision.values())},
         "qat": {**trained, **exported}})
 
 
+def check_names(settings: QatSettings, model) -> None:
+    from edgepress.layer_names import require_layers
+    from torch import nn
+
+    compute = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    require_layers(model, settings.fp32_layers, setting="fp32_layers", candidates=compute)
+
+
 STAGE = StageDef(kind="qat", settings_type=QatSettings, input_format="torch", output_format="onnx", run=run,
-                 needs=("calibration", "training"),
+                 needs=("calibration", "training"), check_names=check_names,
                  summary="quantization-aware training distilled from FP32, exported as QDQ ONNX on ONNX Runtime's integer kernels")

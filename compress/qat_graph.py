@@ -10,7 +10,10 @@ QGemm and friends. The placement follows how ONNX Runtime fuses QDQ graphs:
   so their outputs stay on the same grid and cost no rounding;
 - weights are per-channel symmetric int8, or 7-bit (+-64) where the CPU's U8S8 kernel adds
   pairs of products in int16: 255 * 64 * 2 < 32767, so it cannot saturate;
-- the logits stay float (ONNX Runtime's QGemm writes float output).
+- the logits stay float (ONNX Runtime's QGemm writes float output);
+- a Conv/Linear named in `float_layers` stays FP32 (its input is not quantized for it), e.g. the
+  first convolution, whose input is the normalised image: one per-tensor uint8 grid cannot hold
+  three channels normalised with different means and deviations without losing pixel levels.
 """
 
 from __future__ import annotations
@@ -218,7 +221,7 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
 class QatGraph:
     """A BN-folded fx copy of a model with fake quantization inserted; see the module docstring."""
 
-    def __init__(self, model: nn.Module, *, weight_qmax: int) -> None:
+    def __init__(self, model: nn.Module, *, weight_qmax: int, float_layers: tuple[str, ...] = ()) -> None:
         from torch.fx.experimental.optimization import fuse
 
         model = model.eval()
@@ -228,6 +231,7 @@ class QatGraph:
             raise UserError(f"QAT could not trace the model with torch.fx ({' '.join(str(exc).split())[:160]})",
                             fix="use the ptq or accuracy_aware_ptq stage for this model") from None
         self.weight_qmax = weight_qmax
+        self.float_layers = frozenset(float_layers)  # Conv/Linear kept in FP32: no input or weight quantization
         self.module = traced
         self.quantizers: list[ActivationQuant] = []
         self._insert()
@@ -268,8 +272,8 @@ class QatGraph:
             kind = _kind(node, modules)
             users = list(node.users)
             fused_into_relu = len(users) == 1 and _kind(users[0], modules) in ("relu", "relu6")
-            if kind == "placeholder":
-                ensure(node)
+            if kind == "placeholder" or (kind == "compute" and str(node.target) in self.float_layers):
+                pass  # inputs and FP32 layers' outputs are quantized by the consumers that need them
             elif kind == "compute":
                 ensure(node.args[0])
                 module = modules[str(node.target)]

@@ -52,15 +52,15 @@ def _images(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(count, 3, 16, 16)).astype(np.float32)
 
 
-def _export(tmp_path, *, weight_qmax: int):
-    graph = QatGraph(_trained_like(ResidualNet()), weight_qmax=weight_qmax)
+def _export(tmp_path, *, weight_qmax: int, float_layers: tuple[str, ...] = ()):
+    graph = QatGraph(_trained_like(ResidualNet()), weight_qmax=weight_qmax, float_layers=float_layers)
     torch.manual_seed(0)
     graph.calibrate(torch.from_numpy(_images(128, seed=1)), method="percentile", percentile=99.99)
     frozen, weights = graph.frozen_copy()
     path = tmp_path / "qat.onnx"
     export_onnx(model=frozen, input_shape=(3, 16, 16), path=path, settings=ExportSettings(exporter="torchscript", opset=17),
                 log=lambda _: None)
-    assert int8_weights(path, weights) == 4  # 3 convs + the linear layer, all int8 initializers now
+    assert int8_weights(path, weights) == 4 - len(float_layers)  # 3 convs + the linear layer, int8 initializers now
     return graph, path
 
 
@@ -81,6 +81,28 @@ def test_exported_qdq_runs_integer_kernels_and_matches_torch_bit_for_bit(tmp_pat
     with torch.no_grad():
         fake = graph.module(torch.from_numpy(inputs)).numpy()
     assert np.abs(fake - onnx_logits).max() < 0.05 * np.abs(onnx_logits).max()  # training's approximation is close
+
+
+def test_a_layer_left_in_fp32_sees_the_float_image_and_the_rest_stays_integer_and_exact(tmp_path):
+    graph, path = _export(tmp_path, weight_qmax=64, float_layers=("stem.0",))
+    with pytest.raises(UserError, match="1 convolutions or matmuls"):
+        check_integer_kernels(path)
+    kernels = check_integer_kernels(path, allowed_float=1)
+    assert kernels["float_compute_nodes"] == 1 and kernels["integer_compute_nodes"] == 3
+    assert kernels["op_counts"].get("QLinearConv") == 2 and kernels["op_counts"].get("QGemm") == 1
+    import onnx
+
+    model = onnx.load(path)
+    stem = next(node for node in model.graph.node if node.op_type == "Conv" and "stem" in node.name)
+    assert stem.input[0] == model.graph.input[0].name  # the image itself, not a QuantizeLinear/DequantizeLinear copy
+
+    inputs = _images(256, seed=2)
+    graph.set_mode("exact")
+    with torch.no_grad():
+        exact = graph.module(torch.from_numpy(inputs)).numpy()
+    onnx_logits = predict(open_session(path, threads=1), inputs, batch_size=64)
+    # FP32 convolution differs from torch's by float rounding, which can move a value across a rounding step.
+    assert np.mean(np.abs(onnx_logits - exact) < 1e-4) > 0.99
 
 
 def test_8_bit_weights_saturate_where_the_cpu_adds_u8s8_pairs_in_int16(tmp_path):
@@ -172,6 +194,12 @@ def test_logits_mse_loss_matches_its_formula_and_pulls_the_int8_model_to_the_tea
     with torch.no_grad():
         after = float(F.mse_loss(graph.module(inputs), teacher(inputs)))
     assert after < 0.5 * before, (before, after)
+
+
+def test_an_fp32_layer_that_is_not_a_conv_or_linear_is_one_line_error(tmp_path):
+    text = _tiny_qat_recipe('fp32_layers = ["features.1"]')
+    recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
+    assert_one_line_error(run_cli("check", str(recipe)), "fp32_layers names 'features.1'")
 
 
 def test_unknown_teacher_is_one_line_error(tmp_path):
