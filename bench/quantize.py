@@ -7,7 +7,7 @@ test_jpeg_10000 and test_raw_1017; batch-1 latency at each --threads, all models
 timed in interleaved rounds. Then MobileNetV2 with and without equalization (bench/mobilenet_bench.py)
 and MiniLM FP32 / dynamic INT8 / 4-bit (bench/minilm_bench.py) when those modules are present.
 
-    python bench/quantize.py [--models resnet20 resnet56] [--threads 1 2] [--qat-epochs 2] [--json PATH]
+    python bench/quantize.py [--models resnet20 resnet56] [--threads 1 2] [--qat-epochs 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def build_models(name: str, *, work: Path, sets: dict, calibration: tuple, train
         notes["edgepress accuracy_aware_ptq"] = f"no configuration met the goal: {exc}"
     _log(f"{name}: QAT, {args.qat_epochs} epoch(s) on {len(training[0])} images")
     started = time.time()
-    settings = qat.QatSettings(epochs=args.qat_epochs)
+    settings = qat.QatSettings(epochs=args.qat_epochs, fp32_layers=("conv1",))  # as the accurate-int8 recipes
     teacher = _network(name)
     graph, trained = qat.train(model=_network(name), teacher=teacher, calibration=calibration[0],
                                train_inputs=training[0], train_labels=training[1],
@@ -155,7 +155,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=sorted(plain.CHECKPOINTS), default=sorted(plain.CHECKPOINTS))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--runs-per-round", type=int, default=20)
     parser.add_argument("--warmup-runs", type=int, default=30)

@@ -214,7 +214,8 @@ def test_real_resnet20_qat_recipe_shortened(tmp_path):
     from conftest import ROOT
 
     text = (ROOT / "recipes" / "cifar10-resnet20-accurate-int8.toml").read_text()
-    assert "epochs = 1" in text
+    assert "epochs = 3" in text and 'fp32_layers = ["conv1"]' in text
+    text = text.replace("epochs = 3", "epochs = 1")
     shortened = (text.replace('{ dataset = "cifar10:train_jpeg_10000" }', '{ dataset = "cifar10:train_jpeg_10000", limit = 256 }')
                  .replace('{ dataset = "cifar10:train_raw_5085" }', '{ dataset = "cifar10:train_raw_5085", limit = 256 }')
                  .replace('{ dataset = "cifar10:test_jpeg_10000" }', '{ dataset = "cifar10:test_jpeg_10000", limit = 500 }'))
@@ -225,7 +226,9 @@ def test_real_resnet20_qat_recipe_shortened(tmp_path):
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
     qat = stages["qat"]["qat"]
-    assert qat["weight_bits"] in (7, 8) and qat["int8_weights"] == 20  # 19 convolutions + the classifier
-    assert qat["onnxruntime_kernels"]["float_compute_nodes"] == 0
+    assert qat["weight_bits"] in (7, 8) and qat["int8_weights"] == 19  # 18 convolutions + the classifier
+    assert qat["onnxruntime_kernels"]["float_compute_nodes"] == 1  # the first conv, as the recipe asks
+    fallback = stages["qat"]["quantization"]["fp32_fallback"]
+    assert [f["node"] for f in fallback] == ["/conv1/Conv"] and "fp32_layers" in fallback[0]["reason"]
     assert qat["parity"]["top1_agreement"] >= 0.995
     assert stages["qat"]["agreement"] >= 0.97
