@@ -68,10 +68,21 @@ def init() -> bool:
     return True
 
 
+# How long a rank waits at teardown for the others (rank 0 still writes the report and gates).
+TEARDOWN_WAIT_S = 300.0
+
+
 def teardown() -> None:
     dist = _group()
-    if dist is not None:
-        dist.destroy_process_group()
+    if dist is None:
+        return
+    # Every rank leaves together: a rank that destroys its gloo group and exits while another still
+    # holds it died with SIGABRT at exit ("terminate called without an active exception").
+    try:
+        barrier(timeout_s=TEARDOWN_WAIT_S)
+    except Exception:  # a rank that failed or timed out must still release the group
+        pass
+    dist.destroy_process_group()
 
 
 def barrier(*, timeout_s: float | None = None) -> None:
