@@ -40,17 +40,22 @@ def check_distillation(*, alpha: float, temperature: float) -> None:
 
 
 def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, temperature: float,
-                      label_smoothing: float = 0.0):
+                      label_smoothing: float = 0.0, match: str = "kl"):
+    """`match` = "kl": Hinton's soft targets at `temperature`; "logits_mse": the mean squared logit error."""
     import torch.nn.functional as F
 
-    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, dim=1),
-                    reduction="batchmean", log_target=True) * temperature ** 2
+    if match == "logits_mse":
+        soft = F.mse_loss(student_logits, teacher_logits)
+    else:
+        soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
+                        F.log_softmax(teacher_logits / temperature, dim=1),
+                        reduction="batchmean", log_target=True) * temperature ** 2
     hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     return alpha * soft + (1.0 - alpha) * hard
 
 
 def teacher_loss_fn(teacher, *, alpha: float, temperature: float, label_smoothing: float = 0.0, hints=None,
-                    hint_weight: float = 0.0):
+                    hint_weight: float = 0.0, match: str = "kl"):
     """The fit() loss that distills `teacher` into the trained model, with the hint loss when given."""
     import torch
 
@@ -63,7 +68,7 @@ def teacher_loss_fn(teacher, *, alpha: float, temperature: float, label_smoothin
             teacher_logits = teacher.to(batch.device)(batch)
         logits = net(batch)
         loss = distillation_loss(logits.float(), teacher_logits.float(), target, alpha=alpha,
-                                 temperature=temperature, label_smoothing=label_smoothing)
+                                 temperature=temperature, label_smoothing=label_smoothing, match=match)
         if hints is not None:
             loss = loss + hint_weight * hints.loss()
         return loss, logits

@@ -72,25 +72,6 @@ def weight_qmax(settings: QatSettings, log) -> int:
     return 64 if bits == 7 else 127
 
 
-def logits_mse_loss_fn(teacher, *, alpha: float, label_smoothing: float = 0.0):
-    """fit()'s loss: alpha * mean squared logit error against `teacher` + (1 - alpha) * cross-entropy."""
-    import torch
-    import torch.nn.functional as F
-
-    teacher.eval()
-
-    def loss_fn(net, batch, target):
-        with torch.no_grad():
-            teacher_logits = teacher.to(batch.device)(batch)
-        logits = net(batch)
-        loss = alpha * F.mse_loss(logits.float(), teacher_logits.float())
-        if alpha < 1.0:
-            loss = loss + (1.0 - alpha) * F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
-        return loss, logits
-
-    return loss_fn
-
-
 def _predict(module, inputs: np.ndarray, batch: int = 200) -> np.ndarray:
     import torch
 
@@ -120,11 +101,8 @@ def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, 
     before = float(np.mean(_predict(graph.module.eval(), check_inputs).argmax(1) == reference))
     log(f"before training: INT8 agrees with the teacher on {100 * before:.2f}% of {len(check_inputs)} check inputs")
     graph.set_mode("quantize")
-    if settings.loss == "logits_mse":
-        loss_fn = logits_mse_loss_fn(teacher, alpha=settings.alpha, label_smoothing=settings.label_smoothing)
-    else:
-        loss_fn = teacher_loss_fn(teacher, alpha=settings.alpha, temperature=settings.temperature,
-                                  label_smoothing=settings.label_smoothing)
+    loss_fn = teacher_loss_fn(teacher, alpha=settings.alpha, temperature=settings.temperature,
+                              label_smoothing=settings.label_smoothing, match=settings.loss)
     history = fit(graph.module, inputs=torch.from_numpy(train_inputs), labels=torch.from_numpy(train_labels),
                   settings=settings, loss_fn=loss_fn, resume_dir=resume_dir, key=key, log=log, label="qat")
     graph.module.cpu().eval()

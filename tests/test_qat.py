@@ -166,7 +166,7 @@ def test_qat_stage_in_a_recipe_reports_parity_and_integer_kernels(tmp_path):
 
 def test_logits_mse_loss_matches_its_formula_and_pulls_the_int8_model_to_the_teacher():
     from edgepress.compress.loop import LoopSettings, fit
-    from edgepress.compress.qat import logits_mse_loss_fn
+    from edgepress.compress.distill import teacher_loss_fn
 
     teacher = _trained_like(ResidualNet())
     inputs = torch.from_numpy(_images(256, seed=3))
@@ -177,8 +177,8 @@ def test_logits_mse_loss_matches_its_formula_and_pulls_the_int8_model_to_the_tea
     graph.set_mode("quantize")
     with torch.no_grad():
         student, target = graph.module(inputs[:32]), teacher(inputs[:32])
-        mixed, _ = logits_mse_loss_fn(teacher, alpha=0.25)(graph.module, inputs[:32], labels[:32])
-        pure, _ = logits_mse_loss_fn(teacher, alpha=1.0)(graph.module, inputs[:32], labels[:32])
+        mixed, _ = teacher_loss_fn(teacher, alpha=0.25, temperature=1.0, match="logits_mse")(graph.module, inputs[:32], labels[:32])
+        pure, _ = teacher_loss_fn(teacher, alpha=1.0, temperature=1.0, match="logits_mse")(graph.module, inputs[:32], labels[:32])
     mse = F.mse_loss(student, target)
     assert float(pure) == pytest.approx(float(mse), rel=1e-6)
     assert float(mixed) == pytest.approx(float(0.25 * mse + 0.75 * F.cross_entropy(student, labels[:32])), rel=1e-6)
@@ -188,7 +188,7 @@ def test_logits_mse_loss_matches_its_formula_and_pulls_the_int8_model_to_the_tea
         for parameter in graph.module.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
         before = float(F.mse_loss(graph.module(inputs), teacher(inputs)))
-    fit(graph.module, inputs=inputs, labels=labels, loss_fn=logits_mse_loss_fn(teacher, alpha=1.0), log=lambda _: None,
+    fit(graph.module, inputs=inputs, labels=labels, loss_fn=teacher_loss_fn(teacher, alpha=1.0, temperature=1.0, match="logits_mse"), log=lambda _: None,
         settings=LoopSettings(epochs=5, learning_rate=0.01, weight_decay=0.0, batch_size=32), resume_dir=None, key="")
     graph.module.eval()
     with torch.no_grad():

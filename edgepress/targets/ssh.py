@@ -41,10 +41,10 @@ SERVER_ALIVE = ["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]  
 _NAME = re.compile(r"ssh://(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?"
                    r"(?P<host>[A-Za-z0-9_][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
 _CONNECT = re.compile(r"connect to host (?P<host>\S+) port (?P<port>\d+)")
-# ssh failures that another try cannot mend
 # what ssh says when the connection itself broke, as against a runner that died on a device still reachable
 _CONNECTION_LOST = ("closed by remote host", "Broken pipe", "Connection reset", "Timeout, server", "not responding",
                     "packet_write_wait", "client_loop: send disconnect")
+# ssh failures that another try cannot mend
 _PERMANENT = ("Permission denied", "Host key verification failed", "host key is known", "HAS CHANGED",
               "Bad configuration option",
               "Bad owner or permissions", "Too many authentication failures", "no matching")
