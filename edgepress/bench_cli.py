@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spinning", choices=("default", "on", "off"), default="default",
                         help="ONNX Runtime's thread spinning between runs")
     parser.add_argument("--cpus", help="pin the runner to these CPUs, e.g. 0,1 (Linux)")
+    parser.add_argument("--denormals", choices=("keep", "zero"), default="keep",
+                        help="zero: flush denormal floats to zero (x86; padded attention masks make them)")
+    parser.add_argument("--disable-optimizer", action="append", default=[], dest="disabled_optimizers", metavar="NAME",
+                        help="an ONNX Runtime graph transformer the session skips, e.g. SkipLayerNormFusion")
     count = parser.add_mutually_exclusive_group()
     count.add_argument("--runs", type=int, default=200, help="timed runs per model (default 200)")
     count.add_argument("--duration", type=float, help="seconds of timed runs, instead of --runs")
@@ -55,6 +59,12 @@ def runner_args(args: argparse.Namespace) -> list[str]:
         out += ["--dim", pair]
     if args.cpus:
         out += ["--cpus", args.cpus]
+    out += ["--denormals", args.denormals]
+    for name in args.disabled_optimizers:
+        if not name.isidentifier():
+            raise UserError(f"--disable-optimizer {name!r} is not an ONNX Runtime transformer name",
+                            fix="pass a name such as SkipLayerNormFusion")
+        out += ["--disable-optimizer", name]
     if args.samples:
         out.append("--samples")
     return out

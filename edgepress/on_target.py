@@ -17,7 +17,8 @@ from edgepress.targets import PartialMeasurement, Target, TargetOptions, open_ta
 
 # What a target entry keeps of the runner's bench JSON.
 _TIMING_KEYS = ("latency_ms", "p50_ci95_ms", "runs", "warmup_runs", "session_create_ms", "first_run_ms",
-                "peak_rss_bytes", "thread_settings", "device", "samples_ms", "complete", "incomplete")
+                "peak_rss_bytes", "thread_settings", "session_settings", "device", "samples_ms", "complete",
+                "incomplete")
 
 
 def open_targets(recipe: Recipe) -> dict[str, Target]:
@@ -54,11 +55,19 @@ def time_on(target: Target, artifact: Artifact, sample: np.ndarray | dict[str, n
         try:
             found = target.run(files=[artifact.path, inputs], timeout_s=1800.0, args=[
                 "bench", artifact.path.name, "--inputs", inputs.name, "--threads", str(spec.threads),
-                "--runs", str(bench.runs), "--warmup", str(bench.warmup_runs), "--samples"])
+                "--runs", str(bench.runs), "--warmup", str(bench.warmup_runs), "--samples", *session_flags(spec)])
         except PartialMeasurement as exc:
             exc.result = _timing_entry(exc.result, spec=spec, bench=bench)
             raise
     return _timing_entry(found, spec=spec, bench=bench)
+
+
+def session_flags(spec: TargetSpec) -> list[str]:
+    """The device runner's flags for the target's ONNX Runtime session settings."""
+    flags = ["--denormals", spec.denormals]
+    for name in spec.disabled_optimizers:
+        flags += ["--disable-optimizer", name]
+    return flags
 
 
 def _timing_entry(found: dict[str, Any], *, spec: TargetSpec, bench: BenchSpec) -> dict[str, Any]:
@@ -68,7 +77,7 @@ def _timing_entry(found: dict[str, Any], *, spec: TargetSpec, bench: BenchSpec) 
 
 
 def outputs_on(target: Target, artifact: Artifact, dataset: LabeledSet | TextSet, *, limit: int | None,
-               batch_size: int) -> np.ndarray:
+               batch_size: int, spec: TargetSpec) -> np.ndarray:
     """Top-1 classes (images) or embeddings (text) of the artifact on the first `limit` samples, computed on
     the target by the runner's `predict`."""
     if isinstance(dataset, TextSet):
@@ -80,7 +89,8 @@ def outputs_on(target: Target, artifact: Artifact, dataset: LabeledSet | TextSet
         _save_inputs(folder / "inputs.npz", inputs)
         target.run(files=[artifact.path, folder / "inputs.npz"], fetch=["outputs.npz"], into=folder,
                    timeout_s=7200.0, args=["predict", artifact.path.name, "--inputs", "inputs.npz",
-                                           "--out", "outputs.npz", "--batch-size", str(batch_size)])
+                                           "--out", "outputs.npz", "--batch-size", str(batch_size),
+                                           *session_flags(spec)])
         with np.load(folder / "outputs.npz") as found:
             first = found[found.files[0]]
     return first if isinstance(dataset, TextSet) else first.argmax(axis=1)

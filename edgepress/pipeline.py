@@ -320,7 +320,7 @@ class Pipeline:
                 subset = on_target.sliced(labeled, spec.evaluate_samples)
                 say(f"    evaluate {subset.name} on {target.name}")
                 out = on_target.outputs_on(target, artifact, subset, limit=spec.evaluate_samples,
-                                           batch_size=self.recipe.data.batch_size)
+                                           batch_size=self.recipe.data.batch_size, spec=spec)
                 per_set[subset.name] = evaluation.score(
                     subset, out, None if reference is None else reference[:len(out)])
                 # The same model's answers here against the host's on the same samples: where ARM kernels
@@ -364,6 +364,8 @@ class Pipeline:
             "target": {"name": self.recipe.target.name, "threads": self.recipe.target.threads},
             "targets": [{"name": t.name, "threads": t.threads, "emulated": t.emulated, "evaluate": t.evaluate,
                          "budgets": {k: v for k, v in vars(t.budgets).items() if v is not None}}
+                        | ({"session": {"denormals": t.denormals, "disabled_optimizers": list(t.disabled_optimizers)}}
+                           if (t.denormals, t.disabled_optimizers) != ("keep", ()) else {})
                         for t in self.recipe.targets],
             "budgets": {k: v for k, v in vars(self.recipe.budgets).items() if v is not None},
             "stages": self.records,

@@ -159,6 +159,11 @@ class TargetSpec:
     python: str | None = None  # the device's Python (ssh: default python3)
     identity_file: Path | None = None  # ssh: a private key
     workdir: str | None = None  # ssh: parent folder of the temporary working folder
+    # ONNX Runtime session settings for timing and evaluation here, as the device runner's flags. "zero" flushes
+    # denormal floats (x86: padded attention masks leave them, and they run in microcode, several times slower).
+    denormals: Literal["keep", "zero"] = "keep"
+    # Graph transformers the session skips, e.g. SkipLayerNormFusion where the fused kernel is the slower one.
+    disabled_optimizers: tuple[str, ...] = ()
     budgets: Budgets = Budgets()
 
     def __post_init__(self) -> None:
@@ -167,6 +172,10 @@ class TargetSpec:
         check_name(self.name)
         if self.threads <= 0:
             raise ValueError("threads must be positive")
+        for name in self.disabled_optimizers:
+            if not name.isidentifier():
+                raise ValueError(f"disabled_optimizers: {name!r} is not an ONNX Runtime transformer name "
+                                 "(e.g. SkipLayerNormFusion)")
         if self.evaluate_samples is not None and self.evaluate_samples <= 0:
             raise ValueError("evaluate_samples must be positive")
         if self.emulated and self.budgets.latency_p90_ms is not None:

@@ -28,12 +28,16 @@ def time_runs(session: ort.InferenceSession, sample: np.ndarray | dict[str, np.n
 
 
 def interleaved_latency(paths: dict, sample: np.ndarray | dict[str, np.ndarray], *, threads: int, rounds: int,
-                        runs_per_round: int, warmup_runs: int) -> dict[str, np.ndarray]:
+                        runs_per_round: int, warmup_runs: int, denormals: str = "keep",
+                        disabled_optimizers: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Per-run ms for each model, timed in shuffled alternating rounds in one process, so that a
-    machine's slow spells fall on every model alike and their ratio stays honest."""
+    machine's slow spells fall on every model alike and their ratio stays honest. Every model gets the
+    same session settings: flushing denormals is a CPU flag of the calling thread, which ONNX Runtime
+    (1.32) sets from the first session a process opens, so settings cannot be mixed in one process."""
     from edgepress.runtime.session import open_session
 
-    sessions = {name: open_session(path, threads=threads) for name, path in paths.items()}
+    sessions = {name: open_session(path, threads=threads, denormals=denormals, disabled_optimizers=disabled_optimizers)
+                for name, path in paths.items()}
     for session in sessions.values():
         time_runs(session, sample, warmup_runs=warmup_runs, runs=1)
     times: dict[str, list[np.ndarray]] = {name: [] for name in sessions}

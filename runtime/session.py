@@ -36,7 +36,12 @@ def check_model_path(path: Path, *, what: str = "ONNX model") -> None:
                         fix="save the weights as external data: onnx.save(model, path, save_as_external_data=True)")
 
 
-def open_session(path: Path, *, threads: int, optimization: bool = True) -> ort.InferenceSession:
+def open_session(path: Path, *, threads: int, optimization: bool = True, denormals: str = "keep",
+                 disabled_optimizers: tuple[str, ...] = (), optimized_model_path: Path | None = None
+                 ) -> ort.InferenceSession:
+    """`denormals` and `disabled_optimizers` as the device runner's --denormals and --disable-optimizer.
+    The first session a process opens decides whether its thread flushes denormals (ONNX Runtime 1.32).
+    `optimized_model_path` receives the graph ONNX Runtime runs, after its optimisations."""
     path = Path(path)
     check_model_path(path)
     options = ort.SessionOptions()
@@ -45,8 +50,13 @@ def open_session(path: Path, *, threads: int, optimization: bool = True) -> ort.
     options.log_severity_level = 3
     if not optimization:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if denormals == "zero":
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(disabled_optimizers))
     except Exception as exc:  # ORT raises its own exception types for a bad protobuf or graph
         raise UserError(f"{path} is not a valid ONNX model ({ort_reason(exc)})", fix=NOT_ONNX_FIX) from None
 

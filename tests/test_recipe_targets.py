@@ -87,3 +87,25 @@ def test_an_unreachable_device_fails_check_and_run_in_one_line_before_any_stage(
     proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
     assert_one_line_error(proc, "127.0.0.1")
     assert not (tmp_path / "out" / "00-model").exists(), "a stage ran before the device was found unreachable"
+
+
+def test_a_targets_session_settings_reach_the_runner_and_the_report(tmp_path):
+    targets = ('[[targets]]\nname = "local"\nthreads = 1\ndenormals = "zero"\n'
+               'disabled_optimizers = ["SkipLayerNormFusion"]\n')
+    recipe = write_recipe(tmp_path, text=recipe_text(targets))
+    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    wanted = {"denormals": "zero", "disabled_optimizers": ["SkipLayerNormFusion"]}
+    assert report["targets"][0]["session"] == wanted
+    timed = [stage["metrics"]["targets"]["local"] for stage in report["stages"] if stage["format"] == "onnx"]
+    assert timed and all(entry["session_settings"] == wanted for entry in timed)  # what the runner itself applied
+
+
+@pytest.mark.parametrize("line,fragments", [
+    ('denormals = "flush"', ["denormals", "keep", "zero"]),
+    ('disabled_optimizers = ["Skip Layer Norm"]', ["disabled_optimizers", "SkipLayerNormFusion"]),
+])
+def test_bad_session_settings_are_refused_before_any_work(tmp_path, line, fragments):
+    recipe = write_recipe(tmp_path, text=recipe_text(f'[[targets]]\nname = "local"\n{line}\n'))
+    assert_one_line_error(run_cli("check", str(recipe)), *fragments)
