@@ -61,9 +61,6 @@ def runner_args(args: argparse.Namespace) -> list[str]:
         out += ["--cpus", args.cpus]
     out += ["--denormals", args.denormals]
     for name in args.disabled_optimizers:
-        if not name.isidentifier():
-            raise UserError(f"--disable-optimizer {name!r} is not an ONNX Runtime transformer name",
-                            fix="pass a name such as SkipLayerNormFusion")
         out += ["--disable-optimizer", name]
     if args.samples:
         out.append("--samples")
@@ -97,6 +94,10 @@ def _check(args: argparse.Namespace) -> list[Path]:
         raise UserError("thread counts must be positive", fix="pass --threads 1 or more")
     if (args.duration is None and args.runs <= 0) or (args.duration is not None and args.duration <= 0):
         raise UserError("--runs and --duration must be positive", fix="pass e.g. --runs 200 or --duration 10")
+    for name in args.disabled_optimizers:
+        if not name.isidentifier():
+            raise UserError(f"--disable-optimizer {name!r} is not an ONNX Runtime transformer name",
+                            fix="pass a name such as SkipLayerNormFusion")
     if args.warmup != "auto" and not str(args.warmup).isdigit():
         raise UserError(f"--warmup {args.warmup!r} is neither a count nor auto", fix="pass e.g. --warmup 50 or auto")
     return list({p.resolve(): p for p in files}.values())
