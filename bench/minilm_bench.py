@@ -34,6 +34,7 @@ from edgepress.evaluation import embedding_similarity
 from edgepress.export.transformer_export import export_transformer
 from edgepress.models.minilm import minilm_l6, minilm_tokenizer
 from edgepress.models.text import load_pydoc, tokenize
+from edgepress.runtime.device_runner import set_denormals
 from edgepress.runtime.latency import interleaved_latency
 from edgepress.runtime.session import open_session, predict_feeds
 
@@ -73,8 +74,7 @@ def thread_flushes_denormals(denormals: str) -> bool:
                               [numpy_helper.from_array(np.full(4, 1e-10, np.float32), "c")])
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    if denormals == "zero":
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    set_denormals(options, denormals)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return bool(np.all(session.run(None, {"x": np.full(4, 1e-30, np.float32)})[0] == 0))

@@ -202,6 +202,14 @@ def ort_reason(exc: BaseException, limit: int = 300) -> str:
     return text[:limit] or type(exc).__name__
 
 
+def set_denormals(options, denormals: str) -> None:
+    """"zero": flush denormal floats to zero. x86 services arithmetic on them in microcode: a padded sequence's
+    masked attention scores leave exp() at the smallest normal float, and Softmax and the scores x V MatMul
+    then run several times slower. Flushing them changes results by less than 1e-37."""
+    if denormals == "zero":
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+
+
 def open_session(ort, path: str, args):
     if not os.path.isfile(path):
         raise BadInput(f"model {path!r} does not exist on the device", "check the path, or the copy to the device")
@@ -213,11 +221,7 @@ def open_session(ort, path: str, args):
     if args.spinning != "default":
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if args.spinning == "on" else "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "1" if args.spinning == "on" else "0")
-    if args.denormals == "zero":
-        # x86 services arithmetic on denormal floats in microcode: a padded sequence's masked attention
-        # scores leave exp() at the smallest normal float, and Softmax and the scores x V MatMul then
-        # run several times slower. Flushing them to zero changes results by less than 1e-37.
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    set_denormals(options, args.denormals)
     started = time.perf_counter()
     try:
         session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"],

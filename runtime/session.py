@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgepress.errors import UserError
-from edgepress.runtime.device_runner import ort_reason
+from edgepress.runtime.device_runner import ort_reason, set_denormals
 
 MAX_ONNX_BYTES = 2**31  # protobuf's limit for one message
 NOT_ONNX_FIX = "point to a .onnx file exported by torch.onnx or edgepress"
@@ -50,8 +50,7 @@ def open_session(path: Path, *, threads: int, optimization: bool = True, denorma
     options.log_severity_level = 3
     if not optimization:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if denormals == "zero":
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    set_denormals(options, denormals)
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     try:
