@@ -24,7 +24,7 @@ class DistillSettings(LoopSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_distillation(alpha=self.alpha, temperature=self.temperature)
+        check_distillation(alpha=self.alpha, temperature=self.temperature, mixup=self.mixup)
         if self.hint_teacher_layers and len(self.hint_teacher_layers) != len(self.hint_layers):
             raise ValueError(f"hint_teacher_layers must name one teacher layer per hint_layers entry "
                              f"({len(self.hint_layers)}), got {len(self.hint_teacher_layers)}")
@@ -32,9 +32,12 @@ class DistillSettings(LoopSettings):
             raise ValueError(f"hint_weight must be >= 0, got {self.hint_weight}")
 
 
-def check_distillation(*, alpha: float, temperature: float) -> None:
+def check_distillation(*, alpha: float, temperature: float, mixup: float = 0.0) -> None:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if mixup > 0 and alpha < 1.0:
+        raise ValueError(f"mixup blends images but not their labels: it needs alpha = 1 (the teacher's outputs only), "
+                         f"got alpha = {alpha}")
     if temperature <= 0:
         raise ValueError("temperature must be positive")
 

@@ -33,6 +33,9 @@ class LoopSettings:
     label_smoothing: float = 0.0
     augment: Literal["none", "crop_flip"] = "none"
     crop_padding: int = 4
+    # Teacher-matching losses only: each sample is blended with another of its batch, weight drawn from
+    # Beta(mixup, mixup), so the student also matches the teacher between classes, where flips happen.
+    mixup: float = 0.0
     validation_split: float = 0.0
     early_stopping_patience: int | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -50,6 +53,8 @@ class LoopSettings:
             raise ValueError("early_stopping_patience needs a validation_split")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1)")
+        if self.mixup < 0:
+            raise ValueError("mixup must be >= 0 (0 turns it off)")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise ValueError("warmup_epochs must be in [0, epochs)")
 
@@ -129,6 +134,20 @@ def _augment(batch, *, padding: int, generator, share: slice = slice(None), glob
         crop = padded[i, :, top:top + height, left:left + width]
         out[i] = crop.flip(-1) if flips[i] else crop
     return out
+
+
+def _mix(batch, *, alpha: float, generator):
+    """Blend each sample with another of the batch, weight drawn from Beta(alpha, alpha)."""
+    import numpy as np
+    import torch
+
+    n = batch.shape[0]
+    # torch's Beta takes no generator; a NumPy one seeded from it keeps runs and ranks reproducible.
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    weight = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, n)).to(batch.dtype)
+    weight = weight.reshape((n,) + (1,) * (batch.dim() - 1))
+    partner = torch.randperm(n, generator=generator)
+    return weight * batch + (1 - weight) * batch[partner]
 
 
 def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resume_dir: Path | None,
@@ -232,10 +251,18 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
             # it with repeated samples to equal lengths, which changes the batches and the gradient.
             share = distributed.shard(len(index), rank=rank, world=world)
             mine = index[share]
-            batch = inputs[mine]
-            if settings.augment == "crop_flip":
-                batch = _augment(batch, padding=settings.crop_padding, generator=generator, share=share,
-                                 global_count=len(index))
+            if settings.mixup > 0:
+                # A sample's partner may sit in another rank's share: every rank builds the whole global
+                # batch (cheap beside the forward pass) and keeps its share of the blend.
+                batch = inputs[index]
+                if settings.augment == "crop_flip":
+                    batch = _augment(batch, padding=settings.crop_padding, generator=generator)
+                batch = _mix(batch, alpha=settings.mixup, generator=generator)[share]
+            else:
+                batch = inputs[mine]
+                if settings.augment == "crop_flip":
+                    batch = _augment(batch, padding=settings.crop_padding, generator=generator, share=share,
+                                     global_count=len(index))
             batch, target = batch.to(device), labels[mine].to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss, logits = loss_fn(net, batch, target)

@@ -51,7 +51,7 @@ class QatSettings(LoopSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_distillation(alpha=self.alpha, temperature=self.temperature)
+        check_distillation(alpha=self.alpha, temperature=self.temperature, mixup=self.mixup)
         if not 90.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (90, 100], got {self.percentile}")
         if self.calibration_samples <= 0 or self.parity_samples <= 0:

@@ -10,7 +10,11 @@ from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 @dataclass(frozen=True)
 class TrainSettings(LoopSettings):
-    pass
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mixup > 0:
+            raise ValueError("mixup blends images but not their labels, so it needs a teacher to match: "
+                             "use it in a distill or qat stage")
 
 
 def cross_entropy_loss_fn(*, label_smoothing: float = 0.0):

@@ -46,7 +46,7 @@ def _model(kind: str) -> torch.nn.Module:
 
 # name: (model, settings changed from SETTINGS). Without validation no best epoch is picked (from
 # BatchNorm running statistics, which DDP averages), so the trained weights compare directly.
-RUNS = {"plain": ("plain", {}), "batchnorm": ("batchnorm", {}),
+RUNS = {"plain": ("plain", {}), "plain_mixup": ("plain", {"mixup": 1.0}), "batchnorm": ("batchnorm", {}),
         "batchnorm_last_epoch": ("batchnorm", {"validation_split": 0.0, "early_stopping_patience": None})}
 
 
@@ -104,6 +104,10 @@ def test_two_ranks_end_identical_and_match_one_process(tmp_path):
     # uneven shares (14 and 15 samples in the last batch of each epoch) moved the weights by 0.09.
     plain = finals["plain"]
     assert _max_difference(plain, single["plain"].state_dict(), names=plain) < 1e-4
+    # mixup pairs samples across the whole global batch, so a partner may sit in the other rank's share
+    mixed = finals["plain_mixup"]
+    assert _max_difference(mixed, single["plain_mixup"].state_dict(), names=mixed) < 1e-4
+    assert _max_difference(mixed, plain, names=plain) > 1e-2  # and it did blend
 
     # With BatchNorm each rank normalises with its own half batch's statistics (SyncBatchNorm raises
     # on CPU tensors), so the gradients genuinely differ from one process's. That is the only

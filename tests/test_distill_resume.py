@@ -33,6 +33,33 @@ def test_distill_settings_are_validated():
         DistillSettings(alpha=1.5)
     with pytest.raises(ValueError, match="validation_split"):
         DistillSettings(early_stopping_patience=2)
+    # mixup blends images, not labels: only a loss on the teacher's outputs alone may use it
+    with pytest.raises(ValueError, match="alpha = 1"):
+        DistillSettings(mixup=1.0)
+    with pytest.raises(ValueError, match="mixup must be >= 0"):
+        DistillSettings(alpha=1.0, mixup=-0.5)
+    assert DistillSettings(alpha=1.0, mixup=0.4).mixup == 0.4
+    from edgepress.compress.train import TrainSettings
+
+    with pytest.raises(ValueError, match="distill or qat"):
+        TrainSettings(mixup=1.0)
+
+
+def test_mixup_blends_pairs_of_the_batch_reproducibly():
+    from edgepress.compress.loop import _mix
+
+    batch = torch.arange(8, dtype=torch.float32).reshape(8, 1, 1, 1) * torch.ones(8, 3, 2, 2)
+    first = _mix(batch, alpha=1.0, generator=torch.Generator().manual_seed(5))
+    again = _mix(batch, alpha=1.0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, batch)
+    # Each sample is a convex blend of two of the batch's samples: constant per sample, inside [0, 7].
+    per_sample = first.reshape(8, -1)
+    assert torch.all(per_sample == per_sample[:, :1])
+    assert float(per_sample.min()) >= 0.0 and float(per_sample.max()) <= 7.0
+    # Sharpness follows alpha: at 0.05 almost every weight is near 0 or 1, so samples stay near themselves or their partner.
+    sharp = _mix(batch, alpha=0.05, generator=torch.Generator().manual_seed(5)).reshape(8, -1)[:, 0]
+    assert float(((sharp - sharp.round()).abs() < 0.05).float().mean()) >= 0.75
 
 
 PRUNE_DISTILL = tiny_recipe_with('''
