@@ -11,24 +11,35 @@ from tests.conftest import requires_shared_data, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (recipe, FP32 top-1 on test_raw_1017 measured independently, on test_jpeg_10000)
-CASES = [("cifar10-resnet20-int8.toml", 0.9164, 0.8103), ("cifar10-resnet56-int8.toml", 0.9272, 0.8320)]
+# (recipe, FP32 top-1 on test_raw_1017 measured independently, on test_jpeg_10000 or None where the test
+# leaves that set out: ResNet-56 takes 70 of its 100 s on it, in torch and ONNX Runtime, and ResNet-20
+# already checks every step of the same recipe on it)
+CASES = [("cifar10-resnet20-int8.toml", 0.9164, 0.8103), ("cifar10-resnet56-int8.toml", 0.9272, None)]
+JPEG_SET = '    { dataset = "cifar10:test_jpeg_10000" },\n'
 
 
 @requires_shared_data
 @pytest.mark.parametrize(("recipe", "raw_accuracy", "jpeg_accuracy"), CASES)
 def test_recipe_reproduces_fp32_and_gates_int8(tmp_path, recipe, raw_accuracy, jpeg_accuracy):
-    proc = run_cli("run", str(ROOT / "recipes" / recipe), "--out", str(tmp_path / "out"))
+    text = (ROOT / "recipes" / recipe).read_text()
+    assert JPEG_SET in text
+    if jpeg_accuracy is None:
+        text = text.replace(JPEG_SET, "")
+    path = tmp_path / recipe  # its only path is {data}/..., which resolves the same from here
+    path.write_text(text)
+    proc = run_cli("run", str(path), "--out", str(tmp_path / "out"))
     assert proc.returncode in (0, 1), proc.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     stages = {s["name"]: s["metrics"] for s in report["stages"]}
     for fp32 in ("model", "export"):  # torch, then the ONNX model under ONNX Runtime
         evaluation = stages[fp32]["evaluation"]
         assert abs(evaluation["cifar10:test_raw_1017"]["accuracy"] - raw_accuracy) <= 0.001
-        assert abs(evaluation["cifar10:test_jpeg_10000"]["accuracy"] - jpeg_accuracy) <= 0.001
+        if jpeg_accuracy is not None:
+            assert abs(evaluation["cifar10:test_jpeg_10000"]["accuracy"] - jpeg_accuracy) <= 0.001
     assert stages["export"]["agreement"] >= 0.9995
     int8 = stages["ptq"]
-    assert int8["agreement"] >= 0.98  # beats plain S8S8 (about 98.0-98.3 %) on test_jpeg_10000
+    # On test_jpeg_10000 this beats plain S8S8 (about 98.0-98.3 %); test_raw_1017's exact pixels agree more.
+    assert int8["agreement"] >= 0.98
     assert int8["size_bytes"] < 0.35 * stages["export"]["size_bytes"]
     assert int8["quantization"]["float_nodes"] == 0
     # Latency budgets depend on the machine; accuracy and size ones do not.
@@ -43,8 +54,10 @@ def test_prune_kd_recipe_flows_through_export_ptq_and_gate(tmp_path):
                  .replace("blocks = 6", "blocks = 6\nsamples = 32")
                  .replace('{ dataset = "cifar10:train_jpeg_10000" }', '{ dataset = "cifar10:train_jpeg_10000", limit = 256 }')
                  .replace('{ dataset = "cifar10:train_raw_5085" }', '{ dataset = "cifar10:train_raw_5085", limit = 256 }')
-                 .replace('{ dataset = "cifar10:test_jpeg_10000" }', '{ dataset = "cifar10:test_jpeg_10000", limit = 500 }'))
+                 .replace('{ dataset = "cifar10:test_jpeg_10000" }', '{ dataset = "cifar10:test_jpeg_10000", limit = 500 }')
+                 .replace('{ dataset = "cifar10:test_raw_1017" }', '{ dataset = "cifar10:test_raw_1017", limit = 250 }'))
     assert shortened.count("limit = 256") == 2 and shortened.count("epochs = 1") == 2 and "samples = 32" in shortened
+    assert "limit = 500" in shortened and "limit = 250" in shortened
     recipe = tmp_path / "prune-kd.toml"  # its only path is {data}/..., which resolves the same from here
     recipe.write_text(shortened)
     proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
