@@ -87,8 +87,7 @@ def build_models(name: str, *, work: Path, sets: dict, calibration: tuple, train
     exported = qat.export(graph=graph, input_shape=(3, 32, 32), out=paths["edgepress qat"],
                           parity_inputs=sets["test_jpeg_10000"][0], settings=settings, log=_log)
     notes["edgepress qat"] = (f"{trained['weight_bits']}-bit weights, mixup {settings.mixup}, {time.time() - started:.0f} s; "
-                              f"torch vs ORT top-1 "
-                              f"{100 * exported['parity']['top1_agreement']:.2f}% on test_jpeg_10000, "
+                              f"torch vs ORT top-1 {100 * exported['parity']['top1_agreement']:.2f}% on test_jpeg_10000, "
                               f"{exported['onnxruntime_kernels']['float_compute_nodes']} float compute nodes")
     return paths, notes
 

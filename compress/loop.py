@@ -251,18 +251,15 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
             # it with repeated samples to equal lengths, which changes the batches and the gradient.
             share = distributed.shard(len(index), rank=rank, world=world)
             mine = index[share]
-            if settings.mixup > 0:
-                # A sample's partner may sit in another rank's share: every rank builds the whole global
-                # batch (cheap beside the forward pass) and keeps its share of the blend.
-                batch = inputs[index]
-                if settings.augment == "crop_flip":
-                    batch = _augment(batch, padding=settings.crop_padding, generator=generator)
+            # With mixup a sample's partner may sit in another rank's share: every rank then builds the whole
+            # global batch (cheap beside the forward pass) and keeps its share of the blend.
+            whole = settings.mixup > 0
+            batch = inputs[index if whole else mine]
+            if settings.augment == "crop_flip":
+                batch = _augment(batch, padding=settings.crop_padding, generator=generator,
+                                 share=slice(None) if whole else share, global_count=len(index))
+            if whole:
                 batch = _mix(batch, alpha=settings.mixup, generator=generator)[share]
-            else:
-                batch = inputs[mine]
-                if settings.augment == "crop_flip":
-                    batch = _augment(batch, padding=settings.crop_padding, generator=generator, share=share,
-                                     global_count=len(index))
             batch, target = batch.to(device), labels[mine].to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss, logits = loss_fn(net, batch, target)

@@ -92,7 +92,7 @@ def test_digits_are_read_from_sklearns_file_as_its_own_loader_reads_them() -> No
     table = _digits_table()
     digits = load_digits()
     assert np.array_equal(table[:, :64], digits.data) and np.array_equal(table[:, 64].astype(int), digits.target)
-    code = ("import sys; from edgepress.datasets import load_dataset; from edgepress.recipe import DatasetSpec; "
+    code = ("import sys; from edgepress.models.data import load_dataset; from edgepress.recipe import DatasetSpec; "
             "load_dataset(DatasetSpec(dataset='digits:test')); print('sklearn.datasets' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
