@@ -144,6 +144,31 @@ def test_latency_target_is_measured_under_onnx_runtime_and_the_smallest_passing_
     assert torch_artifact.count_macs(pruned, (3, 32, 32)) < torch_artifact.count_macs(model, (3, 32, 32))
 
 
+class _Expm1Net(torch.nn.Module):
+    """TorchScript's ONNX exporter has no expm1 (torch 2.13); dynamo has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return torch.expm1(self.conv(x)).mean(dim=(2, 3))
+
+
+def test_latency_probe_falls_back_to_dynamo_for_models_torchscript_cannot_export(tmp_path):
+    from edgepress.compress.prune_search import open_probe
+
+    model = _Expm1Net().eval()
+    with pytest.raises(UserError, match="torchscript"):  # the premise: TorchScript really fails on it
+        export_onnx(model=model, input_shape=(3, 16, 16), path=tmp_path / "ts.onnx",
+                    settings=ExportSettings(exporter="torchscript", parity_samples=2), log=lambda _: None)
+    probe = open_probe(model, input_shape=(3, 16, 16), threads=1, scratch=tmp_path)
+    assert probe.exporter == "dynamo"
+    assert probe.reference_onnx.is_file()
+    candidate_ms, reference_ms = probe.p50_ms(model)  # candidates are exported the same way
+    assert candidate_ms > 0 and reference_ms > 0
+
+
 ITERATIVE = tiny_recipe_with('''
 [[stages]]
 kind = "prune"
