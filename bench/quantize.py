@@ -5,9 +5,12 @@ U8S8 + reduce_range), edgepress `ptq` (saturation guard as 7-bit-free U8U8 weigh
 nodes; reduce_range), `accuracy_aware_ptq` and `qat`; accuracy and agreement with FP32 on
 test_jpeg_10000 and test_raw_1017; batch-1 latency at each --threads, all models of one network
 timed in interleaved rounds. Then MobileNetV2 with and without equalization (bench/mobilenet_bench.py)
-and MiniLM FP32 / dynamic INT8 / 4-bit (bench/minilm_bench.py) when those modules are present.
+and MiniLM FP32 / dynamic INT8 / 4-bit (bench/minilm_bench.py, in a process of its own: ONNX Runtime
+decides a thread's denormal handling from the first session it opens, and MiniLM's recipe flushes them).
+QAT trains as the accurate-int8 recipes do (ResNet-20 3 epochs, ResNet-56 2 epochs with mixup) unless
+--qat-epochs says otherwise. The last lines say, per network, whether the goal is met and by what.
 
-    python bench/quantize.py [--models resnet20 resnet56] [--threads 1 2] [--qat-epochs 3] [--json PATH]
+    python bench/quantize.py [--models resnet20 resnet56] [--threads 1 2] [--qat-epochs N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import importlib
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +41,8 @@ from edgepress.runtime.latency import interleaved_latency
 from edgepress.runtime.session import open_session, predict
 
 GOAL_AGREEMENT, GOAL_P50_RATIO = 0.99, 0.6
-QAT_MIXUP = {"resnet56": 1.0}  # as recipes/cifar10-resnet56-accurate-int8.toml; ResNet-20 saw no gain
+# As recipes/cifar10-resnet{20,56}-accurate-int8.toml; mixup gave ResNet-20 no gain.
+QAT_EPOCHS, QAT_MIXUP = {"resnet20": 3, "resnet56": 2}, {"resnet56": 1.0}
 EDGEPRESS_PTQ = {
     "edgepress ptq (guard: u8 weights)": PtqSettings(),
     "edgepress ptq (guard: fp32 nodes)": PtqSettings(saturation_guard="fp32"),
@@ -75,10 +80,11 @@ def build_models(name: str, *, work: Path, sets: dict, calibration: tuple, train
         notes["edgepress accuracy_aware_ptq"] = f"{done['search']['chosen']}, {done['float_nodes']} FP32 nodes"
     except UserError as exc:
         notes["edgepress accuracy_aware_ptq"] = f"no configuration met the goal: {exc}"
-    _log(f"{name}: QAT, {args.qat_epochs} epoch(s) on {len(training[0])} images")
+    epochs = args.qat_epochs or QAT_EPOCHS[name]
+    _log(f"{name}: QAT, {epochs} epoch(s) on {len(training[0])} images")
     started = time.time()
     # as the accurate-int8 recipes: conv1 in FP32; mixup where it measurably helped (ResNet-56)
-    settings = qat.QatSettings(epochs=args.qat_epochs, fp32_layers=("conv1",), mixup=QAT_MIXUP.get(name, 0.0))
+    settings = qat.QatSettings(epochs=epochs, fp32_layers=("conv1",), mixup=QAT_MIXUP.get(name, 0.0))
     teacher = _network(name)
     graph, trained = qat.train(model=_network(name), teacher=teacher, calibration=calibration[0],
                                train_inputs=training[0], train_labels=training[1],
@@ -86,7 +92,7 @@ def build_models(name: str, *, work: Path, sets: dict, calibration: tuple, train
     paths["edgepress qat"] = work / f"{name}-qat.onnx"
     exported = qat.export(graph=graph, input_shape=(3, 32, 32), out=paths["edgepress qat"],
                           parity_inputs=sets["test_jpeg_10000"][0], settings=settings, log=_log)
-    notes["edgepress qat"] = (f"{trained['weight_bits']}-bit weights, mixup {settings.mixup}, {time.time() - started:.0f} s; "
+    notes["edgepress qat"] = (f"{trained['weight_bits']}-bit weights, {epochs} epochs, mixup {settings.mixup}, {time.time() - started:.0f} s; "
                               f"torch vs ORT top-1 {100 * exported['parity']['top1_agreement']:.2f}% on test_jpeg_10000, "
                               f"{exported['onnxruntime_kernels']['float_compute_nodes']} float compute nodes")
     return paths, notes
@@ -137,6 +143,40 @@ def resnet_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def goal_lines(rows: list[dict]) -> list[str]:
+    """Per network at 1 thread: the models that meet the goal, or the closest miss among the fast ones."""
+    lines = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        timed = [r for r in rows if r["model"] == name and r["threads"] == 1 and r["config"] != "fp32"]
+        if not timed:
+            continue
+        agreement = lambda r: r["agreement"]["test_jpeg_10000"]  # noqa: E731
+        met = [r for r in timed if agreement(r) >= GOAL_AGREEMENT and r["p50_vs_fp32"] <= GOAL_P50_RATIO]
+        fast = [r for r in timed if r["p50_vs_fp32"] <= GOAL_P50_RATIO]
+        goal = f"goal (1 thread: p50 <= {GOAL_P50_RATIO}x FP32, agreement >= {100 * GOAL_AGREEMENT:.0f} % on test_jpeg_10000)"
+        if met:
+            lines.append(f"{name}: {goal} MET by " + ", ".join(
+                f"{r['config']} ({100 * agreement(r):.2f} %, {r['p50_vs_fp32']:.2f}x)" for r in met))
+        elif fast:
+            best = max(fast, key=agreement)
+            lines.append(f"{name}: {goal} MISSED: the best fast model, {best['config']}, agrees {100 * agreement(best):.2f} % "
+                         f"at {best['p50_vs_fp32']:.2f}x")
+        else:
+            lines.append(f"{name}: {goal} MISSED: no INT8 model is at most {GOAL_P50_RATIO}x FP32")
+    return lines
+
+
+def minilm_section(threads: list[int], json_path: Path) -> list[dict] | str:
+    """bench/minilm_bench.py in a fresh process, so its sessions' denormal setting takes effect."""
+    script = Path(__file__).with_name("minilm_bench.py")
+    done = subprocess.run([sys.executable, str(script), "--threads", *map(str, threads), "--json", str(json_path)],
+                          stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        return f"not run: bench/minilm_bench.py exited with {done.returncode}"
+    print(done.stdout.split("\n", 1)[0])  # the sessions' settings
+    return json.loads(json_path.read_text())["rows"]
+
+
 def generic_table(rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -157,7 +197,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=sorted(plain.CHECKPOINTS), default=sorted(plain.CHECKPOINTS))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--qat-epochs", type=int, default=3)
+    parser.add_argument("--qat-epochs", type=int, help="QAT epochs for every network (default: each recipe's)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--runs-per-round", type=int, default=20)
     parser.add_argument("--warmup-runs", type=int, default=30)
@@ -178,17 +218,29 @@ def main() -> int:
             results["resnet"] += bench_network(name, work=Path(scratch), sets=sets, calibration=calibration,
                                                training=training, args=args)
     print(resnet_table(results["resnet"]))
-    sections = (("mobilenet", "mobilenet_bench", "measure_mobilenet"), ("minilm", "minilm_bench", "measure_minilm"))
-    for key, module, function in sections:
-        if key in args.skip:
-            continue
-        _log(f"{key}")
-        results[key] = optional_section(module, function, threads=args.threads, log=_log)
-        print(f"\n{key}:\n" + (results[key] if isinstance(results[key], str) else generic_table(results[key])))
+    if "mobilenet" not in args.skip:
+        _log("mobilenet")
+        results["mobilenet"] = optional_section("mobilenet_bench", "measure_mobilenet", threads=args.threads, log=_log)
+        print("\nmobilenet:\n" + (results["mobilenet"] if isinstance(results["mobilenet"], str) else generic_table(results["mobilenet"])))
+    goals = goal_lines(results["resnet"])
+    if "minilm" not in args.skip:
+        _log("minilm (its own process)")
+        with tempfile.TemporaryDirectory(prefix="edgepress-bench-") as scratch:
+            results["minilm"] = minilm_section(args.threads, Path(scratch) / "minilm.json")
+        if isinstance(results["minilm"], str):
+            print(f"\nminilm: {results['minilm']}")
+        else:
+            import minilm_bench
+
+            print("\nminilm:\n" + minilm_bench.table(results["minilm"]))
+            goals += [f"minilm {line}" for line in minilm_bench.goal_lines(results["minilm"])]
+    results["goals"] = goals
+    print("\n" + "\n".join(goals))
     import onnxruntime
 
     results["meta"] = {"onnxruntime": onnxruntime.__version__, "machine": platform.processor() or platform.machine(),
-                       "isa": local_isa().describe(), "threads": args.threads, "qat_epochs": args.qat_epochs,
+                       "isa": local_isa().describe(), "threads": args.threads,
+                       "qat_epochs": {name: args.qat_epochs or QAT_EPOCHS[name] for name in args.models},
                        "seconds": round(time.time() - started, 1)}
     print(f"\nlatency: batch 1, {args.rounds} interleaved rounds x {args.runs_per_round} runs per thread count; "
           f"onnxruntime {results['meta']['onnxruntime']} on {results['meta']['isa']}; {results['meta']['seconds']} s")
