@@ -121,6 +121,7 @@ def quantize_int4(*, source: Path, out: Path, settings: Int4WeightsSettings, log
 def _quantized_or_error(out: Path, source: Path) -> dict[str, int]:
     counts = op_counts(out)
     if not any(counts.get(op) for op in QUANTIZED_OPS):
+        out.unlink()  # a copy of the float model is no product of this stage
         raise UserError(f"{source.name} has no operator this quantization handles (MatMul with a constant weight, "
                         "Attention, Conv, EmbedLayerNormalization)",
                         fix="drop the stage, or check op_types and nodes_to_exclude")

@@ -185,13 +185,15 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
     exists and written when not, so that many variants of one model calibrate only once."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgepress.runtime.session import input_info, open_session
+    from edgepress.runtime.session import check_feed, input_info, open_session
 
     inputs = calibration[: settings.calibration_samples]
     if not np.all(np.isfinite(inputs)):
         raise UserError("the calibration data contains NaN or infinite values",
                         fix="clean the calibration data or its preprocessing")
-    input_name = input_info(open_session(source, threads=1)).name
+    session = open_session(source, threads=1)
+    check_feed(session, inputs[: settings.calibration_batch], source="the calibration data")
+    input_name = input_info(session).name
     with tempfile.TemporaryDirectory(prefix="edgepress-ptq-") as scratch:
         to_quantize = source
         if settings.preprocess:

@@ -146,6 +146,35 @@ def test_nan_calibration_is_refused(tmp_path):
         quantize(source=export(tmp_path), out=tmp_path / "q.onnx", calibration=bad, settings=PtqSettings())
 
 
+def test_calibration_of_the_wrong_shape_is_refused_before_any_work(tmp_path):
+    wrong = np.zeros((8, 3, 8, 8), dtype=np.float32)  # the model takes 3 x 16 x 16
+    with pytest.raises(UserError, match=r"the calibration data gives inputs of shape \[3, 8, 8\]"):
+        quantize(source=export(tmp_path), out=tmp_path / "q.onnx", calibration=wrong, settings=PtqSettings())
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def relu_only_model(path):
+    shape = ["N", 3, 16, 16]
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "relu_only",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_with_nothing_to_quantize_is_refused_by_static_and_dynamic_int8(tmp_path):
+    from edgepress.compress.dynamic_quant import DynamicInt8Settings, quantize_int8
+
+    source = relu_only_model(tmp_path / "relu.onnx")
+    with pytest.raises(UserError, match="has no Conv, Gemm or MatMul node"):
+        quantize(source=source, out=tmp_path / "q.onnx", calibration=inputs(8), settings=PtqSettings())
+    with pytest.raises(UserError, match="has no operator this quantization handles"):
+        quantize_int8(source=source, out=tmp_path / "d.onnx", settings=DynamicInt8Settings(), log=lambda _: None)
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "d.onnx").exists()
+
+
 def test_macs_and_params_of_float_and_quantized_graphs(tmp_path):
     source = export(tmp_path)
     expected_macs = 16 * 16 * (8 * 3 * 9 + 8 * 8 * 9 + 16 * 8 * 9) + 16 * 10
