@@ -93,3 +93,16 @@ def run_and_read_stages(folder: Path, *, text: str) -> dict:
     proc = run_cli("run", str(recipe), "--out", str(folder / "out"))
     assert proc.returncode == 0, proc.stderr
     return {s["name"]: s["metrics"] for s in json.loads((folder / "out" / "report.json").read_text())["stages"]}
+
+
+def one_node_model(path: Path, node, inputs, outputs, initializer=()) -> Path:
+    """A valid one-node ONNX file (opset 17, IR 8): what a test then checks is feeding, running or quantizing it."""
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph([node], path.stem, inputs, outputs, initializer=list(initializer))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.conftest import ROOT, assert_one_line_error, run_cli
+from tests.conftest import ROOT, assert_one_line_error, one_node_model, run_cli
 from tests.runner_processes import kill_once_timing, runner_child, wait_for
 
 RUNNER = ROOT / "runtime" / "device_runner.py"
@@ -184,18 +184,9 @@ def test_a_finished_bench_is_marked_complete_and_streams_its_progress(models, tm
     assert rebuilt["latency_ms"]["p50"] == pytest.approx(float(np.median(streamed)), rel=1e-9)
 
 
-def _one_node_model(path: Path, node, inputs, outputs, initializer=()) -> Path:
-    graph = helper.make_graph([node], path.stem, inputs, outputs, initializer=list(initializer))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)  # valid ONNX: what fails is feeding or running it
-    onnx.save(model, str(path))
-    return path
-
-
 def test_a_model_whose_inputs_cannot_be_fed_is_a_one_line_error(tmp_path):
     """A string input has no random values; a Reshape to 7 x 7 of a 1 x 16 input loads but fails its first run."""
-    strings = _one_node_model(tmp_path / "strings.onnx", helper.make_node("Identity", ["text"], ["same"]),
+    strings = one_node_model(tmp_path / "strings.onnx", helper.make_node("Identity", ["text"], ["same"]),
                               [helper.make_tensor_value_info("text", TensorProto.STRING, [1])],
                               [helper.make_tensor_value_info("same", TensorProto.STRING, [1])])
     proc = run_cli("bench", str(strings), "--runs", "20")
@@ -204,7 +195,7 @@ def test_a_model_whose_inputs_cannot_be_fed_is_a_one_line_error(tmp_path):
     assert proc.stdout == ""  # no result, not even a partial one: nothing was timed
 
     impossible = helper.make_tensor("shape", TensorProto.INT64, [2], [7, 7])
-    reshape = _one_node_model(tmp_path / "reshape.onnx", helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    reshape = one_node_model(tmp_path / "reshape.onnx", helper.make_node("Reshape", ["x", "shape"], ["y"]),
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7, 7])], [impossible])
     proc = run_cli("bench", str(reshape), "--runs", "20")

@@ -16,6 +16,7 @@ from edgepress.compress.saturation import signed_input_nodes
 from edgepress.errors import UserError
 from edgepress.export.onnx_export import ExportSettings, export_onnx
 from edgepress.onnx_stats import count_params_and_macs
+from tests.conftest import one_node_model
 
 
 class TinyNet(torch.nn.Module):
@@ -153,21 +154,13 @@ def test_calibration_of_the_wrong_shape_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
-def relu_only_model(path):
-    shape = ["N", 3, 16, 16]
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "relu_only",
-                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def test_a_model_with_nothing_to_quantize_is_refused_by_static_and_dynamic_int8(tmp_path):
     from edgepress.compress.dynamic_quant import DynamicInt8Settings, quantize_int8
 
-    source = relu_only_model(tmp_path / "relu.onnx")
+    shape = ["N", 3, 16, 16]
+    source = one_node_model(tmp_path / "relu.onnx", onnx.helper.make_node("Relu", ["x"], ["y"]),
+                            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+                            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)])
     with pytest.raises(UserError, match="has no Conv, Gemm or MatMul node"):
         quantize(source=source, out=tmp_path / "q.onnx", calibration=inputs(8), settings=PtqSettings())
     with pytest.raises(UserError, match="has no operator this quantization handles"):
