@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     redo.add_argument("--from", dest="rerun_from", metavar="STAGE", help="redo this stage and every stage after it")
     demo = sub.add_parser("demo", help="the built-in default: train a small CNN on digits, export, INT8, gate")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    for command in (run, demo):
+        command.add_argument("--adopt", action="store_true",
+                             help="write into an existing folder that holds other files (by default refused); "
+                                  "edgepress still replaces or deletes only what it created there")
     for command, module_name in COMMAND_MODULES.items():
         module = importlib.import_module(module_name)
         module.add_arguments(sub.add_parser(command, help=module.HELP, description=module.HELP))
@@ -61,7 +65,8 @@ def _check(recipe_path: Path) -> int:
     return EXIT_OK
 
 
-def _run(recipe_path: Path, out: Path | None, *, force: bool = False, rerun_from: str | None = None) -> int:
+def _run(recipe_path: Path, out: Path | None, *, force: bool = False, rerun_from: str | None = None,
+         adopt: bool = False) -> int:
     from edgepress import recipe as recipe_mod
     from edgepress.pipeline import Pipeline
 
@@ -69,7 +74,8 @@ def _run(recipe_path: Path, out: Path | None, *, force: bool = False, rerun_from
     # Under `torchrun --nproc_per_node N -m edgepress run ...` every rank trains; rank 0 alone writes and reports.
     joined = distributed.init()
     try:
-        result = Pipeline(recipe, out_dir=out or Path("runs") / recipe.name, force=force, rerun_from=rerun_from).run()
+        result = Pipeline(recipe, out_dir=out or Path("runs") / recipe.name, force=force, rerun_from=rerun_from,
+                          adopt=adopt).run()
     finally:
         if joined:
             distributed.teardown()
@@ -90,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.recipe)
         if args.command == "run":
-            return _run(args.recipe, args.out, force=args.force, rerun_from=args.rerun_from)
+            return _run(args.recipe, args.out, force=args.force, rerun_from=args.rerun_from, adopt=args.adopt)
         if args.command in COMMAND_MODULES:
             return importlib.import_module(COMMAND_MODULES[args.command]).run(args)
         with resources.as_file(resources.files("edgepress") / "builtin" / "demo.toml") as demo_recipe:
-            return _run(demo_recipe, args.out)
+            return _run(demo_recipe, args.out, adopt=args.adopt)
     except UserError as exc:
         _say_once(f"edgepress: error: {exc.one_line()}")
         return EXIT_ERROR

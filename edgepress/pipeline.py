@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -19,6 +20,7 @@ from edgepress.errors import UserError
 from edgepress.model_inputs import input_shape_of, tokenizer_of
 from edgepress.progress import say
 from edgepress.recipe import Recipe
+from edgepress.run_folder import RunFolder, write_error
 from edgepress.run_lock import output_lock
 from edgepress.stage import ARTIFACT_FILE, Artifact, StageContext, StageOutput
 from edgepress.stages import REGISTRY
@@ -109,11 +111,14 @@ class _StageLog:
 
 
 class Pipeline:
-    def __init__(self, recipe: Recipe, *, out_dir: Path, force: bool = False, rerun_from: str | None = None) -> None:
+    def __init__(self, recipe: Recipe, *, out_dir: Path, force: bool = False, rerun_from: str | None = None,
+                 adopt: bool = False) -> None:
         """A rerun keeps the stage folders whose inputs, settings and code are unchanged (see resume.py);
-        `force` redoes every stage, `rerun_from` that stage and all after it."""
+        `force` redoes every stage, `rerun_from` that stage and all after it. `adopt` lets the run write into an
+        existing folder of the user's (beside their files, never over them; see run_folder.py)."""
         self.recipe = recipe
-        self.out_dir = Path(out_dir).resolve()
+        self.out_dir = Path(os.path.abspath(out_dir))
+        self.folder = RunFolder(self.out_dir, adopt=adopt)
         self.force = force
         self.rerun_from = rerun_from
         self.records: list[dict[str, Any]] = []
@@ -138,8 +143,17 @@ class Pipeline:
         distributed.init()  # under torchrun; the CLI has joined already, a caller of Pipeline may not have
         if not distributed.is_main():
             return self._run(main=False)
-        with output_lock(self.out_dir):  # rank 0 alone writes the folder
-            return self._run(main=True)
+        self.folder.check()
+        self.folder.make()
+        try:
+            with output_lock(self.out_dir):  # rank 0 alone writes the folder
+                return self._run(main=True)
+        except OSError as exc:
+            if exc.errno is None or not str(exc.filename or "").startswith(str(self.out_dir)):
+                raise
+            raise write_error(self.out_dir, exc, doing="writing the run's files") from None
+        finally:
+            self.folder.remove_if_untouched()
 
     def _run(self, *, main: bool) -> RunResult | None:
         recipe = self.recipe
@@ -150,7 +164,12 @@ class Pipeline:
         names = [name for name, _, _ in steps]
         redo_from = 0 if self.force else names.index(self.rerun_from) if self.rerun_from else len(steps)
         if main:
-            atomic.remove_leftovers(self.out_dir)  # of a killed run; the lock keeps other runs out
+            # Everything the run will write, claimed before the first stage: a clash with a user's file in an
+            # adopted folder is refused now, not after an hour of training.
+            stage_folders = [f"{index:02d}-{name}" for index, name in enumerate(names)]
+            self.folder.claim(*stage_folders, *(f".resume-{f}" for f in stage_folders),
+                              *(f"{f}{INCOMPLETE_TARGETS}" for f in stage_folders), *report.FIXED_FILES)
+            self.folder.remove_leftovers()  # of a killed run; the lock keeps other runs out
             key = resume.first_key(recipe, data)
         current: Artifact | None = None
         for index, (name, kind, spec) in enumerate(steps):
@@ -377,6 +396,7 @@ class Pipeline:
             result["gate"]["violations"] += [{k: c[k] for k in ("budget", "limit", "value", "target")}
                                              for c in per_target if not c["passed"]]
             result["gate"]["passed"] = not result["gate"]["violations"]
+        self.folder.claim(*report.file_names(result))
         try:
             report.write_all(result, out_dir=self.out_dir)
         except Exception as exc:

@@ -215,6 +215,26 @@ class Recipe:
         return self.path.parent
 
 
+NAME_MAX_CHARS = 100
+STAGE_NAME_MAX_CHARS = 64  # a folder NN-<name>, and <name> again in its temporary names
+
+
+def check_run_name(name: Any, *, from_file: bool) -> str:
+    """The run's name is its default folder, runs/<name>: a plain word, never a path. Letters, digits, '-', '_'
+    and '.', not starting with a dot (hidden, or '..'), 1 to NAME_MAX_CHARS characters."""
+    source = "the recipe's file name (its default name)" if from_file else "'name'"
+    fix = 'set name = "my-recipe" in the recipe (letters, digits, "-", "_", ".")'
+    if not isinstance(name, str):
+        raise SchemaError(f"{source} must be a string, got {type(name).__name__}", fix=fix)
+    shown = repr(name[:NAME_MAX_CHARS + 20])
+    if not 1 <= len(name) <= NAME_MAX_CHARS or len(name.encode("utf-8", "replace")) > 2 * NAME_MAX_CHARS:
+        raise SchemaError(f"{source} {shown} must have 1 to {NAME_MAX_CHARS} characters, not {len(name)}", fix=fix)
+    if name.startswith(".") or ".." in name or not all(c.isalnum() or c in "-_." for c in name) or not name.isprintable():
+        raise SchemaError(f"{source} {shown} is not a plain file name: use letters, digits, '-', '_' and '.', "
+                          "not starting with '.' nor holding '..'", fix=fix)
+    return name
+
+
 _TOP_LEVEL = {"name", "model", "data", "stages", "target", "targets", "bench", "budgets", "reference_stage"}
 
 
@@ -251,17 +271,16 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
             guess = closest(str(kind), REGISTRY)
             raise SchemaError(f"unknown stage kind {kind!r} in {where}",
                               fix=f"did you mean {guess!r}?" if guess else f"use one of {', '.join(REGISTRY)}")
-        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-            raise SchemaError(f"'{where}.name' must be letters, digits, '-' or '_', got {name!r}",
-                              fix="choose a short name such as 'ptq-u8s8'")
+        if (not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum()
+                or len(name) > STAGE_NAME_MAX_CHARS):
+            raise SchemaError(f"'{where}.name' must be 1 to {STAGE_NAME_MAX_CHARS} letters, digits, '-' or '_', "
+                              f"got {name!r}"[:300], fix="choose a short name such as 'ptq-u8s8'")
         if name in seen_names:
             raise SchemaError(f"two stages are named {name!r}", fix="give each stage a distinct name = ...")
         seen_names.add(name)
         settings = parse(REGISTRY[kind].settings_type, settings_table, where=where, resolve_path=resolve)
         stages.append(StageSpec(kind=kind, name=name, settings=settings))
-    name = table.get("name", path.stem)
-    if not isinstance(name, str):
-        raise SchemaError("'name' must be a string", fix='write name = "my-recipe"')
+    name = check_run_name(table.get("name", path.stem), from_file="name" not in table)
     targets = _targets(table, resolve)
     for index, spec in enumerate(targets):
         for stage in spec.stages:

@@ -232,6 +232,14 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f
 """
 
 
+FIXED_FILES = ("report.json", "report.md", "report.html")
+
+
+def file_names(report: dict[str, Any]) -> list[str]:
+    """What write_all writes into the run folder."""
+    return list(FIXED_FILES) + [sensitivity_svg_name(s) for s, _ in _sensitivities(report)]
+
+
 def write_all(report: dict[str, Any], *, out_dir: Path) -> None:
     atomic.write_json(out_dir / "report.json", report)
     for stage, sensitivity in _sensitivities(report):

@@ -6,6 +6,8 @@ import shutil
 
 import numpy as np
 
+from edgepress.run_folder import MARKER
+
 from tests.conftest import TINY_RECIPE, assert_one_line_error, requires_shared_data, run_cli, shared_data, write_recipe
 
 
@@ -104,7 +106,7 @@ def test_failing_stage_leaves_no_half_written_folder_and_keeps_earlier_ones(tmp_
     assert (out / "03-ptq" / "model.onnx").read_bytes() == before
     assert (out / "02-export" / "model.onnx").is_file()
     assert len((out / "02-export" / "model.onnx").read_bytes()) == len(export_before)
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MARKER], "temporary folders left behind"
 
 
 def test_failing_stage_in_fresh_folder_leaves_nothing_for_it(tmp_path):
@@ -113,5 +115,5 @@ def test_failing_stage_in_fresh_folder_leaves_nothing_for_it(tmp_path):
     assert_one_line_error(run_cli("run", str(bad), "--out", str(out)), "no_such_node")
     assert (out / "02-export" / "model.onnx").is_file()
     assert not (out / "03-ptq").exists()
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MARKER]
     assert shutil.disk_usage(out)  # the folder itself is intact and readable

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from edgepress.run_folder import MARKER
 from tests.conftest import TINY_RECIPE, write_recipe
 from tests.test_resume import STARTED, kept
 
@@ -83,7 +84,7 @@ def test_a_full_disk_ends_the_stage_in_one_line_keeps_earlier_stages_and_the_rer
         record = json.loads((out / name / "stage.json").read_text())["record"]
         artifact = out / record["artifact"]
         assert hashlib.sha256(artifact.read_bytes()).hexdigest() == record["sha256"], name
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [], list(out.iterdir())
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MARKER], list(out.iterdir())
 
     filled[0].unlink()  # space is back
     rerun = subprocess.run([sys.executable, "-m", "edgepress", "run", str(recipe), "--out", str(out)],

@@ -8,6 +8,7 @@ import onnx
 import pytest
 
 from edgepress import report_plots
+from edgepress.run_folder import MARKER
 from tests.conftest import run_cli, write_recipe
 
 STAGE_KEYS = {"name", "kind", "artifact", "format", "sha256", "seconds", "metrics"}
@@ -31,7 +32,7 @@ def test_run_passes_gate_and_writes_every_stage(tiny_run):
         assert (out / stage_dir / artifact).is_file()
         assert (out / stage_dir / "stage.log").is_file()
         json.loads((out / stage_dir / "metrics.json").read_text())
-    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MARKER], "temporary files left behind"
     assert "[edgepress]" in proc.stderr  # progress is shown
 
 
