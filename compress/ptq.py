@@ -66,10 +66,18 @@ class PtqSettings:
             raise ValueError("equalize needs fold_batchnorm: a BatchNormalization between two convs breaks the pair")
 
 
+def even_batch(count: int, batch: int) -> int:
+    """The largest batch of at most `batch` that splits `count` samples into equal batches.
+    ONNX Runtime's histogram calibrators (percentile, entropy) stack each batch's outputs into one array,
+    which fails on a short last batch; equal batches see the same samples, so the ranges are unchanged."""
+    return next(size for size in range(min(batch, count), 0, -1) if count % size == 0)
+
+
 class _ArrayReader:
-    """onnxruntime.quantization's one-method data reader over an in-memory array."""
+    """onnxruntime.quantization's one-method data reader over an in-memory array, in equal batches."""
 
     def __init__(self, input_name: str, inputs: np.ndarray, batch: int) -> None:
+        batch = even_batch(len(inputs), batch)
         self._batches = iter([{input_name: inputs[i:i + batch]} for i in range(0, len(inputs), batch)])
 
     def get_next(self):
@@ -188,6 +196,8 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
     from edgepress.runtime.session import check_feed, input_info, open_session
 
     inputs = calibration[: settings.calibration_samples]
+    if not len(inputs):
+        raise UserError("the calibration set holds no samples", fix="point [data.calibration] at a set with images")
     if not np.all(np.isfinite(inputs)):
         raise UserError("the calibration data contains NaN or infinite values",
                         fix="clean the calibration data or its preprocessing")
