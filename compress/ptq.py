@@ -14,7 +14,7 @@ import numpy as np
 
 from edgepress.errors import UserError
 from edgepress.compress.saturation import signed_input_nodes, weight_tensors
-from edgepress.schema import closest
+from edgepress.schema import BATCH, SAMPLES, closest, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 # scheme = activation type + weight type, as ONNX Runtime's docs name them.
@@ -31,8 +31,8 @@ class PtqSettings:
     reduce_range: bool = False
     per_channel: bool = True
     calibration_method: Literal["minmax", "entropy", "percentile"] = "percentile"
-    calibration_samples: int = 512
-    calibration_batch: int = 32
+    calibration_samples: int = within(*SAMPLES, default=512)
+    calibration_batch: int = within(*BATCH, default=32)
     percentile: float = 99.999
     nodes_to_exclude: tuple[str, ...] = ()
     op_types: tuple[str, ...] = ()
@@ -56,8 +56,6 @@ class PtqSettings:
     bias_correction_holdout: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.calibration_samples <= 0 or self.calibration_batch <= 0:
-            raise ValueError("calibration_samples and calibration_batch must be positive")
         if not 90.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (90, 100], got {self.percentile}")
         if not 0.0 < self.bias_correction_holdout < 1.0:

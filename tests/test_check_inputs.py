@@ -9,7 +9,7 @@ import pytest
 
 from edgepress.errors import UserError
 from edgepress.models.zoo import build_model
-from tests.conftest import main_one_line_error
+from tests.conftest import TINY_RECIPE, main_one_line_error, write_recipe
 from tests.test_models import _entry_module  # a uniquely named module of the user's own code
 
 ENTRY_RECIPE = """
@@ -101,3 +101,71 @@ def test_a_standard_library_entry_is_refused_without_importing_it(monkeypatch):
     with pytest.raises(UserError, match="standard library module 'antigravity'"):
         build_model(name=None, entry="antigravity:geohash", kwargs={})
     assert "antigravity" not in sys.modules
+
+
+def tiny_recipe(tmp_path: Path, **replace: str) -> Path:
+    """TINY_RECIPE (3 epochs, no budgets) with each `old` text replaced by `new`."""
+    text = TINY_RECIPE.format(epochs=3, budgets="")
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return write_recipe(tmp_path, text=text)
+
+
+BENCH = "[bench]\nwarmup_runs = 5\nruns = 200"
+BUDGETS = "[budgets]\n"
+EPOCHS = "epochs = 3"
+LIMIT = "limit = 64"
+
+
+@pytest.mark.parametrize("old, new, key, allowed", [
+    (BENCH, "[bench]\nruns = 1_000_000_000_000", "bench.runs", "[200, 100_000]"),
+    (BENCH, "[bench]\nruns = 199", "bench.runs", "[200, 100_000]"),
+    (BENCH, "[bench]\nwarmup_runs = 0", "bench.warmup_runs", "[1, 10000]"),
+    (BENCH, "[bench]\nwarmup_runs = 1_000_000", "bench.warmup_runs", "[1, 10000]"),
+    (BENCH, "[bench]\nbatch = 0", "bench.batch", "[1, 4096]"),
+    (BUDGETS, "[budgets]\nsize_bytes = -1", "budgets.size_bytes", "[1, 1_099_511_627_776]"),
+    (BUDGETS, "[budgets]\nsize_bytes = 0", "budgets.size_bytes", "[1, 1_099_511_627_776]"),
+    (BUDGETS, "[budgets]\nlatency_p90_ms = 0", "budgets.latency_p90_ms", "(0, 3_600_000]"),
+    (BUDGETS, "[budgets]\nlatency_p90_ms = -2.5", "budgets.latency_p90_ms", "(0, 3_600_000]"),
+    (BUDGETS, "[budgets]\naccuracy_drop_points = -1", "budgets.accuracy_drop_points", "[0, 100]"),
+    (BUDGETS, "[target]\nthreads = 0\n\n[budgets]", "target.threads", "[1, 256]"),
+    (BUDGETS, "[target]\nthreads = 100000\n\n[budgets]", "target.threads", "[1, 256]"),
+    (BUDGETS, "[target]\nevaluate_samples = 0\n\n[budgets]", "target.evaluate_samples", "[1, 1_000_000_000]"),
+    (LIMIT, "limit = 0", "data.calibration.limit", "[1, 1_000_000_000]"),
+    (LIMIT, "limit = -5", "data.calibration.limit", "[1, 1_000_000_000]"),
+    (LIMIT, "limit = 10_000_000_000", "data.calibration.limit", "[1, 1_000_000_000]"),
+    ('std = [0.5] }', 'std = [0.5] }\nbatch_size = 0', "data.batch_size", "[1, 65536]"),
+    ("kwargs = { width = 8 }", "kwargs = { width = 8 }\nseed = -1", "model.seed", "[0, 4_294_967_295]"),
+    ("kwargs = { width = 8 }", "kwargs = { width = 8 }\ninput_shape = [1, 0, 8]", "model.input_shape[1]", "[1, 65536]"),
+    (EPOCHS, "epochs = 0", "stages[0].epochs", "[1, 10000]"),
+    (EPOCHS, "epochs = 1_000_000", "stages[0].epochs", "[1, 10000]"),
+    ("batch_size = 32", "batch_size = 10_000_000", "stages[0].batch_size", "[1, 65536]"),
+    (EPOCHS, "epochs = 3\nlearning_rate = 0", "stages[0].learning_rate", "(0, 10]"),
+    (EPOCHS, "epochs = 3\nseed = 4_294_967_296", "stages[0].seed", "[0, 4_294_967_295]"),
+    ('kind = "ptq"', 'kind = "ptq"\ncalibration_samples = 0', "stages[2].calibration_samples", "[1, 1_000_000_000]"),
+    ('kind = "ptq"', 'kind = "ptq"\ncalibration_batch = -32', "stages[2].calibration_batch", "[1, 65536]"),
+])
+def test_check_refuses_absurd_settings_naming_the_key_and_its_range(tmp_path, capsys, old, new, key, allowed):
+    recipe = tiny_recipe(tmp_path, **{old: new})
+    line = main_one_line_error(capsys, ["check", str(recipe)], f"'{key}' = ", f"is outside the sensible range {allowed}")
+    assert line.endswith(f"fix: set {key.rsplit('.', 1)[-1].split('[')[0]} to a value in {allowed}")
+
+
+@pytest.mark.parametrize("stage, setting, key", [
+    ('kind = "prune"\nchannel_ratio = 0.5', "steps = 0", "steps"),
+    ('kind = "prune"\nchannel_ratio = 0.5', "step_batch_size = 0", "step_batch_size"),
+    ('kind = "prune"\nlatency_target_ms = -1.0', "", "latency_target_ms"),
+    ('kind = "prune_depth"\nblocks = 0', "", "blocks"),
+    ('kind = "distill"', "temperature = 0", "temperature"),
+    ('kind = "distill"', "epochs = 100_000", "epochs"),
+])
+def test_each_stage_settings_are_bounded(tmp_path, capsys, stage, setting, key):
+    recipe = tiny_recipe(tmp_path, **{'[[stages]]\nkind = "export"': f'[[stages]]\n{stage}\n{setting}\n\n[[stages]]\nkind = "export"'})
+    main_one_line_error(capsys, ["check", str(recipe)], f"'stages[1].{key}' = ", "is outside the sensible range")
+
+
+def test_run_refuses_absurd_settings_before_making_its_folder(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, **{BENCH: "[bench]\nruns = 1_000_000_000_000"})
+    main_one_line_error(capsys, ["run", str(recipe), "--out", str(tmp_path / "out")], "'bench.runs'")
+    assert not (tmp_path / "out").exists()
