@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from edgepress.compress import distributed
+from edgepress.errors import UserError
 from edgepress.progress import Progress
 from edgepress.schema import BATCH, EPOCHS, SEEDS, within
 
@@ -182,6 +183,11 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
     trained = len(train_idx) - (tail if 0 < tail < world else 0)
     if trained < len(train_idx):
         log(f"{label}: the last {tail} samples of each epoch are skipped: fewer than the {world} ranks")
+    if trained == 0:
+        raise UserError(f"{label}: {len(inputs)} samples leave none to train on (validation_split "
+                        f"{settings.validation_split:g} holds out {n_val})",
+                        fix="give [data.training] more samples, or lower validation_split")
+    _check_labels(model, inputs, labels, device=device, label=label)
     steps_per_epoch = math.ceil(trained / settings.batch_size)
     parameters = list(model.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
     if settings.optimizer == "sgd":
@@ -310,6 +316,24 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
         model.load_state_dict(best_state)
     model.to("cpu").eval()
     return history
+
+
+def _check_labels(model, inputs, labels, *, device, label: str) -> None:
+    """Labels the model cannot score, as one line: torch's cross-entropy raises IndexError mid-epoch for them
+    (and a device-side assert on CUDA). One sample through the model gives its class count."""
+    import torch
+
+    was_training = model.training
+    model.eval()  # one sample through BatchNorm in training mode is an error of its own
+    with torch.no_grad():
+        scores = model(inputs[:1].to(device))
+    model.train(was_training)
+    classes = scores.shape[-1]
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise UserError(f"{label}: the training labels span {low}..{high}, but the model scores {classes} classes "
+                        f"(0..{classes - 1})", fix=f"use training data labelled 0..{classes - 1}, or build the "
+                        "model with as many classes as the labels need ([model] kwargs)")
 
 
 def _quiet(message: str) -> None:

@@ -169,3 +169,117 @@ def test_run_refuses_absurd_settings_before_making_its_folder(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path, **{BENCH: "[bench]\nruns = 1_000_000_000_000"})
     main_one_line_error(capsys, ["run", str(recipe), "--out", str(tmp_path / "out")], "'bench.runs'")
     assert not (tmp_path / "out").exists()
+
+
+def _npz(path: Path, labels, *, count: int | None = None) -> Path:
+    import numpy as np
+
+    labels = np.asarray(labels)
+    images = np.zeros((len(labels) if count is None else count, 8, 8), dtype=np.uint8)
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+ROLES = {
+    "evaluation": ('evaluation = [{ dataset = "digits:test" }]', 'evaluation = [{ path = "bad.npz" }]'),
+    "training": ('training = { dataset = "digits:train", limit = 400 }', 'training = { path = "bad.npz" }'),
+    "calibration": ('calibration = { dataset = "digits:train", limit = 64 }', 'calibration = { path = "bad.npz" }'),
+}
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+@pytest.mark.parametrize("labels, expected", [
+    ([0, 3, 10], "has label 10, but the model scores 10 classes (0..9)"),
+    ([0, 1, 250], "has label 250, but the model scores 10 classes (0..9)"),
+])
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_labels_past_the_models_classes_are_refused_before_any_stage(tmp_path, capsys, role, labels, expected, command):
+    _npz(tmp_path / "bad.npz", labels)
+    recipe = tiny_recipe(tmp_path, **{ROLES[role][0]: ROLES[role][1]})
+    argv = [command, str(recipe)] + (["--out", str(tmp_path / "out")] if command == "run" else [])
+    main_one_line_error(capsys, argv, f"{role} set 'bad.npz' {expected}", "fix: use data labelled 0..9")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("labels, expected", [
+    ([0, -1, 2], "has label -1; labels are class indices 0..1000000"),
+    ([0, 2**63 + 5], "has label 9223372036854775813; labels are class indices"),  # uint64: int64 would wrap it
+    ([0, 2**40], "has label 1099511627776; labels are class indices"),
+    ([0.0, 1.5], "labels are float64 with shape [2]"),
+    ([True, False], "labels are bool with shape [2]"),
+    ([[0, 1], [1, 0]], "labels are int64 with shape [2, 2]"),
+])
+@pytest.mark.parametrize("role", sorted(ROLES))
+def test_labels_that_are_not_small_non_negative_integers_are_refused(tmp_path, capsys, labels, expected, role):
+    import numpy as np
+
+    values = np.array(labels, dtype=np.uint64) if labels[-1] == 2**63 + 5 else np.array(labels)
+    _npz(tmp_path / "bad.npz", values)
+    recipe = tiny_recipe(tmp_path, **{ROLES[role][0]: ROLES[role][1]})
+    main_one_line_error(capsys, ["check", str(recipe)], "dataset 'bad.npz'", expected)
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+@pytest.mark.parametrize("source", ["npz", "idx", "idx-gz"])
+def test_sets_with_no_samples_are_refused(tmp_path, capsys, role, source):
+    from tests.test_data import write_idx
+    import numpy as np
+
+    if source == "npz":
+        _npz(tmp_path / "bad.npz", np.zeros(0, dtype=np.int64))
+        given = ROLES[role][1]
+    else:
+        gz = source == "idx-gz"
+        write_idx(tmp_path / "img", np.zeros((0, 8, 8), dtype=np.uint8), gz=gz)
+        write_idx(tmp_path / "lbl", np.zeros(0, dtype=np.uint8), gz=gz)
+        given = ROLES[role][1].replace('path = "bad.npz"', 'images = "img", labels = "lbl", label = "bad.npz"')
+    recipe = tiny_recipe(tmp_path, **{ROLES[role][0]: given})
+    main_one_line_error(capsys, ["check", str(recipe)], "dataset 'bad.npz' holds no samples")
+
+
+@pytest.mark.parametrize("declared", [[None, 1], ["N", "K"]])
+def test_an_onnx_models_class_count_is_read_or_run_for(tmp_path, capsys, declared):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.conftest import one_node_model
+
+    shape = [d or "N" for d in declared]
+    one_node_model(tmp_path / "mean.onnx", helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=0),
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    recipe = write_recipe(tmp_path, text='name = "m"\n[model]\nonnx = "mean.onnx"\n[data]\n'
+                          'evaluation = [{ dataset = "digits:test", limit = 20 }]\n')
+    main_one_line_error(capsys, ["check", str(recipe)], "evaluation set 'digits:test' has label",
+                        "but the model scores 1 classes (0..0)")
+    assert onnx.load(str(tmp_path / "mean.onnx"))  # untouched
+
+
+@pytest.mark.parametrize("labels, inputs_count, expected", [
+    ([0, 1, 10, 2], 4, "the training labels span 0..10, but the model scores 10 classes (0..9)"),
+    ([0, 1, 99, 2], 4, "the training labels span 0..99"),
+    ([0, -1, 3, 2], 4, "the training labels span -1..3"),
+    ([], 0, "0 samples leave none to train on"),
+])
+@pytest.mark.parametrize("stage", ["train", "distill"])
+def test_the_training_loop_refuses_what_it_cannot_train_on_in_one_line(labels, inputs_count, expected, stage):
+    # Caught before a stage runs by check_label_range and the data readers; the loop holds its own line for callers.
+    import torch
+
+    from edgepress.compress.distill import DistillSettings, teacher_loss_fn
+    from edgepress.compress.loop import fit
+    from edgepress.compress.train import TrainSettings, cross_entropy_loss_fn
+    from edgepress.models.small_cnn import small_cnn
+
+    model = small_cnn(width=4)
+    if stage == "train":
+        settings, loss_fn = TrainSettings(epochs=1, batch_size=2), cross_entropy_loss_fn()
+    else:
+        settings = DistillSettings(epochs=1, batch_size=2, alpha=0.5)
+        loss_fn = teacher_loss_fn(small_cnn(width=4).eval(), alpha=0.5, temperature=2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UserError) as caught:
+        fit(model, inputs=torch.zeros(inputs_count, 1, 8, 8), labels=torch.tensor(labels, dtype=torch.int64),
+            settings=settings, loss_fn=loss_fn, resume_dir=None, key="k", log=lambda _: None, label=stage)
+    assert expected in caught.value.one_line() and caught.value.one_line().startswith(f"{stage}: ")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not one step taken
