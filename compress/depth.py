@@ -17,26 +17,24 @@ from typing import Any, Literal
 
 from edgepress.errors import UserError
 from edgepress.schema import closest
+from edgepress.schema import SAMPLES, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
 class DepthSettings:
-    blocks: int | None = None  # remove this many blocks
+    blocks: int | None = within(1, 10000, default=None)  # remove this many blocks
     macs_target: float | None = None  # or remove blocks until MACs are at most this share
     ranking: Literal["greedy", "one_shot"] = "greedy"
     keep: tuple[str, ...] = ()  # blocks never removed
-    samples: int = 256  # calibration images used to score blocks (each removal re-scores every block)
+    # Calibration images used to score blocks (each removal re-scores every block).
+    samples: int = within(*SAMPLES, default=256)
 
     def __post_init__(self) -> None:
         if (self.blocks is None) == (self.macs_target is None):
             raise ValueError("give exactly one of blocks or macs_target")
-        if self.blocks is not None and self.blocks <= 0:
-            raise ValueError(f"blocks must be positive, got {self.blocks}")
         if self.macs_target is not None and not 0.0 < self.macs_target < 1.0:
             raise ValueError(f"macs_target must be in (0, 1), got {self.macs_target}")
-        if self.samples <= 0:
-            raise ValueError("samples must be positive")
 
 
 def removable_blocks(model, *, keep: tuple[str, ...] = ()) -> list[str]:

@@ -10,17 +10,18 @@ from dataclasses import dataclass
 
 from edgepress.compress.loop import LoopSettings, fit, resume_key
 from edgepress.errors import UserError
+from edgepress.schema import within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
 class DistillSettings(LoopSettings):
     alpha: float = 0.9
-    temperature: float = 4.0
+    temperature: float = within(0, 1000, default=4.0, low_open=True)
     teacher: str = "reference"  # a stage name whose model teaches; "reference" = the recipe's reference_stage
     hint_layers: tuple[str, ...] = ()  # student module names whose outputs follow the teacher's (feature loss)
     hint_teacher_layers: tuple[str, ...] = ()  # the teacher's module for each; empty = the same names
-    hint_weight: float = 1.0
+    hint_weight: float = within(0, 10**6, default=1.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -20,7 +20,7 @@ from typing import Literal
 
 from edgepress.errors import UserError
 from edgepress.progress import tool_output_to
-from edgepress.schema import closest
+from edgepress.schema import closest, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 # onnxruntime.quantization's IntegerOpsRegistry: what quantize_dynamic can quantize.
@@ -44,7 +44,7 @@ class DynamicInt8Settings:
 
 @dataclass(frozen=True)
 class Int4WeightsSettings:
-    block_size: int = 32  # weights per scale, along the input axis
+    block_size: int = within(16, 1 << 16, default=32)  # weights per scale, along the input axis
     symmetric: bool = True
     # 0: float activations (ONNX Runtime's default); 4: activations INT8 inside the kernel (no faster on AVX2).
     accuracy_level: Literal[0, 1, 2, 3, 4] = 0

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from edgepress.compress import distributed
+from edgepress.errors import UserError
 from edgepress.progress import Progress
+from edgepress.schema import BATCH, EPOCHS, SEEDS, within
 
 if TYPE_CHECKING:
     import torch
@@ -20,33 +22,29 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LoopSettings:
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = within(*EPOCHS, default=10)
+    batch_size: int = within(*BATCH, default=64)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    learning_rate: float = within(0, 10, default=0.05, low_open=True)
+    momentum: float = within(0, 1, default=0.9)
+    weight_decay: float = within(0, 1, default=5e-4)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: int = 0
-    step_epochs: int = 30
-    step_gamma: float = 0.1
+    warmup_epochs: int = within(0, EPOCHS[1], default=0)
+    step_epochs: int = within(*EPOCHS, default=30)
+    step_gamma: float = within(0, 1, default=0.1, low_open=True)
     label_smoothing: float = 0.0
     augment: Literal["none", "crop_flip"] = "none"
-    crop_padding: int = 4
+    crop_padding: int = within(0, 1024, default=4)
     # Teacher-matching losses only: each sample is blended with another of its batch, weight drawn from
     # Beta(mixup, mixup), so the student also matches the teacher between classes, where flips happen.
-    mixup: float = 0.0
+    mixup: float = within(0, 1000, default=0.0)
     validation_split: float = 0.0
-    early_stopping_patience: int | None = None
+    early_stopping_patience: int | None = within(*EPOCHS, default=None)
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: int = within(*SEEDS, default=0)
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.batch_size <= 0:
-            raise ValueError("epochs and batch_size must be positive")
-        if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be positive")
         if not 0.0 <= self.validation_split < 0.5:
             raise ValueError("validation_split must be in [0, 0.5)")
         if self.early_stopping_patience is not None and self.validation_split == 0.0:
@@ -185,6 +183,11 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
     trained = len(train_idx) - (tail if 0 < tail < world else 0)
     if trained < len(train_idx):
         log(f"{label}: the last {tail} samples of each epoch are skipped: fewer than the {world} ranks")
+    if trained == 0:
+        raise UserError(f"{label}: {len(inputs)} samples leave none to train on (validation_split "
+                        f"{settings.validation_split:g} holds out {n_val})",
+                        fix="give [data.training] more samples, or lower validation_split")
+    _check_labels(model, inputs, labels, device=device, label=label)
     steps_per_epoch = math.ceil(trained / settings.batch_size)
     parameters = list(model.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
     if settings.optimizer == "sgd":
@@ -313,6 +316,24 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
         model.load_state_dict(best_state)
     model.to("cpu").eval()
     return history
+
+
+def _check_labels(model, inputs, labels, *, device, label: str) -> None:
+    """Labels the model cannot score, as one line: torch's cross-entropy raises IndexError mid-epoch for them
+    (and a device-side assert on CUDA). One sample through the model gives its class count."""
+    import torch
+
+    was_training = model.training
+    model.eval()  # one sample through BatchNorm in training mode is an error of its own
+    with torch.no_grad():
+        scores = model(inputs[:1].to(device))
+    model.train(was_training)
+    classes = scores.shape[-1]
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise UserError(f"{label}: the training labels span {low}..{high}, but the model scores {classes} classes "
+                        f"(0..{classes - 1})", fix=f"use training data labelled 0..{classes - 1}, or build the "
+                        "model with as many classes as the labels need ([model] kwargs)")
 
 
 def _quiet(message: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from edgepress.compress.channels import prune_copy
 from edgepress.errors import UserError
+from edgepress.schema import BATCH, EPOCHS, SAMPLES, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
@@ -23,18 +24,20 @@ class PruneSettings:
     macs_target: float | None = None  # keep at most this share of the MACs (of macs_reference)
     macs_reference: Literal["input", "source"] = "input"  # source: the recipe's model, before earlier stages
     latency_ratio: float | None = None  # ONNX Runtime p50 at most this share of the unpruned model's, measured
-    latency_target_ms: float | None = None  # ONNX Runtime p50 at most this, measured on the recipe's target
+    # ONNX Runtime p50 at most this, measured on the recipe's target.
+    latency_target_ms: float | None = within(0, 3_600_000, default=None, low_open=True)
     global_ranking: bool = False
     ignored_layers: tuple[str, ...] = ()
-    round_to: int | None = None  # kept channels a multiple of this (8 or 16 suit SIMD kernels)
-    taylor_samples: int = 256
+    round_to: int | None = within(1, 1024, default=None)  # kept channels a multiple of this (8 or 16 suit SIMD kernels)
+    taylor_samples: int = within(*SAMPLES, default=256)
     sensitivity: Literal["off", "report", "allocate"] = "off"  # allocate: per-layer ratios from the analysis
     sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
-    sensitivity_samples: int = 512  # calibration images scoring each pruned copy
-    steps: int = 1  # iterative schedule: prune a share, fine-tune, repeat
-    step_epochs: int = 1  # fine-tuning epochs after every step but the last (distillation from the input model)
-    step_learning_rate: float = 0.01
-    step_batch_size: int = 128
+    sensitivity_samples: int = within(*SAMPLES, default=512)  # calibration images scoring each pruned copy
+    steps: int = within(1, 100, default=1)  # iterative schedule: prune a share, fine-tune, repeat
+    # Fine-tuning epochs after every step but the last (distillation from the input model).
+    step_epochs: int = within(0, EPOCHS[1], default=1)
+    step_learning_rate: float = within(0, 10, default=0.01, low_open=True)
+    step_batch_size: int = within(*BATCH, default=128)
 
     def __post_init__(self) -> None:
         targets = [k for k in ("macs_target", "latency_ratio", "latency_target_ms") if getattr(self, k) is not None]
@@ -44,21 +47,11 @@ class PruneSettings:
             value = getattr(self, key)
             if value is not None and not 0.0 < value < 1.0:
                 raise ValueError(f"{key} must be in (0, 1), got {value}")
-        if self.latency_target_ms is not None and self.latency_target_ms <= 0:
-            raise ValueError("latency_target_ms must be positive")
-        if self.round_to is not None and self.round_to <= 0:
-            raise ValueError("round_to must be positive")
-        if self.steps < 1 or self.step_epochs < 0 or self.step_batch_size < 1 or self.step_learning_rate <= 0:
-            raise ValueError("steps and step_batch_size must be at least 1, step_epochs at least 0, "
-                             "step_learning_rate positive")
-
         if self.sensitivity == "allocate" and self.channel_ratio is not None:
             raise ValueError("sensitivity = \"allocate\" chooses per-layer ratios for a macs_target or latency "
                              "target; with channel_ratio every layer gets the same ratio")
         if not self.sensitivity_ratios or not all(0.0 < r < 1.0 for r in self.sensitivity_ratios):
             raise ValueError("sensitivity_ratios must be in (0, 1)")
-        if self.sensitivity_samples < 1:
-            raise ValueError("sensitivity_samples must be positive")
 
     @property
     def measures_latency(self) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgepress.errors import UserError
 from edgepress.compress.saturation import signed_input_nodes, weight_tensors
-from edgepress.schema import closest
+from edgepress.schema import BATCH, SAMPLES, closest, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 # scheme = activation type + weight type, as ONNX Runtime's docs name them.
@@ -31,8 +31,8 @@ class PtqSettings:
     reduce_range: bool = False
     per_channel: bool = True
     calibration_method: Literal["minmax", "entropy", "percentile"] = "percentile"
-    calibration_samples: int = 512
-    calibration_batch: int = 32
+    calibration_samples: int = within(*SAMPLES, default=512)
+    calibration_batch: int = within(*BATCH, default=32)
     percentile: float = 99.999
     nodes_to_exclude: tuple[str, ...] = ()
     op_types: tuple[str, ...] = ()
@@ -56,8 +56,6 @@ class PtqSettings:
     bias_correction_holdout: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.calibration_samples <= 0 or self.calibration_batch <= 0:
-            raise ValueError("calibration_samples and calibration_batch must be positive")
         if not 90.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (90, 100], got {self.percentile}")
         if not 0.0 < self.bias_correction_holdout < 1.0:
@@ -66,10 +64,18 @@ class PtqSettings:
             raise ValueError("equalize needs fold_batchnorm: a BatchNormalization between two convs breaks the pair")
 
 
+def even_batch(count: int, batch: int) -> int:
+    """The largest batch of at most `batch` that splits `count` samples into equal batches.
+    ONNX Runtime's histogram calibrators (percentile, entropy) stack each batch's outputs into one array,
+    which fails on a short last batch; equal batches see the same samples, so the ranges are unchanged."""
+    return next(size for size in range(min(batch, count), 0, -1) if count % size == 0)
+
+
 class _ArrayReader:
-    """onnxruntime.quantization's one-method data reader over an in-memory array."""
+    """onnxruntime.quantization's one-method data reader over an in-memory array, in equal batches."""
 
     def __init__(self, input_name: str, inputs: np.ndarray, batch: int) -> None:
+        batch = even_batch(len(inputs), batch)
         self._batches = iter([{input_name: inputs[i:i + batch]} for i in range(0, len(inputs), batch)])
 
     def get_next(self):
@@ -188,6 +194,8 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
     from edgepress.runtime.session import check_feed, input_info, open_session
 
     inputs = calibration[: settings.calibration_samples]
+    if not len(inputs):
+        raise UserError("the calibration set holds no samples", fix="point [data.calibration] at a set with images")
     if not np.all(np.isfinite(inputs)):
         raise UserError("the calibration data contains NaN or infinite values",
                         fix="clean the calibration data or its preprocessing")

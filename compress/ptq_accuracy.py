@@ -21,6 +21,7 @@ import numpy as np
 
 from edgepress.compress.ptq import PtqSettings, compute_nodes, node_precision_map, quantize
 from edgepress.errors import UserError
+from edgepress.schema import SAMPLES, SEEDS, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 Scheme = Literal["u8s8", "s8s8", "u8u8"]
@@ -35,16 +36,16 @@ class AccuracyAwarePtqSettings:
     schemes: tuple[Scheme, ...] = ()  # empty: every scheme with fast kernels on the target
     calibration_methods: tuple[Method, ...] = ("percentile", "minmax")
     percentile: float = 99.999
-    calibration_samples: int = 512
+    calibration_samples: int = within(*SAMPLES, default=512)
     # Validation images: calibration images after the first calibration_samples (a seeded shuffle).
-    validation_samples: int = 1000
-    sensitivity_samples: int = 128
-    fallback_candidates: int = 2  # the fastest candidates that miss the goal get node fallback
-    max_fp32_nodes: int | None = None
+    validation_samples: int = within(*SAMPLES, default=1000)
+    sensitivity_samples: int = within(*SAMPLES, default=128)
+    fallback_candidates: int = within(1, 100, default=2)  # the fastest candidates that miss the goal get node fallback
+    max_fp32_nodes: int | None = within(0, 10**6, default=None)
     nodes_to_exclude: tuple[str, ...] = ()  # always FP32, whatever the search finds
-    latency_rounds: int = 8
-    latency_runs_per_round: int = 30
-    seed: int = 0
+    latency_rounds: int = within(1, 1000, default=8)
+    latency_runs_per_round: int = within(1, 100000, default=30)
+    seed: int = within(*SEEDS, default=0)
 
     def __post_init__(self) -> None:
         if self.min_agreement is None and self.max_accuracy_drop_points is None:
@@ -53,8 +54,6 @@ class AccuracyAwarePtqSettings:
             raise ValueError(f"min_agreement is a share in (0, 1], got {self.min_agreement}")
         if not self.calibration_methods:
             raise ValueError("calibration_methods must name at least one method")
-        if min(self.calibration_samples, self.validation_samples, self.sensitivity_samples) <= 0:
-            raise ValueError("calibration_samples, validation_samples and sensitivity_samples must be positive")
 
     def meets(self, score: dict[str, float]) -> bool:
         """Whether a _Workbench.score result meets the goal."""

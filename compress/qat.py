@@ -17,6 +17,7 @@ import numpy as np
 from edgepress.compress.distill import check_distillation
 from edgepress.compress.loop import LoopSettings, fit, resume_key
 from edgepress.errors import UserError
+from edgepress.schema import SAMPLES, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
@@ -34,18 +35,18 @@ class QatSettings(LoopSettings):
     # gap between the top two logits, which KL at T = 1 barely weighs once the top class is confident.
     loss: Literal["kl", "logits_mse"] = "logits_mse"
     alpha: float = 1.0  # weight of the teacher term; 1 - alpha goes to cross-entropy on the labels
-    temperature: float = 1.0  # kl only
+    temperature: float = within(0, 1000, default=1.0, low_open=True)  # kl only
     # 7-bit weights where the target's U8S8 kernels add products in int16 (x86 without VNNI);
     # "auto" asks the target's CPU.
     weight_bits: Literal["auto", "7", "8"] = "auto"
     calibration_method: Literal["minmax", "percentile"] = "percentile"
     percentile: float = 99.999
-    calibration_samples: int = 512
+    calibration_samples: int = within(*SAMPLES, default=512)
     learn_ranges: bool = True
     # Conv/Linear layers (torch module names) left in FP32, e.g. the first conv, whose input is the
     # normalised image: cheap to run in FP32, and one uint8 grid loses pixel levels of its three channels.
     fp32_layers: tuple[str, ...] = ()
-    parity_samples: int = 1000
+    parity_samples: int = within(*SAMPLES, default=1000)
     min_parity: float = 0.995
     opset: int = 17
 
@@ -54,8 +55,6 @@ class QatSettings(LoopSettings):
         check_distillation(alpha=self.alpha, temperature=self.temperature, mixup=self.mixup)
         if not 90.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (90, 100], got {self.percentile}")
-        if self.calibration_samples <= 0 or self.parity_samples <= 0:
-            raise ValueError("calibration_samples and parity_samples must be positive")
         if not 0.0 < self.min_parity <= 1.0:
             raise ValueError("min_parity is a share in (0, 1]")
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 from edgepress.errors import UserError
 from edgepress.progress import tool_output_to
+from edgepress.schema import within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "BiasGelu", "Gelu", "FastGelu",
@@ -26,13 +27,11 @@ FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "
 @dataclass(frozen=True)
 class FusionSettings:
     model_type: Literal["bert"] = "bert"
-    num_heads: int = 0  # 0: the count export_transformer wrote into the model's metadata
-    hidden_size: int = 0  # 0: likewise
+    num_heads: int = within(0, 4096, default=0)  # 0: the count export_transformer wrote into the model's metadata
+    hidden_size: int = within(0, 1 << 20, default=0)  # 0: likewise
     require_attention: bool = True  # a fusion that finds no attention is an error, not a silent no-op
 
     def __post_init__(self) -> None:
-        if self.num_heads < 0 or self.hidden_size < 0:
-            raise ValueError("num_heads and hidden_size must be positive, or 0 to read them from the model")
         if self.num_heads and self.hidden_size and self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
 

@@ -28,7 +28,9 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgepress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="validate a recipe, its files and data without running any stage")
+    check_help = ("validate a recipe, its files and data without running any stage; a [model] entry is your own code, "
+                  "and check calls it (with its kwargs) to build the model and learn its input and output shapes")
+    check = sub.add_parser("check", help=check_help, description=check_help)
     check.add_argument("recipe", type=Path)
     run = sub.add_parser("run", help="run a recipe's stages, write reports, gate on its budgets")
     run.add_argument("recipe", type=Path)

@@ -92,6 +92,18 @@ class DataProvider:
         return LabeledSet(name=" + ".join(p.name for p in parts), inputs=np.concatenate([p.inputs for p in parts]),
                           labels=np.concatenate([p.labels for p in parts]))
 
+    def check_labels(self, classes: int) -> None:
+        """Every loaded labelled set's labels must be classes the model scores: accuracy and cross-entropy
+        index the model's outputs by them (torch's cross-entropy raised IndexError mid-training)."""
+        for role in ("evaluation", "calibration", "training"):
+            loaded = self.__dict__.get(role, ())  # cached_property: only the sets load_all read
+            for part in loaded if isinstance(loaded, tuple) else (loaded,):
+                if isinstance(part, LabeledSet) and int(part.labels.max()) >= classes:
+                    raise UserError(f"{role} set {part.name!r} has label {int(part.labels.max())}, but the model "
+                                    f"scores {classes} classes (0..{classes - 1})",
+                                    fix=f"use data labelled 0..{classes - 1}, or build the model with "
+                                    f"{int(part.labels.max()) + 1} or more classes ([model] kwargs)")
+
     def load_all(self, *, calibration: bool, training: bool) -> None:
         """Load up front what the stages will need, so bad data fails before any work."""
         _ = self.evaluation

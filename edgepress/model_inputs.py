@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from edgepress.errors import UserError
 from edgepress.recipe import Recipe
 
@@ -55,3 +57,40 @@ def tokenizer_of(recipe: Recipe) -> Path | None:
 
         return text_model_limits(name=recipe.model.name, entry=None)[0]
     return None
+
+
+def output_classes(recipe: Recipe, sample: np.ndarray) -> int | None:
+    """How many classes the recipe's model scores: the last axis of its first output for one `sample` (an ONNX
+    file's declared size when fixed). None when the output is not one score per class (not N x K)."""
+    if recipe.model.onnx is not None:
+        from edgepress.runtime.session import as_feed, check_feed, open_session
+
+        session = open_session(recipe.model.onnx, threads=1)
+        declared = session.get_outputs()[0].shape
+        if len(declared) == 2 and isinstance(declared[1], int):
+            return declared[1]
+        check_feed(session, sample[None], source="the evaluation data")
+        scores = session.run(None, as_feed(session, sample[None]))[0]
+    else:
+        scores = _torch_scores(recipe, sample)
+    return int(scores.shape[-1]) if scores is not None and scores.ndim == 2 else None
+
+
+def _torch_scores(recipe: Recipe, sample: np.ndarray) -> np.ndarray | None:
+    """The untrained model's output for one sample: the class count is the architecture's, not the weights'."""
+    import torch
+
+    from edgepress.models.zoo import build_model
+
+    with torch.random.fork_rng(devices=[]):  # the run's seeded draws stay what they were
+        model = build_model(name=recipe.model.name, entry=recipe.model.entry, kwargs=recipe.model.kwargs).eval()
+        try:
+            with torch.no_grad():
+                out = model(torch.from_numpy(np.ascontiguousarray(sample[None])))
+        except Exception as exc:  # the user's forward failing on the recipe's own data: their bug, one line
+            reason = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise UserError(f"the model failed on one evaluation sample of shape {list(sample.shape)}: "
+                            f"{type(exc).__name__}: {reason}",
+                            fix="make the model's forward take the data's shape, or fix the data") from None
+    out = out[0] if isinstance(out, (tuple, list)) and out else out
+    return out.detach().numpy() if isinstance(out, torch.Tensor) else None

@@ -17,7 +17,7 @@ from edgepress import atomic, evaluation, gate, measure, on_target, report, resu
 from edgepress.compress import distributed
 from edgepress.datasets import DataProvider, LabeledSet
 from edgepress.errors import UserError
-from edgepress.model_inputs import input_shape_of, tokenizer_of
+from edgepress.model_inputs import input_shape_of, output_classes, tokenizer_of
 from edgepress.progress import say
 from edgepress.recipe import Recipe
 from edgepress.run_folder import RunFolder, write_error
@@ -85,6 +85,16 @@ def check_layer_names(recipe: Recipe, source: Artifact) -> None:
             raise UserError(f"stage {spec.name!r}: {exc.problem}", fix=exc.fix) from None
 
 
+def check_label_range(recipe: Recipe, data: DataProvider) -> None:
+    """Labels past the model's classes are refused before any stage: the model is run once, on one sample,
+    to learn its class count. A text model's sets have no labels."""
+    if recipe.data.modality != "image":
+        return
+    classes = output_classes(recipe, data.evaluation[0].sample())
+    if classes is not None:
+        data.check_labels(classes)
+
+
 # Beside a stage folder (NN-name + this): what the targets measured of a stage that a failing target stopped.
 INCOMPLETE_TARGETS = ".targets-incomplete.json"
 
@@ -134,6 +144,7 @@ class Pipeline:
         data = DataProvider(self.recipe.data, input_shape=input_shape, tokenizer=tokenizer_of(self.recipe))
         needs = {need for stage in self.recipe.stages for need in REGISTRY[stage.kind].needs}
         data.load_all(calibration="calibration" in needs, training="training" in needs)
+        check_label_range(self.recipe, data)
         if probe_targets and distributed.is_main():
             self.targets = on_target.open_targets(self.recipe)
         return data

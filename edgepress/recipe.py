@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgepress import datapath
-from edgepress.schema import SchemaError, closest, parse, read_toml, unknown_key_error
+from edgepress.schema import (BATCH, SAMPLES, SEEDS, THREADS, SchemaError, closest, parse, read_toml, unknown_key_error,
+                              within)
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,8 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     onnx: Path | None = None
-    input_shape: tuple[int, ...] | None = None
-    seed: int = 0  # initial weights when there is no checkpoint: runs are reproducible
+    input_shape: tuple[int, ...] | None = within(1, 65536, default=None)
+    seed: int = within(*SEEDS, default=0)  # initial weights when there is no checkpoint: runs are reproducible
 
     def __post_init__(self) -> None:
         given = [k for k in ("name", "entry", "onnx") if getattr(self, k) is not None]
@@ -31,8 +32,6 @@ class ModelSpec:
             raise ValueError(f"entry {self.entry!r} must look like 'package.module:function'")
         if self.onnx is not None and self.checkpoint is not None:
             raise ValueError("an onnx model takes no checkpoint")
-        if self.input_shape is not None and any(d <= 0 for d in self.input_shape):
-            raise ValueError(f"input_shape {list(self.input_shape)} must be positive sizes, without the batch axis")
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class DatasetSpec:
     images: Path | None = None
     labels: Path | None = None
     sentences: Path | None = None
-    limit: int | None = None
+    limit: int | None = within(*SAMPLES, default=None)
     label: str | None = None
 
     def __post_init__(self) -> None:
@@ -55,8 +54,6 @@ class DatasetSpec:
                              f"got {given or 'none'}")
         if (self.images is None) != (self.labels is None):
             raise ValueError("IDX data needs both images and labels")
-        if self.limit is not None and self.limit <= 0:
-            raise ValueError(f"limit must be positive, got {self.limit}")
 
     @property
     def display_name(self) -> str:
@@ -92,13 +89,11 @@ class DataSpec:
     # similarity with the reference stage's embeddings, top-5 neighbour agreement).
     metric: Literal["top1", "cosine"] = "top1"
     tokenizer: Path | None = None  # text: a tokenizer.json; default the zoo model's own
-    batch_size: int = 256
+    batch_size: int = within(*BATCH, default=256)
 
     def __post_init__(self) -> None:
         if not self.evaluation:
             raise ValueError("at least one [[data.evaluation]] set is needed")
-        if self.batch_size <= 0:
-            raise ValueError("batch_size must be positive")
         if self.tokenizer is not None and self.metric != "cosine":
             raise ValueError('tokenizer is for text models: set metric = "cosine" too, or drop it')
 
@@ -109,24 +104,18 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class BenchSpec:
-    warmup_runs: int = 50
-    runs: int = 200
-    batch: int = 1
-
-    def __post_init__(self) -> None:
-        if self.runs < 200:
-            raise ValueError(f"runs must be at least 200 for stable percentiles, got {self.runs}")
-        if self.warmup_runs < 1 or self.batch < 1:
-            raise ValueError("warmup_runs and batch must be positive")
+    warmup_runs: int = within(1, 10000, default=50)
+    runs: int = within(200, 100000, default=200)  # at least 200 for stable percentiles
+    batch: int = within(1, 4096, default=1)
 
 
 @dataclass(frozen=True)
 class Budgets:
     """Release budgets, checked on the last stage; a budget left out is not checked."""
 
-    size_bytes: int | None = None
-    latency_p90_ms: float | None = None
-    accuracy_drop_points: float | None = None
+    size_bytes: int | None = within(1, 2**40, default=None)
+    latency_p90_ms: float | None = within(0, 3_600_000, default=None, low_open=True)
+    accuracy_drop_points: float | None = within(0, 100, default=None)
     agreement_min: float | None = None
     cosine_min: float | None = None  # text: mean cosine similarity with the reference stage's embeddings
     top5_agreement_min: float | None = None  # text: share of each sentence's 5 nearest neighbours kept
@@ -147,11 +136,11 @@ class TargetSpec:
     stage's headline metrics and [budgets] gate them; every target may add budgets of its own."""
 
     name: str = "local"
-    threads: int = 1
+    threads: int = within(*THREADS, default=1)
     # Run the evaluation sets through this target's ONNX Runtime too (ARM kernels may answer differently).
     # The primary target's quality metrics come from the host, where evaluation is fastest.
     evaluate: bool = False
-    evaluate_samples: int | None = None  # the first N samples of each set; emulation is slow
+    evaluate_samples: int | None = within(*SAMPLES, default=None)  # the first N samples of each set; emulation is slow
     latency: bool = True  # time the models here (under emulation the timings are marked, never gated)
     # The stages measured here (default: every ONNX stage). Emulation runs an FP32 ResNet-20 at seconds per
     # image, so an ARM check usually names only the INT8 stage it ships.
@@ -170,14 +159,10 @@ class TargetSpec:
         from edgepress.targets import check_name
 
         check_name(self.name)
-        if self.threads <= 0:
-            raise ValueError("threads must be positive")
         for name in self.disabled_optimizers:
             if not name.isidentifier():
                 raise ValueError(f"disabled_optimizers: {name!r} is not an ONNX Runtime transformer name "
                                  "(e.g. SkipLayerNormFusion)")
-        if self.evaluate_samples is not None and self.evaluate_samples <= 0:
-            raise ValueError("evaluate_samples must be positive")
         if self.emulated and self.budgets.latency_p90_ms is not None:
             raise ValueError(f"{self.name} is emulated: its timings are not latency, so latency_p90_ms cannot gate it")
 

@@ -43,6 +43,61 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The sensible range of a number setting: [low, high], or (low, high] where `low` itself means nothing
+    (a latency budget of 0 ms). Anything outside is a typo or a unit mistake, refused before any work."""
+
+    low: float
+    high: float
+    low_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        return (value > self.low if self.low_open else value >= self.low) and value <= self.high
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}]"
+
+
+def _number(value: float) -> str:
+    return f"{value:_}" if isinstance(value, int) and abs(value) > 99999 else f"{value:g}"  # TOML reads 1_000_000
+
+
+def within(low: float, high: float, *, default: Any, low_open: bool = False) -> Any:
+    """A dataclass field holding a number (or a tuple of numbers) in `Bounds(low, high)`; parse() enforces it.
+    Its bounds hold in subclasses that redeclare the field with another default."""
+    return dataclasses.field(default=default, metadata={"bounds": Bounds(low, high, low_open=low_open)})
+
+
+# Ranges shared by the recipe and the stages' settings: far beyond any real use, short of a typo's extra zeros.
+SEEDS = (0, 2**32 - 1)  # numpy's seeds
+SAMPLES = (1, 10**9)  # how many samples a set, a limit or a setting names
+BATCH = (1, 65536)
+THREADS = (1, 256)
+EPOCHS = (1, 10000)
+
+
+def _bounds(cls: type, name: str) -> Bounds | None:
+    for klass in cls.__mro__:  # a subclass redeclaring `epochs: int = 1` keeps its parent's range
+        found = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if found is not None and "bounds" in found.metadata:
+            return found.metadata["bounds"]
+    return None
+
+
+def _check_bounds(bounds: Bounds | None, value: Any, place: str) -> None:
+    if bounds is None or value is None:
+        return
+    if isinstance(value, tuple):
+        for index, item in enumerate(value):
+            _check_bounds(bounds, item, f"{place}[{index}]")
+        return
+    if not bounds.holds(value):
+        key = place.rsplit(".", 1)[-1].split("[", 1)[0]
+        raise SchemaError(f"'{place}' = {_number(value)} is outside the sensible range {bounds}",
+                          fix=f"set {key} to a value in {bounds}")
+
+
 MAX_TOML_BYTES = 1 << 20  # a recipe or budgets file is a page of settings; anything larger is not one
 
 
@@ -97,6 +152,7 @@ def parse(cls: type, table: Any, *, where: str, resolve_path: Callable[[str], Pa
         place = f"{where}.{name}" if where else name
         if name in table:
             values[name] = _convert(hints[name], table[name], place, resolve_path)
+            _check_bounds(_bounds(cls, name), values[name], place)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise SchemaError(f"missing key '{place}'", fix=f"add {name} = <{_type_name(hints[name])}>")
     try:

@@ -37,6 +37,8 @@ _FASHION_FILES = {
 DIGITS_TEST_SIZE = 360
 _DIGITS_SEED = 0
 
+MAX_LABEL = 1_000_000  # a class index; any larger is an id or a corrupt file, not a class
+
 # IDX type byte -> big-endian numpy dtype.
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -169,8 +171,13 @@ def _validate(images: np.ndarray, labels: np.ndarray, *, name: str) -> tuple[np.
     if len(images) != len(labels):
         raise UserError(f"dataset {name!r} has {len(images)} images but {len(labels)} labels",
                         fix="give exactly one label per image")
-    if labels.size and labels.min() < 0:
-        raise UserError(f"dataset {name!r} has negative labels", fix="use class indices 0..K-1")
+    if not len(labels):
+        raise UserError(f"dataset {name!r} holds no samples", fix="point the recipe at a set with images and labels")
+    # Compared before the int64 cast: a uint64 label past 2**63 - 1 would wrap to a negative one.
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > MAX_LABEL:
+        raise UserError(f"dataset {name!r} has label {low if low < 0 else high}; labels are class indices "
+                        f"0..{MAX_LABEL}", fix="store each label as its class index 0..K-1")
     return images, labels.astype(np.int64, copy=False)
 
 

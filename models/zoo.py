@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -64,6 +66,9 @@ def _import_entry(entry: str) -> Callable[..., Any]:
     if not module_name or not function_name or ":" in function_name:
         raise UserError(f"model entry {entry!r} is not of the form 'package.module:function'",
                         fix="write entry = \"mypackage.models:build\"")
+    if _is_standard_library(module_name):  # refused unimported: `check` must never run os:system or builtins:eval
+        raise UserError(f"model entry {entry!r} names the standard library module {module_name!r}, not your model's code",
+                        fix="point entry at the function in your own module that builds the model")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -82,10 +87,29 @@ def _import_entry(entry: str) -> Callable[..., Any]:
         guess = difflib.get_close_matches(function_name, public, n=1)
         raise UserError(f"module {module_name!r} has no function {function_name!r}",
                         fix=f"did you mean {guess[0]!r}?" if guess else "name a function defined in that module")
-    if not callable(function):
-        raise UserError(f"{entry!r} is a {type(function).__name__}, not a function",
-                        fix="point entry at a function that returns a torch.nn.Module")
+    if not (inspect.isfunction(function) or inspect.isclass(function)):
+        raise UserError(f"model entry {entry!r} is a {type(function).__name__}, not a function",
+                        fix="point entry at the function in your own module that builds the model")
+    _check_defined_in(function, entry=entry, module_name=module_name)
     return function
+
+
+def _is_standard_library(module_name: str) -> bool:
+    top = module_name.split(".", 1)[0]
+    return top in sys.stdlib_module_names or top in sys.builtin_module_names
+
+
+def _check_defined_in(function: Callable[..., Any], *, entry: str, module_name: str) -> None:
+    """An entry runs only where it is defined: a name its module merely imported (os.system in a user module,
+    torch.nn.Linear through torch.nn) is somebody else's code, which `check` would otherwise call."""
+    home = getattr(function, "__module__", None)
+    if home == module_name:
+        return
+    name = getattr(function, "__name__", entry.partition(":")[2])
+    fix = "point entry at the function in your own module that builds the model"
+    if home is not None and not _is_standard_library(home):
+        fix += f", or name the module that defines this one: \"{home}:{name}\""
+    raise UserError(f"model entry {entry!r} is defined in {home!r}, not in {module_name!r}", fix=fix)
 
 
 def build_model(*, name: str | None, entry: str | None, kwargs: dict[str, Any]) -> nn.Module:

@@ -106,3 +106,21 @@ def one_node_model(path: Path, node, inputs, outputs, initializer=()) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def main_one_line_error(capsys, argv: list[str], *fragments: str) -> str:
+    """`edgepress.cli.main(argv)` in this process, as assert_one_line_error checks a subprocess: exit 2 and one
+    line naming the problem and the fix, no traceback, no internal error."""
+    from edgepress.cli import main
+
+    capsys.readouterr()  # what an earlier call printed is not this one's
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in err and "internal error" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("edgepress: error:")]
+    assert len(errors) == 1, err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert "; fix:" in errors[0], errors[0]
+    return errors[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,56 @@ def test_a_gzip_idx_file_declaring_more_than_can_be_read_is_refused_before_readi
     labels = write_idx(tmp_path / "lbl.idx", np.zeros(4, dtype=np.uint8), gz=True)
     with pytest.raises(UserError, match=r"declares 93\.1 GiB of data, more than the 4 GiB"):
         load_dataset(DatasetSpec(images=tmp_path / "img.gz", labels=labels))
+
+
+def _mostly_black_npz(path: Path, *, count: int, side: int) -> Path:
+    """np.savez_compressed of `count` black side x side images with an 8 x 8 patch of noise: deflates far past 16x."""
+    images = np.zeros((count, side, side), dtype=np.uint8)
+    images[:, :8, :8] = np.random.default_rng(0).integers(0, 256, size=(count, 8, 8), dtype=np.uint8)
+    np.savez_compressed(path, images=images, labels=np.arange(count, dtype=np.int64) % 10)
+    return path
+
+
+def _unpacked(path: Path) -> int:
+    with zipfile.ZipFile(path) as archive:
+        return sum(info.file_size for info in archive.infolist())
+
+
+def test_an_honest_compressed_npz_past_the_old_ratio_and_size_loads(tmp_path: Path) -> None:
+    # 264 MiB unpacked from about half a MiB: the old test (16x and over 256 MiB) called this a zip bomb.
+    path = _mostly_black_npz(tmp_path / "black.npz", count=2700, side=320)
+    assert _unpacked(path) > 256 << 20
+    assert path.stat().st_size * 16 < 256 << 20
+    raw = load_dataset(DatasetSpec(path=path))
+    assert raw.images.shape == (2700, 320, 320) and raw.labels[:3].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("count, side, limit_mib, refused", [
+    (64, 256, 3, True),  # 4 MiB of images from a few KiB
+    (200, 128, 2, True),
+    (16, 512, 4, True),  # 4 MiB of images, and the labels and headers go over
+    (16, 512, 5, False),
+    (64, 64, 1, False),
+])
+def test_npz_past_the_unpack_limit_is_refused_whatever_its_ratio(tmp_path: Path, count, side, limit_mib, refused) -> None:
+    from edgepress.archives import check_npz
+
+    path = _mostly_black_npz(tmp_path / "data.npz", count=count, side=side)
+    unpacked = _unpacked(path)
+    assert unpacked > 16 * path.stat().st_size  # each one a "zip bomb" by the old ratio
+    if not refused:
+        check_npz(path, what="dataset file", fix="f", limit=limit_mib << 20)
+        return
+    with pytest.raises(UserError, match=rf"data\.npz would unpack to {unpacked >> 20} MiB, more than the "
+                       rf"{limit_mib} MiB edgepress unpacks .*fix: split it into smaller files"):
+        check_npz(path, what="dataset file", fix="f", limit=limit_mib << 20)
+
+
+def test_the_default_unpack_limit_is_8_gib_or_half_the_free_memory() -> None:
+    from edgepress import archives
+
+    limit = archives.unpack_limit()
+    assert 0 < limit <= 8 << 30
+    available = archives._available_memory()
+    if available is not None:
+        assert limit == min(8 << 30, available // 2)
