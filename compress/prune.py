@@ -250,6 +250,6 @@ def check_names(settings: PruneSettings, model) -> None:
 
 
 STAGE = StageDef(kind="prune", settings_type=PruneSettings, input_format="torch", output_format="torch", run=run,
-                 check_names=check_names,
+                 check_names=check_names, timed=lambda settings: settings.measures_latency,
                  summary="structural channel pruning (torch-pruning): channels are removed, not masked; "
                          "ratio, MAC or measured-latency targets; iterative steps with fine-tuning")

@@ -289,6 +289,6 @@ def run(source: Artifact, settings: AccuracyAwarePtqSettings, ctx: StageContext)
 
 
 STAGE = StageDef(kind="accuracy_aware_ptq", settings_type=AccuracyAwarePtqSettings, input_format="onnx",
-                 output_format="onnx", run=run, needs=("calibration",),
+                 output_format="onnx", run=run, needs=("calibration",), timed=lambda _: True,
                  summary="the fastest INT8 configuration on [target] that meets an agreement or accuracy goal, "
                          "with sensitive nodes left in FP32")

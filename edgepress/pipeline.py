@@ -190,8 +190,9 @@ class Pipeline:
             if main:
                 source_sha256 = resume.file_sha256(current.path) if current else ""
                 if spec is not None:
+                    timed = REGISTRY[kind].timed is not None and REGISTRY[kind].timed(spec.settings)
                     key = resume.next_key(key, source_sha256=source_sha256, name=name, kind=kind,
-                                          settings=spec.settings)
+                                          settings=spec.settings, timing_threads=recipe.target.threads if timed else None)
                 kept = resume.reusable(folder, key=key) if index < redo_from else None
             redo = distributed.from_main(kept is None)  # the other ranks train along only what rank 0 redoes
             if not main:
@@ -203,12 +204,13 @@ class Pipeline:
                 self.artifacts[name] = current
                 continue
             if kept is not None:
-                record, produced = kept
+                record = kept.record
                 say(f"[{index + 1}/{len(steps)}] {kind} -> {folder.name}: kept, finished earlier from the same "
                     "input, settings and code")
-                self._keep(record, produced)
+                self._keep(record, kept.outputs)
                 current = Artifact(path=folder / Path(record["artifact"]).name, format=record["format"])
                 self.artifacts[name] = current
+                self._retime(record, kept=kept, artifact=current, stage_key=key, data=data, folder=folder)
                 if spec is None:
                     check_layer_names(recipe, current)  # the stages' settings may have changed since
                 shutil.rmtree(resume_dir, ignore_errors=True)
@@ -228,10 +230,11 @@ class Pipeline:
                     else:
                         output = REGISTRY[kind].run(current, spec.settings, ctx)
                     seconds = time.monotonic() - started
-                    record, produced = self._measure(name=name, kind=kind, output=output, data=data,
-                                                     folder=folder, seconds=seconds, log=log)
+                    record, produced, target_keys = self._measure(
+                        name=name, kind=kind, output=output, data=data, folder=folder, seconds=seconds, log=log,
+                        stage_key=key)
                     atomic.write_json(work / "metrics.json", record["metrics"])
-                    resume.save(work, key=key, record=record, outputs=produced)
+                    resume.save(work, key=key, record=record, outputs=produced, target_keys=target_keys)
                 except Exception as exc:
                     self._raise_if_full(exc, work, doing=f"stage {name!r} was running")
                     raise
@@ -244,6 +247,18 @@ class Pipeline:
             say(f"    {_one_line_metrics(record['metrics'])}")
             distributed.barrier()  # the other ranks go on from the artifact just committed
         return self._finish() if main else None
+
+    def _retime(self, record: dict[str, Any], *, kept: resume.Kept, artifact: Artifact, stage_key: str,
+                data: DataProvider, folder: Path) -> None:
+        """A kept stage's numbers on the targets whose settings changed (or that are new), measured alone; its
+        record in the folder is rewritten only once they all succeeded."""
+        keys, measured = self._time_on_targets(record, artifact=artifact, stage_key=stage_key, data=data,
+                                               produced=kept.outputs, folder=folder, measured_under=kept.target_keys)
+        if not measured and keys == kept.target_keys:
+            return
+        say(f"    re-timed on {', '.join(measured) or 'no target'}: their settings or [bench] changed")
+        atomic.write_json(folder / "metrics.json", record["metrics"])
+        resume.save(folder, key=stage_key, record=record, outputs=None, target_keys=keys)
 
     def _train_along(self, *, kind: str, spec, source: Artifact | None, data: DataProvider, resume_dir: Path) -> None:
         """A rank other than 0 trains its share of a training stage in lock-step with rank 0 (same
@@ -273,7 +288,7 @@ class Pipeline:
         self.records.append(record)
 
     def _measure(self, *, name: str, kind: str, output: StageOutput, data: DataProvider, folder: Path,
-                 seconds: float, log) -> tuple[dict[str, Any], list[np.ndarray]]:
+                 seconds: float, log, stage_key: str) -> tuple[dict[str, Any], list[np.ndarray], dict[str, str]]:
         """The stage's record for the report, and its evaluation outputs (per set)."""
         artifact = output.artifact
         metrics: dict[str, Any] = {}
@@ -287,20 +302,11 @@ class Pipeline:
         primary = per_set[data.evaluation[0].name]
         metrics.update({key: primary[key] for key in evaluation.HEADLINE if key in primary})
         metrics.update(measure.structure(artifact))
-        if artifact.format == "onnx":
-            metrics["targets"] = self._on_targets(artifact, stage=name, data=data, host_metrics=metrics,
-                                                  references=references, host_outputs=produced,
-                                                  kept_in=self.out_dir / f"{folder.name}{INCOMPLETE_TARGETS}")
-            primary = metrics["targets"][self.recipe.target.name]
-            if "latency_ms" in primary and not self.recipe.target.emulated:
-                metrics["latency_ms"] = dict(primary["latency_ms"], runs=primary["runs"], threads=primary["threads"],
-                                             batch=primary["batch"], target=self.recipe.target.name)
         metrics["evaluation"] = per_set
         metrics.update(output.metrics)
         if name == self.recipe.reference_stage:
             self.reference_metrics = metrics
-        log(f"metrics: {json.dumps(metrics)}")
-        return {
+        record = {
             "name": name,
             "kind": kind,
             "artifact": f"{folder.name}/{artifact.path.name}",
@@ -308,19 +314,47 @@ class Pipeline:
             "sha256": resume.file_sha256(artifact.path),
             "seconds": round(seconds, 3),
             "metrics": metrics,
-        }, produced
+        }
+        target_keys, _ = self._time_on_targets(record, artifact=artifact, stage_key=stage_key, data=data,
+                                               produced=produced, folder=folder, measured_under={})
+        log(f"metrics: {json.dumps(metrics)}")
+        return record, produced, target_keys
 
-    def _on_targets(self, artifact: Artifact, *, stage: str, data: DataProvider, host_metrics: dict[str, Any],
-                    references: list[np.ndarray | None], host_outputs: list[np.ndarray],
+    def _time_on_targets(self, record: dict[str, Any], *, artifact: Artifact, stage_key: str, data: DataProvider,
+                         produced: list[np.ndarray], folder: Path,
+                         measured_under: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        """Fill the record's per-target numbers of an ONNX artifact, measuring only the targets whose key differs
+        from the one their numbers in the record were `measured_under` (all of them for a new stage); targets no
+        longer in the recipe are dropped. Returns ({target: key}, the targets measured now)."""
+        if artifact.format != "onnx":
+            return {}, []
+        metrics, name = record["metrics"], record["name"]
+        listed = [spec for spec in self.recipe.targets if not spec.stages or name in spec.stages]
+        keys = {spec.name: resume.target_key(stage_key, target=spec, bench=self.recipe.bench) for spec in listed}
+        previous = metrics.get("targets", {})
+        stale = [spec for spec in listed if spec.name not in previous or measured_under.get(spec.name) != keys[spec.name]]
+        references = self.reference_outputs or [None] * len(produced)
+        found = self._on_targets(artifact, stage=name, targets=stale, data=data, host_metrics=metrics,
+                                 references=references, host_outputs=produced,
+                                 kept_in=self.out_dir / f"{folder.name}{INCOMPLETE_TARGETS}") if stale else {}
+        metrics["targets"] = {spec.name: found.get(spec.name, previous.get(spec.name)) for spec in listed}
+        metrics.pop("latency_ms", None)
+        primary = metrics["targets"][self.recipe.target.name]
+        if "latency_ms" in primary and not self.recipe.target.emulated:
+            metrics["latency_ms"] = dict(primary["latency_ms"], runs=primary["runs"], threads=primary["threads"],
+                                         batch=primary["batch"], target=self.recipe.target.name)
+        return keys, [spec.name for spec in stale]
+
+    def _on_targets(self, artifact: Artifact, *, stage: str, targets: list, data: DataProvider,
+                    host_metrics: dict[str, Any], references: list[np.ndarray | None], host_outputs: list[np.ndarray],
                     kept_in: Path) -> dict[str, dict[str, Any]]:
         """{target name: timing and, where evaluated, quality} for an ONNX artifact. The primary target's
         quality is the host's (same ONNX Runtime build, all cores); other targets evaluate on the device.
         A target that fails (a device dying mid-run) fails the stage, whose folder is then not kept; what the
         targets measured of it until then, the dead one's timed runs included, is written to `kept_in`."""
         found: dict[str, dict[str, Any]] = {}
-        for index, spec in enumerate(self.recipe.targets):
-            if spec.stages and stage not in spec.stages:
-                continue
+        for spec in targets:
+            index = self.recipe.targets.index(spec)
             target = self.targets[spec.name] if spec.name in self.targets else on_target.open_target(spec.name)
             entry: dict[str, Any] = {"emulated": target.emulated}
             try:

@@ -1,11 +1,15 @@
-"""Which finished stage folders a rerun may keep.
+"""Which finished stage folders a rerun may keep, and which of their measurements it must redo.
 
 A stage folder is kept when its key matches: a hash of the previous stage's key, the artifact it was made
 from (by content), its own name, kind and settings, and the code and library versions. The first key also
-covers the recipe's model, data (by content, as loaded), evaluation, targets and bench settings: everything
-but the run's name and budgets, so a changed budget re-gates without redoing any stage. A stage folder
-only appears complete (atomic rename) and is checked again on reuse: its artifact must still hash to what
-its record says.
+covers the recipe's model, the user's model code (the entry's package, by content), the data (by content, as
+loaded) and the evaluation settings. It leaves out what cannot change an artifact: the run's name, budgets,
+targets and [bench], so a changed budget re-gates and a changed target re-times without redoing any stage
+(a stage that times candidates on the primary target, such as a latency-searched prune, also keys on its
+threads). Each target's numbers for a stage carry a key of their own (the stage's key, that target's
+settings and [bench]): a rerun redoes the targets whose key changed, and only those. A stage folder only
+appears complete (atomic rename) and is checked again on reuse: its artifact must still hash to what its
+record says.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -94,35 +98,88 @@ def _hash(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# The user's model package is hashed file by file; past these, a file counts by its size and modification time
+# (a checkout with data or weights inside the package must not make every run read gigabytes).
+HASHED_FILE_MAX_BYTES = 16 << 20
+HASHED_FILES_MAX = 20_000
+
+
+def user_code_digest(entry: str | None) -> str:
+    """The sources of a `package.module:function` entry's top-level package (or lone module), by content: an
+    edited model (a ReLU turned Sigmoid, same parameters) is another model. The module is imported already:
+    checking the recipe built the model."""
+    if entry is None:
+        return ""
+    top = entry.partition(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return "unfound"
+    digest = hashlib.sha256()
+    roots = list(spec.submodule_search_locations or [])
+    files = [(Path(spec.origin), Path(spec.origin).name)] if not roots and spec.origin and spec.has_location else []
+    for root in roots:
+        files += [(path, path.relative_to(root).as_posix()) for path in sorted(Path(root).rglob("*"))
+                  if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"]
+    for count, (path, name) in enumerate(files):
+        stat = path.stat()
+        digest.update(f"{name}\0{stat.st_size}\0".encode())
+        if count < HASHED_FILES_MAX and stat.st_size <= HASHED_FILE_MAX_BYTES:
+            digest.update(path.read_bytes())
+        else:
+            digest.update(str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
 def first_key(recipe, data: DataProvider) -> str:
     """The key of stage 00 (the source model)."""
     context = _plain(recipe)
-    for dropped in ("path", "name", "budgets", "stages"):
+    for dropped in ("path", "name", "budgets", "stages", "targets", "bench"):
         context.pop(dropped, None)
-    for target in context["targets"]:
-        target.pop("budgets", None)
     for source in ("checkpoint", "onnx"):  # by content below: a moved file is the same model
         context["model"].pop(source, None)
     return _hash({"code": code_version(), "recipe": context, "data": _data_digest(data),
+                  "user_code": user_code_digest(recipe.model.entry),
                   **{source: file_sha256(path) if path is not None else ""
                      for source, path in (("checkpoint", recipe.model.checkpoint), ("onnx", recipe.model.onnx))}})
 
 
-def next_key(previous_key: str, *, source_sha256: str, name: str, kind: str, settings: Any) -> str:
+def next_key(previous_key: str, *, source_sha256: str, name: str, kind: str, settings: Any,
+             timing_threads: int | None = None) -> str:
+    """`timing_threads`: the primary target's threads, for a stage whose output depends on timings there."""
     return _hash({"previous": previous_key, "source": source_sha256, "name": name, "kind": kind,
-                  "settings": _plain(settings)})
+                  "settings": _plain(settings), "timing_threads": timing_threads})
 
 
-def save(work: Path, *, key: str, record: dict[str, Any], outputs: list[np.ndarray]) -> None:
-    """Written last into the stage's working folder, before it is renamed into place."""
-    with atomic.atomic_path(work / OUTPUTS_FILE) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, *outputs)
-    atomic.write_json(work / STAGE_FILE, {"key": key, "record": record})
+def target_key(stage_key: str, *, target: Any, bench: Any) -> str:
+    """What one target's numbers for a stage depend on; its budgets only gate them."""
+    settings = _plain(target)
+    settings.pop("budgets", None)
+    return _hash({"stage": stage_key, "target": settings, "bench": _plain(bench)})
 
 
-def reusable(folder: Path, *, key: str) -> tuple[dict[str, Any], list[np.ndarray]] | None:
-    """(record, evaluation outputs) of a complete stage folder with this key and an intact artifact, else None."""
+@dataclass(frozen=True)
+class Kept:
+    record: dict[str, Any]
+    outputs: list[np.ndarray]  # evaluation outputs, per set
+    target_keys: dict[str, str]  # the key each target's entry in the record was measured under
+
+
+def save(work: Path, *, key: str, record: dict[str, Any], outputs: list[np.ndarray] | None,
+         target_keys: dict[str, str]) -> None:
+    """Written last into the stage's working folder, before it is renamed into place (or, re-timed, into the
+    kept folder: the record is replaced whole). `outputs` None keeps the saved ones."""
+    if outputs is not None:
+        with atomic.atomic_path(work / OUTPUTS_FILE) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, *outputs)
+    atomic.write_json(work / STAGE_FILE, {"key": key, "record": record, "target_keys": target_keys})
+
+
+def reusable(folder: Path, *, key: str) -> Kept | None:
+    """A complete stage folder with this key and an intact artifact, else None."""
     try:
         saved = json.loads((folder / STAGE_FILE).read_text(encoding="utf-8"))
         if not isinstance(saved, dict) or saved.get("key") != key:
@@ -133,9 +190,12 @@ def reusable(folder: Path, *, key: str) -> tuple[dict[str, Any], list[np.ndarray
             return None
         with np.load(folder / OUTPUTS_FILE, allow_pickle=False) as archive:
             outputs = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+        target_keys = saved.get("target_keys", {})
+        if not isinstance(target_keys, dict):
+            return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return record, outputs
+    return Kept(record=record, outputs=outputs, target_keys=target_keys)
 
 
 def check_from(stage: str | None, names: list[str]) -> None:

@@ -55,3 +55,6 @@ class StageDef:
     modalities: tuple[Literal["image", "text"], ...] = ("image",)
     # Checks layer names in the settings against the source model, before any stage runs.
     check_names: Callable[[Any, Any], None] | None = None
+    # Whether, with these settings, its output depends on timings on the primary target (a search that keeps
+    # the fastest candidate): then that target's threads are part of the stage's resume key.
+    timed: Callable[[Any], bool] | None = None

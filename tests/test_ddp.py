@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from edgepress.run_folder import MARKER
+
 # 541 training samples after the 10 % validation split: 8 full global batches of 64 and a last one
 # of 29, which splits 14 / 15 across two ranks, so the uneven-share loss weighting is exercised.
 SAMPLES = 601
@@ -182,7 +184,7 @@ def test_edgepress_run_under_torchrun_reports_like_one_process(tmp_path):
     assert stages["ddp"] == stages["single"] == [("model", "model", "torch"), ("train", "train", "torch"),
                                                  ("distill", "distill", "torch"), ("export", "export", "onnx")]
     assert proc.stdout.count("gate passed") == 1  # rank 0 reports; rank 1 exits quietly
-    assert not [p for p in (tmp_path / "ddp").iterdir() if p.name.startswith(".")]  # checkpoints cleaned up
+    assert not [p for p in (tmp_path / "ddp").iterdir() if p.name.startswith(".") and p.name != MARKER]  # checkpoints cleaned up
     log = (tmp_path / "ddp" / "02-distill" / "stage.log").read_text()
     assert log.count("distill epoch 1:") == 1  # only rank 0 logs
 
