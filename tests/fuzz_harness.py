@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 WORKER = Path(__file__).resolve().parent / "fuzz_worker.py"
 
@@ -114,8 +115,10 @@ class _Worker:
         return code
 
 
-def run_cases(cases: list[Case], *, folder: Path, workers: int, python_path: Path | None = None) -> dict[int, Ending]:
-    """Every case through the workers; {case id: how it ended}. `python_path` joins the workers' PYTHONPATH."""
+def run_cases(cases: list[Case], *, folder: Path, workers: int, python_path: Path | None = None,
+              after_each: Callable[[Case, Ending], None] | None = None) -> dict[int, Ending]:
+    """Every case through the workers; {case id: how it ended}. `python_path` joins the workers' PYTHONPATH.
+    `after_each` is called as each case ends (with one worker: before the next case starts)."""
     scratch = folder / "tmp"
     scratch.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "EDGEPRESS_DEBUG"}
@@ -133,6 +136,12 @@ def run_cases(cases: list[Case], *, folder: Path, workers: int, python_path: Pat
     pending = collections.deque(cases)
     pool = [start() for _ in range(max(1, min(workers, len(cases))))]
     endings: dict[int, Ending] = {}
+
+    def ended(case: Case, ending: Ending) -> None:
+        endings[case.id] = ending
+        if after_each is not None:
+            after_each(case, ending)
+
     try:
         while pending or any(w.case is not None for w in pool):
             for worker in pool:
@@ -152,19 +161,19 @@ def run_cases(cases: list[Case], *, folder: Path, workers: int, python_path: Pat
                         if worker.case is None:
                             raise RuntimeError(f"fuzz worker exited {code} between cases; see {worker.log.name}")
                         died_of = -code if code is not None and code < 0 else None
-                        endings[worker.case.id] = Ending(code=code, signal=died_of, stderr=f"worker exit {code}")
+                        ended(worker.case, Ending(code=code, signal=died_of, stderr=f"worker exit {code}"))
                         replace = True
                     for answer in answers or []:
                         if "ready" in answer:
                             worker.ready = True
                         else:
-                            endings[answer["id"]] = Ending(code=answer["code"], stderr=answer["stderr"],
-                                                           escaped=answer["escaped"], seconds=answer["seconds"])
+                            ended(worker.case, Ending(code=answer["code"], stderr=answer["stderr"],
+                                                      escaped=answer["escaped"], seconds=answer["seconds"]))
                             worker.case = None
                 elif time.monotonic() >= worker.deadline and (worker.case is not None or not worker.ready):
                     if worker.case is None:
                         raise RuntimeError(f"fuzz worker did not start within {START_TIMEOUT_S:.0f} s")
-                    endings[worker.case.id] = Ending(code=None, hang=True)
+                    ended(worker.case, Ending(code=None, hang=True))
                     worker.stop(kill=True)
                     replace = True
                 if replace:

@@ -1,0 +1,236 @@
+"""The campaign (issue 17, point 8): a new user's inputs, by class, each ending in exit 0 or exactly one
+`edgepress: error: ...; fix: ...` line with exit 2, and the decoy user folder unchanged after every case.
+
+The cases and the world they run in are in tests/campaign_cases.py; a worker process (tests/fuzz_worker.py,
+through tests/fuzz_harness.py) runs them one after another in process, so that the decoy's checksum is taken
+after each case and before the next. Two folders are read-only for real: a bind mount where the test may
+mount (root in CI), else permission bits (which stop any user but root). The signal cases kill real
+processes: each of SIGTERM, SIGINT and SIGHUP sent to `edgepress bench` and to `edgepress run` must end it and
+every process it started.
+
+`python tests/test_campaign.py` runs the campaign and prints the table.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgepress.run_folder import RunFolder  # noqa: E402 - after the path, in script mode
+from tests import campaign_cases  # noqa: E402
+from tests.conftest import one_node_model  # noqa: E402
+from tests.fuzz_harness import Case, Ending, run_cases  # noqa: E402
+
+MIN_CASES = 60
+# What may appear at the campaign's root besides the world: the workers' scratch and logs. Anything else is a
+# file some case wrote outside the folders it was given (a recipe name that escaped runs/).
+ROOT_ENTRIES = {"home", "inputs", "runs", "readonly", "readonly-run", "tmp", "matplotlib", "PWNED"}
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """`folder` made read-only for this process too: a read-only bind mount as root, permission bits otherwise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0
+    if mounted:
+        mounted = subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode == 0
+        if not mounted:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+    if not mounted:
+        if os.geteuid() == 0:
+            raise AssertionError(f"cannot make {folder} read-only: root here, and mount --bind is refused")
+        folder.chmod(0o555)
+    try:
+        probe = folder / "probe"
+        with pytest.raises(OSError):
+            probe.write_text("x")
+        yield
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+def judge(plan: campaign_cases.Plan, ending: Ending) -> str:
+    """'ok', 'one-line error' or what went wrong, against what the case expects."""
+    lines = ending.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("edgepress: error:")]
+    if ending.hang:
+        return "hang"
+    if ending.signal is not None:
+        return f"crash (signal {ending.signal})"
+    if ending.escaped or "Traceback (most recent call last)" in ending.stderr:
+        return "traceback"
+    if any("internal error" in line for line in lines):
+        return "internal error"
+    if ending.code == 0 and not errors:
+        found = "ok"
+    elif ending.code == 2 and len(errors) == 1 and "; fix: " in errors[0] and errors[0].count("edgepress:") == 1:
+        found = "one-line error"
+        if plan.fragment and plan.fragment not in errors[0]:
+            return f"error without {plan.fragment!r}"
+    else:
+        return f"exit {ending.code} with {len(errors)} error lines"
+    wanted = {"ok": ("ok",), "error": ("one-line error",), "ok or error": ("ok", "one-line error")}[plan.expect]
+    return found if found in wanted else f"{found}, expected {plan.expect}"
+
+
+def campaign(folder: Path) -> tuple[list[tuple[campaign_cases.Plan, str, Ending, bool]], dict]:
+    """Every case, run in order; [(plan, verdict, ending, decoy intact after it)] and facts."""
+    cases, plans, world = campaign_cases.build(folder)
+    user_files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                        if p.is_file() and p.parts[len(folder.parts)] in ("home", "runs"))
+    before = campaign_cases.tree_digest(folder, user_files)
+    RunFolder(folder / "readonly-run", adopt=False).make()
+    RunFolder(folder / "readonly-run").claim("00-model")
+    intact: dict[int, bool] = {}
+
+    def after(case: Case, _ending: Ending) -> None:
+        intact[case.id] = campaign_cases.tree_digest(folder, user_files) == before
+
+    started = time.monotonic()
+    with read_only(folder / "readonly"), read_only(folder / "readonly-run"):
+        endings = run_cases(cases, folder=folder, workers=1, python_path=world.inputs, after_each=after)
+    results = [(plans[c.id], judge(plans[c.id], endings[c.id]), endings[c.id], intact[c.id]) for c in cases]
+    facts = {"seconds": time.monotonic() - started, "user_files": len(user_files), "before": before,
+             "after": campaign_cases.tree_digest(folder, user_files),
+             "root": sorted(p.name for p in folder.iterdir() if p.name not in ROOT_ENTRIES
+                            and not p.name.startswith("worker-")),
+             "pwned": (folder / "PWNED").exists()}
+    return results, facts
+
+
+def table(results) -> str:
+    counts = collections.Counter((plan.kind, verdict) for plan, verdict, _, _ in results)
+    verdicts = ["ok", "one-line error"] + sorted({v for _, v, _, _ in results} - {"ok", "one-line error"})
+    lines = ["| class | cases | " + " | ".join(verdicts) + " | decoy intact |",
+             "|---|---:|" + "---:|" * (len(verdicts) + 1)]
+    for kind in campaign_cases.CLASSES:
+        mine = [r for r in results if r[0].kind == kind]
+        lines.append(f"| {kind} | {len(mine)} | " + " | ".join(str(counts[(kind, v)]) for v in verdicts)
+                     + f" | {sum(r[3] for r in mine)}/{len(mine)} |")
+    return "\n".join(lines)
+
+
+def test_campaign_every_case_ends_in_success_or_one_line_and_the_decoy_is_untouched(tmp_path):
+    results, facts = campaign(tmp_path)
+    assert len(results) >= MIN_CASES
+    failures = [f"{plan.kind}: {plan.label}: {verdict}: {ending.stderr.strip()[-400:]!r}"
+                for plan, verdict, ending, _ in results if verdict not in ("ok", "one-line error")]
+    damaged = [f"{plan.kind}: {plan.label}" for plan, _, _, intact in results if not intact]
+    summary = table(results)
+    assert not failures, summary + "\n" + "\n".join(failures[:20])
+    assert not damaged, f"the decoy changed after: {damaged[:5]}\n{summary}"
+    assert facts["before"] == facts["after"]
+    assert facts["root"] == [], f"written outside the folders the cases gave: {facts['root']}"
+    assert not facts["pwned"], "an entry point ran a standard-library function"
+    # The runs the campaign expects to succeed wrote where they were told, beside the user's files.
+    adopted = tmp_path / "home" / "adopted"
+    assert (adopted / "report.json").is_file() and (adopted / "notes.txt").read_text() == "keep me\n"
+
+
+# ---------------------------------------------------------------- signals
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children[parent].append(int(entry.name))
+    found, stack = set(), [pid]
+    while stack:
+        for child in children[stack.pop()]:
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_and_wait_for_a_child(argv: list[str], *, cwd: Path) -> tuple[subprocess.Popen, set[int]]:
+    env = {k: v for k, v in os.environ.items() if k != "EDGEPRESS_DEBUG"}
+    proc = subprocess.Popen([sys.executable, "-m", "edgepress", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        found = descendants(proc.pid)
+        if found:
+            time.sleep(0.5)  # the child is past its start, timing
+            return proc, descendants(proc.pid)
+        if proc.poll() is not None:
+            raise AssertionError(f"edgepress ended before starting a child: {proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("edgepress started no child process in 90 s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+@pytest.mark.parametrize("command", ["bench", "run"])
+def test_campaign_signals_end_every_child(tmp_path, command, signum):
+    from onnx import TensorProto, helper
+
+    model = one_node_model(tmp_path / "relu.onnx", helper.make_node("Relu", ["x"], ["y"]),
+                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+    if command == "bench":
+        argv = ["bench", str(model), "--duration", "60"]
+    else:  # a run whose first ONNX stage times for a long while on the local target
+        recipe = tmp_path / "slow.toml"
+        recipe.write_text(campaign_cases.BASE.replace("runs = 200", "runs = 100000")
+                          .replace("warmup_runs = 1", "warmup_runs = 1000"))
+        argv = ["run", str(recipe), "--out", str(tmp_path / "out")]
+    proc, children = start_and_wait_for_a_child(argv, cwd=tmp_path)
+    os.kill(proc.pid, signum)
+    try:
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read()
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [pid for pid in children if alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"{command}: {signum.name} left {survivors} running"
+    assert code == 128 + signum, (code, stderr)
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+    assert shutil.disk_usage(tmp_path)
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        found, facts = campaign(Path(scratch))
+        print(table(found))
+        print(f"\n{len(found)} cases in {facts['seconds']:.0f} s; decoy: {facts['user_files']} user files, "
+              f"checksums before == after: {facts['before'] == facts['after']}")
+        for plan, verdict, ending, _ in found:
+            if verdict not in ("ok", "one-line error"):
+                print(f"FAILED {plan.kind}: {plan.label}: {verdict}: {ending.stderr.strip()[-300:]}")
