@@ -10,6 +10,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from edgepress import children
 from edgepress.compress import distributed
 from edgepress.errors import UserError
 
@@ -85,6 +86,17 @@ def _run(recipe_path: Path, out: Path | None, *, force: bool = False, rerun_from
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (CI runners, systemd), SIGINT and SIGHUP stop edgepress's child processes before it exits.
+    with children.signals_stop_children():
+        try:
+            return _command(argv)
+        except children.Interrupted as exc:
+            _say_once(f"edgepress: interrupted by {exc.signal_name}; its child processes are stopped "
+                      "(a run keeps its finished stages)")
+            return exc.exit_code
+
+
+def _command(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
+from edgepress import children
 from edgepress.errors import UserError
 from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, runner_stopped
 
@@ -253,7 +254,7 @@ class SshTarget:
             source = files.enter_context(open(stdin, "rb")) if stdin else subprocess.DEVNULL
             sink = files.enter_context(open(stdout, "wb")) if stdout else subprocess.PIPE
             try:
-                done = subprocess.run(self._argv(script), stdin=source, stdout=sink, stderr=subprocess.PIPE,
+                done = children.run(self._argv(script), stdin=source, stdout=sink, stderr=subprocess.PIPE,
                                       timeout=timeout_s)
             except FileNotFoundError:
                 raise UserError("the OpenSSH client (ssh) is not installed on this machine",
@@ -275,7 +276,7 @@ class SshTarget:
     def _effective(self) -> tuple[str, int, str]:
         """(hostname, port, user) after ~/.ssh/config, as ssh resolves them (`ssh -G`, no connection)."""
         try:
-            done = subprocess.run(self._argv("", query=True), capture_output=True, text=True, timeout=10)
+            done = children.run(self._argv("", query=True), capture_output=True, text=True, timeout=10)
             settings = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
             return settings.get("hostname", self.host), int(settings.get("port", self.port or 22)), \
                 settings.get("user", self.user or "")
