@@ -23,11 +23,15 @@ class _Parser(argparse.ArgumentParser):
     """Command-line mistakes are bad input too: one line and exit 2, not argparse's usage block."""
 
     def error(self, message: str):
-        self.exit(EXIT_ERROR, f"edgepress: error: {self.prog}: {message}; fix: see `{self.prog} --help`\n")
+        # A subcommand's prog is "edgepress bench"; the line already starts "edgepress:", so only "bench: " is added.
+        command = self.prog.removeprefix("edgepress").strip()
+        self.exit(EXIT_ERROR, f"edgepress: error: {command + ': ' if command else ''}{message}; "
+                              f"fix: see `{self.prog} --help`\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgepress", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edgepress {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a recipe, its files and data without running any stage")
     check.add_argument("recipe", type=Path)
@@ -44,6 +48,17 @@ def _parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         module.add_arguments(sub.add_parser(command, help=module.HELP, description=module.HELP))
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("edgepress")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from edgepress import __version__
+
+        return __version__
 
 
 def _check(recipe_path: Path) -> int:

@@ -6,9 +6,8 @@ import subprocess
 import sys
 import venv
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, run_cli
 
 
 def test_wheel_installs_and_runtime_never_imports_torch(tmp_path):
@@ -47,3 +46,12 @@ def test_wheel_installs_and_runtime_never_imports_torch(tmp_path):
     script = env_dir / "bin" / "edgepress"
     help_proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert help_proc.returncode == 0 and "demo" in help_proc.stdout and "bench" in help_proc.stdout
+
+
+def test_version_prints_the_installed_version():
+    from importlib import metadata
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"edgepress {metadata.version('edgepress')}"
+

@@ -127,7 +127,8 @@ def test_a_signal_to_a_run_stops_the_runner_timing_a_stage(tmp_path):
 def test_a_runner_whose_parent_is_killed_ends_too(model):
     """SIGKILL leaves edgepress no time to stop its runner: the runner asked Linux to end it with its parent.
     Its output goes to /dev/null here, so that no broken pipe ends it instead."""
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(RUNNER), str(model)], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(RUNNER), str(model)], stdout=subprocess.PIPE,
+                              text=True)
     runner = int(parent.stdout.readline())
     # ONNX Runtime loads after the runner's request to end with its parent (the first thing its main() does)
     wait_for(lambda: "onnxruntime" in Path(f"/proc/{runner}/maps").read_text(), what="the runner's ONNX Runtime",

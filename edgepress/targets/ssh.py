@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from edgepress import children
 from edgepress.errors import UserError
-from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, runner_stopped
+from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, relayed, runner_stopped
 
 DEFAULT_PYTHON = "python3"
 FOLDER_PREFIX = "edgepress-ssh-"
@@ -359,4 +359,4 @@ def _is_our_folder(line: str) -> bool:
 
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip() and STARTED not in line]
-    return " ".join((lines or ["no output"])[-1].split())[:300]
+    return relayed((lines or ["no output"])[-1])
