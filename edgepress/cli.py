@@ -10,6 +10,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from edgepress import children
 from edgepress.compress import distributed
 from edgepress.errors import UserError
 
@@ -22,11 +23,15 @@ class _Parser(argparse.ArgumentParser):
     """Command-line mistakes are bad input too: one line and exit 2, not argparse's usage block."""
 
     def error(self, message: str):
-        self.exit(EXIT_ERROR, f"edgepress: error: {self.prog}: {message}; fix: see `{self.prog} --help`\n")
+        # A subcommand's prog is "edgepress bench"; the line already starts "edgepress:", so only "bench: " is added.
+        command = self.prog.removeprefix("edgepress").strip()
+        self.exit(EXIT_ERROR, f"edgepress: error: {command + ': ' if command else ''}{message}; "
+                              f"fix: see `{self.prog} --help`\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgepress", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edgepress {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     check_help = ("validate a recipe, its files and data without running any stage; a [model] entry is your own code, "
                   "and check calls it (with its kwargs) to build the model and learn its input and output shapes")
@@ -49,6 +54,17 @@ def _parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         module.add_arguments(sub.add_parser(command, help=module.HELP, description=module.HELP))
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("edgepress")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from edgepress import __version__
+
+        return __version__
 
 
 def _check(recipe_path: Path) -> int:
@@ -93,6 +109,17 @@ def _run(recipe_path: Path, out: Path | None, *, force: bool = False, rerun_from
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (CI runners, systemd), SIGINT and SIGHUP stop edgepress's child processes before it exits.
+    with children.signals_stop_children():
+        try:
+            return _command(argv)
+        except children.Interrupted as exc:
+            _say_once(f"edgepress: interrupted by {exc.signal_name}; its child processes are stopped "
+                      "(a run keeps its finished stages)")
+            return exc.exit_code
+
+
+def _command(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":

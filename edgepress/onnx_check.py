@@ -2,7 +2,8 @@
 
 Where a model enters (a recipe's `[model] onnx`, `edgepress bench MODEL [--compare OTHER]`) it must be a
 regular file of at most 2 GiB (protobuf's own limit, checked before anything reads it), parse as an ONNX
-ModelProto with a graph, and keep any external data in plain files inside its own folder, within their bounds.
+ModelProto with a graph (read without the onnx package, edgepress/onnx_wire.py, so that a device-only install
+checks too), and keep any external data in plain files inside its own folder, within their bounds.
 ONNX Runtime (1.32) and onnx.load refuse absolute and escaping external-data paths themselves; this check
 says so up front in one line with the fix, and names the files bench must carry along with the model.
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePath
-from typing import Iterator
+from typing import Sequence
 
+from edgepress import onnx_wire
 from edgepress.errors import UserError
 from edgepress.runtime.session import NOT_ONNX_FIX, check_model_path
 
@@ -23,61 +25,43 @@ def check_onnx_file(path: Path, *, what: str = "ONNX model") -> tuple[Path, ...]
     """Refuse `path` unless it is a loadable ONNX file; returns the external data files it reads (often none)."""
     path = Path(path)
     check_model_path(path, what=what)
-    model = _parse(path, what=what)
-    if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.output:
+    _parse_whole(path, what=what)
+    try:
+        model = onnx_wire.read_model(path)
+    except (onnx_wire.WireError, OSError) as exc:
+        raise _unparsable(path, exc, what=what) from None
+    if model.ir_version <= 0 or not model.has_graph or not model.graph_outputs:
         raise UserError(f"{what} {path} is not a valid ONNX model (it has no IR version or no graph with outputs)",
                         fix=NOT_ONNX_FIX)
-    return _external_files(model, path=path, what=what)
+    return _external_files(model.tensors, path=path, what=what)
 
 
-def _parse(path: Path, *, what: str):
-    import onnx
-    from google.protobuf.message import DecodeError
-
+def _parse_whole(path: Path, *, what: str) -> None:
+    """Where onnx is installed (the host tools), every field must parse, not only those onnx_wire reads: the
+    stages load the model with onnx. A device-only install leaves the rest to ONNX Runtime's own parser."""
     try:
-        return onnx.load_model(str(path), load_external_data=False)
+        import onnx
+        from google.protobuf.message import DecodeError
+    except ImportError:
+        return
+    try:
+        onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError, OSError) as exc:
-        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise UserError(f"{what} {path} is not a valid ONNX model (it does not parse: {reason})",
-                        fix=NOT_ONNX_FIX) from None
+        raise _unparsable(path, exc, what=what) from None
 
 
-def _tensors(graph) -> Iterator:
-    """Every tensor of a graph that may hold external data: initializers, sparse ones, attribute tensors,
-    and those of subgraphs (If, Loop, Scan bodies)."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        yield from _attribute_tensors(node)
+def _unparsable(path: Path, exc: Exception, *, what: str) -> UserError:
+    reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+    return UserError(f"{what} {path} is not a valid ONNX model (it does not parse: {reason})", fix=NOT_ONNX_FIX)
 
 
-def _attribute_tensors(node) -> Iterator:
-    for attribute in node.attribute:
-        if attribute.HasField("t"):
-            yield attribute.t
-        yield from attribute.tensors
-        if attribute.HasField("sparse_tensor"):
-            yield attribute.sparse_tensor.values
-            yield attribute.sparse_tensor.indices
-        if attribute.HasField("g"):
-            yield from _tensors(attribute.g)
-        for subgraph in attribute.graphs:
-            yield from _tensors(subgraph)
-
-
-def _external_files(model, *, path: Path, what: str) -> tuple[Path, ...]:
+def _external_files(tensors: Sequence[onnx_wire.Tensor], *, path: Path, what: str) -> tuple[Path, ...]:
     folder = path.resolve().parent
-    tensors = list(_tensors(model.graph))
-    for function in model.functions:
-        for node in function.node:
-            tensors.extend(_attribute_tensors(node))
     found: dict[Path, int] = {}
     for tensor in tensors:
         if tensor.data_location != _EXTERNAL:
             continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
+        info = dict(tensor.external_data)
         name = tensor.name or "(unnamed)"
         location = info.get("location", "")
         fix = ("keep external data files beside the model, named relative to its folder "

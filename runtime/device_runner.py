@@ -35,6 +35,7 @@ RANDOM_INPUT_LIMIT = 1 << 30  # bytes of random inputs at most: a model's declar
 # Seconds between progress lines: what a device that dies mid-run loses at most. Each line carries only the new
 # timings (every timing once in all), so the output grows with the runs, not with their square.
 PROGRESS_INTERVAL_S = 1.0
+PR_SET_PDEATHSIG = 1  # prctl(2), linux/prctl.h
 
 
 class BadInput(Exception):
@@ -446,7 +447,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def end_with_parent() -> None:
+    """On Linux, have the kernel send this runner SIGTERM when the process that started it ends: edgepress stops
+    its runner on SIGTERM, SIGINT and SIGHUP itself, but not when SIGKILL ends it; and a runner started over an
+    ssh connection that drops ends with its session. Elsewhere, or without ctypes, the runner runs on."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        import ctypes
+        import signal
+
+        if ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return
+    except (ImportError, OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before the request took effect: nobody waits for the result
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv=None) -> int:
+    end_with_parent()
     args = _parser().parse_args(argv)
     try:
         if args.command is None:

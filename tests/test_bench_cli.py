@@ -121,6 +121,21 @@ def test_bad_flags_are_one_line_errors(models, args, fragments):
     assert_one_line_error(run_cli("bench", str(small), *args), *fragments)
 
 
+def test_every_error_line_says_edgepress_once(models, tmp_path):
+    """Parser errors of the command and of a subcommand, a runner's own error relayed, and a --python that is
+    another edgepress (its "edgepress: error:" line relayed as the reason): never "edgepress: error: edgepress:"."""
+    small, _ = models
+    other_edgepress = tmp_path / "python"
+    other_edgepress.write_text("#!/bin/sh\necho 'edgepress: error: no such command; fix: see --help' >&2\nexit 2\n")
+    other_edgepress.chmod(0o755)
+    cases = [[], ["nope"], ["bench"], ["bench", str(small), "--runs", "x"], ["target", "setup"],
+             ["bench", str(small), "--dim", "sequence=8"], ["bench", str(small), "--python", str(other_edgepress)]]
+    for args in cases:
+        line = assert_one_line_error(run_cli(*args))
+        assert line.count("edgepress:") == 1, (args, line)
+    assert "failed on local (exit 2): no such command" in line
+
+
 def test_bad_models_and_inputs_are_one_line_errors(models, tmp_path):
     small, _ = models
     corrupt = tmp_path / "corrupt.onnx"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import venv
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, assert_one_line_error, one_node_model, run_cli
 
 
 def test_wheel_installs_and_runtime_never_imports_torch(tmp_path):
@@ -47,3 +48,54 @@ def test_wheel_installs_and_runtime_never_imports_torch(tmp_path):
     script = env_dir / "bin" / "edgepress"
     help_proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert help_proc.returncode == 0 and "demo" in help_proc.stdout and "bench" in help_proc.stdout
+
+
+def test_version_prints_the_installed_version():
+    from importlib import metadata
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"edgepress {metadata.version('edgepress')}"
+
+
+# Installed as sitecustomize on PYTHONPATH: what a device-only install (numpy and onnxruntime) cannot import.
+BLOCKER = '''
+import sys
+
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "onnx", "onnxscript", "google"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+'''
+
+
+def test_bench_needs_neither_torch_nor_onnx(tmp_path):
+    """The base install's promise: bench (its model checks included) and --help run with ONNX Runtime and numpy
+    alone, and a model reading weights from outside its folder is still refused before any session."""
+    from onnx import TensorProto, helper
+
+    from tests.test_untrusted import hostile_locations
+
+    model = one_node_model(tmp_path / "relu.onnx", helper.make_node("Relu", ["x"], ["y"]),
+                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    blocker = tmp_path / "device-only"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    device_only = {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])}
+    for module in ("torch", "onnx", "google.protobuf"):
+        probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                               env={**os.environ, **device_only})
+        assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, (module, probe.stderr)
+    for args in (["--help"], ["bench", "--help"]):
+        shown = run_cli(*args, env=device_only)
+        assert shown.returncode == 0 and "usage: edgepress" in shown.stdout, (args, shown.stderr)
+    proc = run_cli("bench", str(model), "--runs", "5", "--warmup", "1", env=device_only)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["runs"] == 5
+    hostile, _ = hostile_locations(tmp_path)["dot-dot"]
+    assert_one_line_error(run_cli("bench", str(hostile), "--runs", "5", env=device_only), "'../outside.data'",
+                          "outside")

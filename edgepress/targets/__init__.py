@@ -162,11 +162,20 @@ def parse_runner_output(stdout: str, stderr: str, returncode: int, *, target: st
                              fix="check the model with onnx.checker.check_model and its memory needs; a crash of "
                                  "ONNX Runtime itself on a valid model is worth a report to ONNX Runtime")
     if result is None or returncode != 0:
-        last = " ".join((stderr.strip().splitlines() or ["no output"])[-1].split())[:300]
+        last = relayed((stderr.strip().splitlines() or ["no output"])[-1])
         raise runner_stopped(f"the device runner failed on {target} (exit {returncode})", f": {last}",
                              stdout=stdout, fix="check that the device's Python has onnxruntime and numpy "
                                                 "(pip install onnxruntime numpy)")
     return result
+
+
+def relayed(line: str) -> str:
+    """A line of a device's output inside an error of ours: on one line, cut short, and without an "edgepress:"
+    prefix of its own (--python naming an edgepress, a remote edgepress), which would read twice."""
+    line = " ".join(line.split())
+    for prefix in ("edgepress: error: ", "edgepress: "):
+        line = line.removeprefix(prefix)
+    return line[:300]
 
 
 SCHEMES = ("local", "ssh", "qemu-aarch64")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgepress import children
 from edgepress.errors import UserError
 from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, runner_stopped
 
@@ -34,7 +35,7 @@ class LocalTarget:
             for path in files:
                 _link_or_copy(Path(path), work / Path(path).name)
             try:
-                done = subprocess.run([self.python, RUNNER.name, *args], cwd=work, capture_output=True, text=True,
+                done = children.run([self.python, RUNNER.name, *args], cwd=work, capture_output=True, text=True,
                                       timeout=timeout_s)
             except subprocess.TimeoutExpired as exc:
                 raise runner_stopped(f"the runner on {self.name} took longer than {timeout_s:.0f} s",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgepress import children
 from edgepress.errors import UserError
 from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, runner_stopped
 from edgepress.targets.local import _link_or_copy
@@ -95,7 +96,7 @@ def find_qemu() -> str:
 def qemu_cpus(qemu: str) -> tuple[str, ...]:
     """The CPUs of CPUS that this qemu emulates; all of CPUS if its list cannot be read."""
     try:
-        listing = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, timeout=30).stdout
+        listing = children.run([qemu, "-cpu", "help"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         listing = ""
     named = {line.split()[0] for line in listing.splitlines()[1:] if line.strip()}
@@ -226,7 +227,7 @@ class QemuTarget:
             for path in files:
                 _link_or_copy(Path(path), work / Path(path).name)
             try:
-                done = subprocess.run(self.command(setup, root, RUNNER.name, *args), cwd=work, capture_output=True,
+                done = children.run(self.command(setup, root, RUNNER.name, *args), cwd=work, capture_output=True,
                                       text=True, timeout=timeout_s, env=guest_env(setup.site_packages))
             except subprocess.TimeoutExpired as exc:
                 raise runner_stopped(f"the runner on {self.name} took longer than {timeout_s:.0f} s",

@@ -34,6 +34,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from edgepress import children
 from edgepress.errors import UserError
 from edgepress.progress import say
 from edgepress.targets import qemu
@@ -204,7 +205,7 @@ def _write_apt_config(folder: Path, mirror: str) -> Path:
     lines = [f'{key} "{value}";' for key, value in settings.items()]
     lines.append('APT::Architectures { "arm64"; };')
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        host = subprocess.run(["apt-config", "dump"], capture_output=True, text=True, timeout=30).stdout
+        host = children.run(["apt-config", "dump"], capture_output=True, text=True, timeout=30).stdout
         lines += [line for line in host.splitlines() if _HOST_ACQUIRE.match(line)]
     config = folder / "apt.conf"
     config.write_text("\n".join(lines) + "\n")
@@ -227,7 +228,7 @@ def _run(command: list[str], *, what: str, fix: str = "rerun with EDGEPRESS_DEBU
          cwd: Path | None = None, env: dict[str, str] | None = None,
          timeout: float = 900.0) -> subprocess.CompletedProcess:
     try:
-        done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+        done = children.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise UserError(f"{what} took longer than {timeout:.0f} s", fix=fix) from None
     except OSError as exc:
@@ -321,7 +322,7 @@ def _verify(qemu_binary: str, root: Path, sysroot: Path, site: Path) -> dict[str
 
 def _qemu_version(qemu_binary: str) -> str:
     with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
-        done = subprocess.run([qemu_binary, "--version"], capture_output=True, text=True, timeout=30)
+        done = children.run([qemu_binary, "--version"], capture_output=True, text=True, timeout=30)
         return done.stdout.splitlines()[0]
     return "?"
 

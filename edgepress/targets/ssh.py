@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
+from edgepress import children
 from edgepress.errors import UserError
-from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, runner_stopped
+from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, relayed, runner_stopped
 
 DEFAULT_PYTHON = "python3"
 FOLDER_PREFIX = "edgepress-ssh-"
@@ -253,7 +254,7 @@ class SshTarget:
             source = files.enter_context(open(stdin, "rb")) if stdin else subprocess.DEVNULL
             sink = files.enter_context(open(stdout, "wb")) if stdout else subprocess.PIPE
             try:
-                done = subprocess.run(self._argv(script), stdin=source, stdout=sink, stderr=subprocess.PIPE,
+                done = children.run(self._argv(script), stdin=source, stdout=sink, stderr=subprocess.PIPE,
                                       timeout=timeout_s)
             except FileNotFoundError:
                 raise UserError("the OpenSSH client (ssh) is not installed on this machine",
@@ -275,7 +276,7 @@ class SshTarget:
     def _effective(self) -> tuple[str, int, str]:
         """(hostname, port, user) after ~/.ssh/config, as ssh resolves them (`ssh -G`, no connection)."""
         try:
-            done = subprocess.run(self._argv("", query=True), capture_output=True, text=True, timeout=10)
+            done = children.run(self._argv("", query=True), capture_output=True, text=True, timeout=10)
             settings = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
             return settings.get("hostname", self.host), int(settings.get("port", self.port or 22)), \
                 settings.get("user", self.user or "")
@@ -358,4 +359,4 @@ def _is_our_folder(line: str) -> bool:
 
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip() and STARTED not in line]
-    return " ".join((lines or ["no output"])[-1].split())[:300]
+    return relayed((lines or ["no output"])[-1])
