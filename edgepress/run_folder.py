@@ -55,6 +55,12 @@ class RunFolder:
     def check(self) -> None:
         """Refuse, before anything is written, an --out that is a file, lies under a file, or is a folder
         of the user's that edgepress was not asked to adopt."""
+        try:
+            self._check()
+        except OSError as exc:  # a name too long, a folder that cannot be listed
+            raise write_error(self.path, exc, doing="looking at it") from None
+
+    def _check(self) -> None:
         path = self.path
         for ancestor in [path, *path.parents]:
             if ancestor.exists() or ancestor.is_symlink():
@@ -110,7 +116,7 @@ class RunFolder:
         clashes = [n for n in names if n not in self.owned and n not in ALWAYS_OURS
                    and ((self.path / n).exists() or (self.path / n).is_symlink())]
         if clashes:
-            raise UserError(f"{self.path / clashes[0]} exists and was not made by edgepress: a run would replace it",
+            raise UserError(f"{self.path / clashes[0]} exists and is not edgepress's (a run would replace it)",
                             fix="move it out of the way, or pass --out a new folder")
         new = set(names) - self.owned
         if new or not (self.path / MARKER).exists():

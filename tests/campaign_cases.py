@@ -113,10 +113,12 @@ class World:
     def check(self, kind: str, label: str, replace: dict[str, str], expect: str = "error", fragment: str = "") -> None:
         self.add(kind, label, ["check", self.recipe(replace)], expect, fragment)
 
-    def run_refused(self, kind: str, label: str, replace: dict[str, str], fragment: str = "") -> None:
-        """`run` must refuse it before any stage, so it never reaches the output folder."""
-        out = self.folder / "runs" / f"refused-{self.count + 1:03d}"
-        self.add(kind, label, ["run", self.recipe(replace), "--out", out], "error", fragment)
+    def run_refused(self, kind: str, label: str, replace: dict[str, str], fragment: str = "", *,
+                    default_out: bool = False) -> None:
+        """`run` must refuse it before any stage, so it never reaches the output folder (`default_out`: the
+        recipe's name picks it, runs/<name> under the campaign's folder)."""
+        out = [] if default_out else ["--out", self.folder / "runs" / f"refused-{self.count + 1:03d}"]
+        self.add(kind, label, ["run", self.recipe(replace), *out], "error", fragment)
 
 
 def _npz(path: Path, **arrays: np.ndarray) -> str:
@@ -177,8 +179,8 @@ def _folders(world: World) -> None:
     world.add("folders", "--out '' (the working folder)", ["run", good, "--out", ""], "error", "did not create")
     world.add("folders", "--out a name too long for the file system", ["run", good, "--out", home / ("x" * 300)],
               "error", "too long")
-    world.add("folders", "--adopt the decoy, whose report.md would be replaced", ["run", good, "--out", home, "--adopt"],
-              "error", "report.md")
+    world.add("folders", "--adopt the decoy, whose 00-model/ would be replaced", ["run", good, "--out", home, "--adopt"],
+              "error", "00-model")
     world.add("folders", "--out a read-only folder", ["run", good, "--out", world.folder / "readonly" / "out"], "error",
               "cannot write")
     world.add("folders", "--out a read-only run folder", ["run", good, "--out", world.folder / "readonly-run"], "error",
@@ -203,7 +205,8 @@ def _names(world: World) -> None:
         "NUL": '"nul\\u0000"', "not a string": "5", "an array": '["x"]', "a dot": '"."',
     }
     for label, value in names.items():
-        world.run_refused("names", f"name = {label}", {'name = "campaign"': f"name = {value}"}, "name")
+        world.run_refused("names", f"name = {label}", {'name = "campaign"': f"name = {value}"}, "name",
+                          default_out=True)
     world.add("names", "no name, and a file name with a leading dot",
               ["run", world.recipe({'name = "campaign"\n': ""}, name=".hidden.toml")], "error", "file name")
     world.run_refused("names", "a stage name with a slash", {'kind = "ptq"': 'kind = "ptq"\nname = "../ptq"'}, "name")
@@ -230,8 +233,10 @@ def _entry_points(world: World) -> None:
         "a module that fails on import": ('entry = "user_models.fails_on_import:build"', "error", "failed"),
         "a missing function": ('entry = "user_models.nets:biuld"', "error", "did you mean 'build'"),
         "no colon": ('entry = "user_models.nets.build"', "error", "package.module:function"),
-        "a builder that raises": ('entry = "user_models.nets:broken"', "error", "RuntimeError"),
-        "a builder that returns no model": ('entry = "user_models.nets:not_a_model"', "error", "not a torch.nn.Module"),
+        "a builder that raises": ('entry = "user_models.nets:broken"\ninput_shape = [1, 8, 8]', "error",
+                                  "RuntimeError"),
+        "a builder that returns no model": ('entry = "user_models.nets:not_a_model"\ninput_shape = [1, 8, 8]', "error",
+                                            "not a torch.nn.Module"),
         "the user's own builder": ('entry = "user_models.nets:build"', "ok", ""),
     }
     for label, (model, expect, fragment) in plain.items():
@@ -344,7 +349,7 @@ def _commands(world: World) -> None:
               "does not exist")
     world.add("commands", "bench: a data file as the model", ["bench", world.inputs / "uneven.npz"], "error", "")
     world.add("commands", "gate: a report that does not exist", ["gate", world.inputs / "absent.json"], "error", "")
-    world.add("commands", "the demo recipe, checked", ["check", world.recipe(name="plain.toml")], "ok")
+    world.add("commands", "the base recipe, checked", ["check", world.recipe(name="plain.toml")], "ok")
 
 
 def build(folder: Path) -> tuple[list[Case], dict[int, Plan], World]:
