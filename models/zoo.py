@@ -69,6 +69,10 @@ def _import_entry(entry: str) -> Callable[..., Any]:
     if _is_standard_library(module_name):  # refused unimported: `check` must never run os:system or builtins:eval
         raise UserError(f"model entry {entry!r} names the standard library module {module_name!r}, not your model's code",
                         fix="point entry at the function in your own module that builds the model")
+    if _is_tool(module_name):
+        raise UserError(f"model entry {entry!r} names {module_name!r}, part of the tools edgepress runs on, not a "
+                        "model's code", fix="point entry at the function in your own module that builds the model "
+                        "(model zoos such as torchvision.models.resnet:resnet18 are fine)")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -94,6 +98,17 @@ def _import_entry(entry: str) -> Callable[..., Any]:
     return function
 
 
+# edgepress and the libraries it runs on: what they define loads files (torch.serialization:load unpickles),
+# downloads (torch.hub:load) or deletes, and builds no model a user ships.
+TOOL_PACKAGES = frozenset({"edgepress", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "torch_pruning",
+                           "sklearn", "scipy", "matplotlib", "pip", "setuptools", "pkg_resources", "pytest", "_pytest"})
+
+
+def _is_tool(module_name: str) -> bool:
+    """In a package of TOOL_PACKAGES, except edgepress's own model builders."""
+    return module_name.split(".", 1)[0] in TOOL_PACKAGES and not module_name.startswith("edgepress.models.")
+
+
 def _is_standard_library(module_name: str) -> bool:
     top = module_name.split(".", 1)[0]
     return top in sys.stdlib_module_names or top in sys.builtin_module_names
@@ -107,7 +122,7 @@ def _check_defined_in(function: Callable[..., Any], *, entry: str, module_name: 
         return
     name = getattr(function, "__name__", entry.partition(":")[2])
     fix = "point entry at the function in your own module that builds the model"
-    if home is not None and not _is_standard_library(home):
+    if home is not None and not _is_standard_library(home) and not _is_tool(home):
         fix += f", or name the module that defines this one: \"{home}:{name}\""
     raise UserError(f"model entry {entry!r} is defined in {home!r}, not in {module_name!r}", fix=fix)
 

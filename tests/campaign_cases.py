@@ -224,6 +224,11 @@ def _entry_points(world: World) -> None:
         "builtins:exec": f'entry = "builtins:exec"\nkwargs = {{ source = "open(\'{pwned}\', \'w\')" }}',
         "a user module's imported rmtree": f'entry = "user_models.nets:rmtree"\nkwargs = {{ path = "{world.home}" }}',
         "torch.nn:Linear (defined elsewhere)": 'entry = "torch.nn:Linear"\nkwargs = { in_features = 1, out_features = 10 }',
+        "torch.serialization:load (unpickles)": f'entry = "torch.serialization:load"\nkwargs = {{ f = "{pwned}.pt", '
+                                                'weights_only = false }',
+        "torch.hub:load (downloads)": 'entry = "torch.hub:load"\nkwargs = { repo_or_dir = "x/y", model = "z" }',
+        "edgepress.atomic:remove_leftovers": f'entry = "edgepress.atomic:remove_leftovers"\nkwargs = {{ folder = '
+                                             f'"{world.home}" }}',
         "a module constant": 'entry = "user_models.nets:SCALE"\nkwargs = {}',
     }
     for label, model in hostile.items():
