@@ -10,6 +10,7 @@ from typing import Any
 
 from edgepress import atomic
 from edgepress.errors import UserError
+from edgepress.run_folder import check_output_file
 
 HELP = "time an ONNX model on a target (local, ssh://user@host, qemu-aarch64[:CPU]) and print JSON"
 
@@ -90,17 +91,34 @@ def _check(args: argparse.Namespace) -> list[Path]:
         if other.resolve() != path.resolve():
             raise UserError(f"{path} has the same file name as {other}",
                             fix="rename one of them: all are copied into one folder on the device")
-    if args.threads <= 0 or args.inter_op_threads <= 0:
-        raise UserError("thread counts must be positive", fix="pass --threads 1 or more")
-    if (args.duration is None and args.runs <= 0) or (args.duration is not None and args.duration <= 0):
-        raise UserError("--runs and --duration must be positive", fix="pass e.g. --runs 200 or --duration 10")
+    _check_ranges(args)
     for name in args.disabled_optimizers:
         if not name.isidentifier():
             raise UserError(f"--disable-optimizer {name!r} is not an ONNX Runtime transformer name",
                             fix="pass a name such as SkipLayerNormFusion")
-    if args.warmup != "auto" and not str(args.warmup).isdigit():
-        raise UserError(f"--warmup {args.warmup!r} is neither a count nor auto", fix="pass e.g. --warmup 50 or auto")
+    if args.warmup != "auto" and not (str(args.warmup).isdigit() and int(args.warmup) <= MAX_RUNS):
+        raise UserError(f"--warmup {args.warmup!r} is neither a count up to {MAX_RUNS} nor auto",
+                        fix="pass e.g. --warmup 50 or auto")
+    if args.json_path is not None:
+        check_output_file(args.json_path, flag="--json")
     return list({p.resolve(): p for p in files}.values())
+
+
+MAX_RUNS = 1_000_000
+# Far beyond any real use, short of a typo's extra zeros (a bench that would never end).
+RANGES = {"threads": (1, 256), "inter_op_threads": (1, 256), "runs": (1, MAX_RUNS), "duration": (0, 3600),
+          "timeout": (0, 7 * 86400), "connect_timeout": (0, 3600)}
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    for name, (low, high) in RANGES.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not (low < value <= high if isinstance(value, float) else low <= value <= high):
+            flag = "--" + name.replace("_", "-")
+            shown = "(0" if isinstance(value, float) else f"[{low}"
+            raise UserError(f"{flag} {value:g} is outside {shown}, {high}]", fix=f"pass {flag} within that range")
 
 
 def _carried(external: tuple[Path, ...], *, model: Path) -> list[Path]:

@@ -139,6 +139,13 @@ def _command(argv: list[str] | None) -> int:
         _say_once(f"edgepress: error: this command needs {exc.name!r}, which is not installed; "
                   "fix: pip install 'edgepress[host]' (devices need only the base install)")
         return EXIT_ERROR
+    except OSError as exc:  # the file system said no (a path, its permissions, its disk): the user's to fix
+        if os.environ.get("EDGEPRESS_DEBUG"):
+            raise
+        where = f": {str(exc.filename)[:300]}" if exc.filename else ""
+        _say_once(f"edgepress: error: {exc.strerror or type(exc).__name__}{where}; fix: check that this path exists, "
+                  "is writable and its disk has room, or pass another path")
+        return EXIT_ERROR
     except MemoryError:
         _say_once("edgepress: error: ran out of memory; fix: use a smaller model, batch or data limit, or a machine "
                   "with more memory (finished stages are kept)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edgepress import atomic, gate_policy, gate_summary, junit, regression, report_view, verdicts
 from edgepress.errors import UserError
+from edgepress.run_folder import check_output_file
 
 HELP = "gate a run's report.json on budgets and against a baseline report; JUnit XML and Markdown for CI"
 
@@ -35,9 +36,9 @@ def _check_options(args: argparse.Namespace) -> None:
             raise UserError(f"--max-p50-growth-percent {args.max_p50_growth_percent:g} is negative",
                             fix="pass 0 or more, e.g. --max-p50-growth-percent 10")
     outputs = [p for p in (args.junit, args.markdown) if p is not None]
-    for path in outputs:
-        if path.is_dir():
-            raise UserError(f"{path} is a folder", fix="pass a file path, e.g. gate.xml or gate.md")
+    for flag, path in (("--junit", args.junit), ("--markdown", args.markdown)):
+        if path is not None:
+            check_output_file(path, flag=flag)
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise UserError("--junit and --markdown name the same file", fix="give each its own path")
 

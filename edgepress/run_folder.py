@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,27 @@ def write_error(path: Path, exc: OSError, *, doing: str) -> UserError:
                          fix="free space on it, or pass another --out")
     return UserError(f"cannot write to the output folder {path} ({exc.strerror or exc}, {doing})",
                      fix="pass --out a folder you can write to")
+
+
+def check_output_file(path: Path, *, flag: str) -> None:
+    """A file a command writes when it is done (bench --json, gate --junit): refused before any work when it
+    could not be written then. An existing file is replaced: the user named it."""
+    path = Path(path)
+    fix = f"pass {flag} a file path in an existing folder you can write to"
+    try:
+        if path.is_dir():
+            raise UserError(f"{flag} {path} is a folder", fix=f"pass {flag} a file path, e.g. {path / 'out'}")
+        parent = path.parent
+        if not parent.is_dir():
+            raise UserError(f"{flag} {path}: its folder {parent} does not exist or is not a folder", fix=fix)
+        if len(path.name.encode()) > os.pathconf(parent, "PC_NAME_MAX") - len(atomic.TEMP_PREFIX) - 20:
+            raise UserError(f"{flag} {path}: the file name is too long for the file system", fix="pass a shorter name")
+        # A real write, not os.access: root passes every permission test, and /proc or a read-only mount refuse
+        # files whatever the bits say.
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=atomic.TEMP_PREFIX, suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: {exc.strerror or exc}", fix=fix) from None
 
 
 @dataclass

@@ -354,6 +354,24 @@ def _commands(world: World) -> None:
               "does not exist")
     world.add("commands", "bench: a data file as the model", ["bench", world.inputs / "uneven.npz"], "error", "")
     world.add("commands", "gate: a report that does not exist", ["gate", world.inputs / "absent.json"], "error", "")
+    from tests.test_signals import relu_model
+
+    model = relu_model(world.inputs)
+    outputs = {"a folder": (world.home, "is a folder"), "under a file": (world.home / ".notes.tmp" / "x", "folder"),
+               "a read-only folder": (world.folder / "readonly" / "bench.json", "Read-only"),
+               "under /proc": (Path("/proc/bench.json"), "--json"), "a name too long": (world.inputs / ("j" * 300), "long")}
+    for label, (path, fragment) in outputs.items():
+        world.add("commands", f"bench --json {label}", ["bench", model, "--runs", "200", "--json", path], "error",
+                  fragment)
+    report = world.folder / "runs" / "calibration-minmax" / "report.json"  # written by an earlier case
+    world.add("commands", "gate --junit in a read-only folder", ["gate", report, "--junit",
+                                                                   world.folder / "readonly" / "gate.xml"], "error",
+              "--junit")
+    for flags in (["--runs", "1000000000000"], ["--duration", "1e9"], ["--threads", "0"], ["--warmup", "-5"],
+                  ["--timeout", "-1"]):
+        world.add("commands", f"bench {' '.join(flags)}", ["bench", model, *flags], "error", flags[0])
+    world.add("commands", "bench, plain", ["bench", model, "--runs", "200", "--json", world.inputs / "bench.json"],
+              "ok")
     world.add("commands", "the base recipe, checked", ["check", world.recipe(name="plain.toml")], "ok")
 
 
