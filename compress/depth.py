@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from edgepress.errors import UserError
-from edgepress.schema import closest
-from edgepress.schema import SAMPLES, within
+from edgepress.schema import SAMPLES, bounded, closest, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
+@bounded
 class DepthSettings:
     blocks: int | None = within(1, 10000, default=None)  # remove this many blocks
     macs_target: float | None = None  # or remove blocks until MACs are at most this share

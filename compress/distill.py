@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 from edgepress.compress.loop import LoopSettings, fit, resume_key
 from edgepress.errors import UserError
-from edgepress.schema import within
+from edgepress.schema import bounded, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
+@bounded
 class DistillSettings(LoopSettings):
     alpha: float = 0.9
     temperature: float = within(0, 1000, default=4.0, low_open=True)

@@ -20,7 +20,7 @@ from typing import Literal
 
 from edgepress.errors import UserError
 from edgepress.progress import tool_output_to
-from edgepress.schema import closest, within
+from edgepress.schema import bounded, closest, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 # onnxruntime.quantization's IntegerOpsRegistry: what quantize_dynamic can quantize.
@@ -43,6 +43,7 @@ class DynamicInt8Settings:
 
 
 @dataclass(frozen=True)
+@bounded
 class Int4WeightsSettings:
     block_size: int = within(16, 1 << 16, default=32)  # weights per scale, along the input axis
     symmetric: bool = True

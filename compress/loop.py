@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from edgepress.compress import distributed
 from edgepress.errors import UserError
 from edgepress.progress import Progress
-from edgepress.schema import BATCH, EPOCHS, SEEDS, within
+from edgepress.schema import BATCH, EPOCHS, SEEDS, bounded, within
 
 if TYPE_CHECKING:
     import torch
 
 
 @dataclass(frozen=True)
+@bounded
 class LoopSettings:
     epochs: int = within(*EPOCHS, default=10)
     batch_size: int = within(*BATCH, default=64)

@@ -13,11 +13,12 @@ from typing import Any, Literal
 
 from edgepress.compress.channels import prune_copy
 from edgepress.errors import UserError
-from edgepress.schema import BATCH, EPOCHS, SAMPLES, within
+from edgepress.schema import BATCH, EPOCHS, SAMPLES, bounded, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
+@bounded
 class PruneSettings:
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = "l1"
     channel_ratio: float | None = None  # share of each prunable layer's channels to remove

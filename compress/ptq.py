@@ -14,7 +14,7 @@ import numpy as np
 
 from edgepress.errors import UserError
 from edgepress.compress.saturation import signed_input_nodes, weight_tensors
-from edgepress.schema import BATCH, SAMPLES, closest, within
+from edgepress.schema import BATCH, SAMPLES, bounded, closest, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 # scheme = activation type + weight type, as ONNX Runtime's docs name them.
@@ -22,6 +22,7 @@ SCHEMES = {"u8s8": ("QUInt8", "QInt8"), "s8s8": ("QInt8", "QInt8"), "u8u8": ("QU
 
 
 @dataclass(frozen=True)
+@bounded
 class PtqSettings:
     scheme: Literal["u8s8", "s8s8", "u8u8"] = "u8s8"
     # Nodes fed by possibly-negative activations saturate x86 U8S8 kernels (see saturation.py):

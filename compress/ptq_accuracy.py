@@ -21,7 +21,7 @@ import numpy as np
 
 from edgepress.compress.ptq import PtqSettings, compute_nodes, node_precision_map, quantize
 from edgepress.errors import UserError
-from edgepress.schema import SAMPLES, SEEDS, within
+from edgepress.schema import SAMPLES, SEEDS, bounded, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 Scheme = Literal["u8s8", "s8s8", "u8u8"]
@@ -30,6 +30,7 @@ MIN_VALIDATION_SAMPLES = 200
 
 
 @dataclass(frozen=True)
+@bounded
 class AccuracyAwarePtqSettings:
     min_agreement: float | None = None  # share of top-1 predictions equal to FP32's, on the validation images
     max_accuracy_drop_points: float | None = None  # FP32 top-1 minus INT8 top-1, in points, same images

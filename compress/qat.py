@@ -17,11 +17,12 @@ import numpy as np
 from edgepress.compress.distill import check_distillation
 from edgepress.compress.loop import LoopSettings, fit, resume_key
 from edgepress.errors import UserError
-from edgepress.schema import SAMPLES, within
+from edgepress.schema import SAMPLES, bounded, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
+@bounded
 class QatSettings(LoopSettings):
     # Fine-tuning a converged model: a short, gentle schedule; no weight decay, which would also
     # shrink the learned quantization scales. AdamW at 2e-5: on ResNet-56, SGD at 1e-4 with the

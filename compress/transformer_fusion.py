@@ -17,7 +17,7 @@ from typing import Literal
 
 from edgepress.errors import UserError
 from edgepress.progress import tool_output_to
-from edgepress.schema import within
+from edgepress.schema import bounded, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "BiasGelu", "Gelu", "FastGelu",
@@ -25,6 +25,7 @@ FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "
 
 
 @dataclass(frozen=True)
+@bounded
 class FusionSettings:
     model_type: Literal["bert"] = "bert"
     num_heads: int = within(0, 4096, default=0)  # 0: the count export_transformer wrote into the model's metadata

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgepress import datapath
-from edgepress.schema import (BATCH, SAMPLES, SEEDS, THREADS, SchemaError, closest, parse, read_toml, unknown_key_error,
-                              within)
+from edgepress.schema import (BATCH, SAMPLES, SEEDS, THREADS, SchemaError, bounded, closest, parse, read_toml,
+                              unknown_key_error, within)
 
 
 @dataclass(frozen=True)
+@bounded
 class ModelSpec:
     """A zoo `name` or a `package.module:function` `entry`, or an existing `onnx` file."""
 
@@ -35,6 +36,7 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+@bounded
 class DatasetSpec:
     """A built-in `dataset` ('cifar10:test_raw_1017', 'digits:test', 'pydoc_topics:test', ...), an npz `path`,
     IDX `images`+`labels`, or a text file of `sentences` (one per line)."""
@@ -80,6 +82,7 @@ class PreprocessSpec:
 
 
 @dataclass(frozen=True)
+@bounded
 class DataSpec:
     evaluation: tuple[DatasetSpec, ...]
     calibration: DatasetSpec | None = None
@@ -103,6 +106,7 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+@bounded
 class BenchSpec:
     warmup_runs: int = within(1, 10000, default=50)
     runs: int = within(200, 100000, default=200)  # at least 200 for stable percentiles
@@ -110,6 +114,7 @@ class BenchSpec:
 
 
 @dataclass(frozen=True)
+@bounded
 class Budgets:
     """Release budgets, checked on the last stage; a budget left out is not checked."""
 
@@ -130,6 +135,7 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+@bounded
 class TargetSpec:
     """Where each stage's ONNX model is timed, and optionally evaluated: local, ssh://user@host[:port],
     qemu-aarch64[:CPU] (edgepress/targets). The recipe's first target is the primary one: its numbers are the

@@ -69,6 +69,25 @@ def within(low: float, high: float, *, default: Any, low_open: bool = False) -> 
     return dataclasses.field(default=default, metadata={"bounds": Bounds(low, high, low_open=low_open)})
 
 
+def bounded(cls: type) -> type:
+    """Under @dataclass: its `within` fields are checked on construction too, so settings built in code (not
+    parsed from a recipe) hold the same ranges; a ValueError names the field. Wraps the class's own
+    __post_init__, if any; a subclass without one inherits the check."""
+    own = cls.__dict__.get("__post_init__")
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            try:
+                _check_bounds(_bounds(type(self), field.name), getattr(self, field.name), field.name)
+            except SchemaError as exc:
+                raise ValueError(exc.problem) from None
+        if own is not None:
+            own(self)
+
+    cls.__post_init__ = __post_init__
+    return cls
+
+
 # Ranges shared by the recipe and the stages' settings: far beyond any real use, short of a typo's extra zeros.
 SEEDS = (0, 2**32 - 1)  # numpy's seeds
 SAMPLES = (1, 10**9)  # how many samples a set, a limit or a setting names

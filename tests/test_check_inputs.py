@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from edgepress.compress.prune import PruneSettings
+from edgepress.compress.ptq import PtqSettings
+from edgepress.compress.train import TrainSettings
 from edgepress.errors import UserError
 from edgepress.models.zoo import build_model
+from edgepress.recipe import BenchSpec, Budgets
 from tests.conftest import TINY_RECIPE, main_one_line_error, write_recipe
 from tests.test_models import _entry_module  # a uniquely named module of the user's own code
 
@@ -285,3 +289,12 @@ def test_the_training_loop_refuses_what_it_cannot_train_on_in_one_line(labels, i
             settings=settings, loss_fn=loss_fn, resume_dir=None, key="k", log=lambda _: None, label=stage)
     assert expected in caught.value.one_line() and caught.value.one_line().startswith(f"{stage}: ")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not one step taken
+
+
+@pytest.mark.parametrize("settings, values", [(BenchSpec, {"runs": 10**12}), (Budgets, {"size_bytes": -1}),
+                                              (PruneSettings, {"channel_ratio": 0.5, "steps": 0}),
+                                              (TrainSettings, {"epochs": 0}), (PtqSettings, {"calibration_samples": 0})],
+                         ids=lambda v: v.__name__ if isinstance(v, type) else "")
+def test_settings_built_in_code_hold_the_same_ranges(settings, values):
+    with pytest.raises(ValueError, match="outside the sensible range"):
+        settings(**values)
