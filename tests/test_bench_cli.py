@@ -112,8 +112,8 @@ def test_thread_settings_report_inter_op_threads_spinning_and_the_cpus_it_ran_on
 
 @pytest.mark.parametrize("args,fragments", [
     (["--dim", "sequence=8"], ["match no free dimension", "batch"]),
-    (["--runs", "0"], ["must be positive"]),
-    (["--warmup", "lots"], ["neither a count nor auto"]),
+    (["--runs", "0"], ["--runs 0 is outside [1, 1000000]"]),
+    (["--warmup", "lots"], ["neither a count up to 1000000 nor auto"]),
     (["--target", "telnet://board"], ["unknown target", "ssh://user@host"]),
 ])
 def test_bad_flags_are_one_line_errors(models, args, fragments):

@@ -37,7 +37,7 @@ def test_distill_settings_are_validated():
     # mixup blends images, not labels: only a loss on the teacher's outputs alone may use it
     with pytest.raises(ValueError, match="alpha = 1"):
         DistillSettings(mixup=1.0)
-    with pytest.raises(ValueError, match="mixup must be >= 0"):
+    with pytest.raises(ValueError, match="'mixup' = -0.5 is outside"):
         DistillSettings(alpha=1.0, mixup=-0.5)
     assert DistillSettings(alpha=1.0, mixup=0.4).mixup == 0.4
     from edgepress.compress.train import TrainSettings
