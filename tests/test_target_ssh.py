@@ -469,7 +469,9 @@ def test_a_device_dying_in_a_recipe_keeps_earlier_stages_and_the_other_targets(c
     workdir, out = tmp_path / "work", tmp_path / "out"
     targets = (f'[[targets]]\nname = "local"\nlatency = false\n'
                f'[[targets]]\nname = "ssh://{ALIAS}"\npython = "{sys.executable}"\nworkdir = "{workdir}"\n')
-    text = TINY_RECIPE.format(epochs=1, budgets="").replace("runs = 200", "runs = 100000000") + targets
+    # a wider model and the most runs the recipe allows: far more timing than the kill lets happen
+    text = (TINY_RECIPE.format(epochs=1, budgets="").replace("runs = 200", "runs = 100000")
+            .replace("width = 8", "width = 256") + targets)
     recipe = write_recipe(tmp_path, text=text)
     env = {key: value for key, value in os.environ.items() if key != "EDGEPRESS_DEBUG"}
     run = subprocess.Popen([sys.executable, "-m", "edgepress", "run", str(recipe), "--out", str(out)],
