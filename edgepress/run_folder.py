@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,45 @@ def check_output_file(path: Path, *, flag: str) -> None:
         raise UserError(f"{flag} {path}: {exc.strerror or exc}", fix=fix) from None
 
 
+_STAGE_FOLDER = re.compile(r"\d{2,}-[A-Za-z0-9_-]{1,64}")
+
+
+def earlier_run_names(folder: Path) -> set[str]:
+    """What a run of an edgepress without markers (before 2026-12) left in `folder`, recognised by its structure
+    alone: NN-stage folders holding a stage record, a report.json of edgepress's schema with its report.md,
+    report.html and plots, resume folders and target records of those stages. A rerun on such a folder goes on
+    from it; anything else in the folder stays the user's."""
+    owned = set()
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink() and _STAGE_FOLDER.fullmatch(entry.name):
+            try:
+                saved = json.loads((entry / "stage.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(saved, dict) and {"key", "record"} <= saved.keys():
+                owned.add(entry.name)
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        report = None
+    if isinstance(report, dict) and str(report.get("schema", "")).startswith("edgepress.report/"):
+        owned |= {"report.json"} | {p.name for p in folder.iterdir() if p.name in ("report.md", "report.html")
+                                    or (p.name.startswith("sensitivity-") and p.suffix == ".svg")}
+    for entry in folder.iterdir():
+        resumed = entry.name.removeprefix(".resume-")
+        if resumed != entry.name and entry.is_dir() and _STAGE_FOLDER.fullmatch(resumed):
+            owned.add(entry.name)  # a killed stage's epoch checkpoints
+        measured = entry.name.removesuffix(".targets-incomplete.json")
+        if measured != entry.name and _STAGE_FOLDER.fullmatch(measured):
+            try:
+                saved = json.loads(entry.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(saved, dict) and {"stage", "complete", "targets"} <= saved.keys():
+                owned.add(entry.name)
+    return owned
+
+
 @dataclass
 class RunFolder:
     path: Path
@@ -98,7 +138,8 @@ class RunFolder:
             self.owned = marker
             return
         try:
-            entries = [p.name for p in path.iterdir() if p.name not in ALWAYS_OURS]
+            self.owned = earlier_run_names(path)
+            entries = [p.name for p in path.iterdir() if p.name not in ALWAYS_OURS and p.name not in self.owned]
         except OSError as exc:
             raise write_error(path, exc, doing="listing it") from None
         if entries and not self.adopt:

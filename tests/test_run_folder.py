@@ -124,3 +124,26 @@ def test_a_run_writes_what_a_teammate_can_read(tmp_path, capsys):
     for path in [tmp_path / "out", *(tmp_path / "out").rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o044 == 0o044, (path, oct(mode))  # group and others read
+
+
+def test_a_run_folder_of_an_edgepress_without_markers_is_taken_over_and_the_user_files_in_it_are_not(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, text=TINY_RECIPE.format(epochs=1, budgets="").replace("limit = 400", "limit = 64"))
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--out", str(out)]) == 0
+    (out / MARKER).unlink()  # as an earlier edgepress left it
+    (out / ".resume-01-train").mkdir()
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--out", str(out)]) == 0
+    assert capsys.readouterr().err.count("kept, finished earlier") == 4
+    assert not (out / ".resume-01-train").exists()
+    owned = set(json.loads((out / MARKER).read_text())["owned"])
+    assert {"00-model", "03-ptq", "report.json", "report.md", "report.html"} <= owned
+
+    (out / MARKER).unlink()
+    (out / "00-mine").mkdir()  # stage-like, but no stage record: the user's
+    (out / "notes.md").write_text("mine")
+    assert main(["run", str(recipe), "--out", str(out)]) == 2
+    assert "00-mine, notes.md" in capsys.readouterr().err
+    assert main(["run", str(recipe), "--out", str(out), "--adopt"]) == 0
+    assert (out / "notes.md").read_text() == "mine" and (out / "00-mine").is_dir()
+    assert not {"00-mine", "notes.md"} & set(json.loads((out / MARKER).read_text())["owned"])
