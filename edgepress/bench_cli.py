@@ -100,7 +100,7 @@ def _check(args: argparse.Namespace) -> list[Path]:
         raise UserError(f"--warmup {args.warmup!r} is neither a count up to {MAX_RUNS} nor auto",
                         fix="pass e.g. --warmup 50 or auto")
     if args.json_path is not None:
-        check_output_file(args.json_path, flag="--json")
+        check_output_file(args.json_path, flag="--json", inputs=tuple(files))
     return list({p.resolve(): p for p in files}.values())
 
 

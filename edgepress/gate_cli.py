@@ -38,7 +38,7 @@ def _check_options(args: argparse.Namespace) -> None:
     outputs = [p for p in (args.junit, args.markdown) if p is not None]
     for flag, path in (("--junit", args.junit), ("--markdown", args.markdown)):
         if path is not None:
-            check_output_file(path, flag=flag)
+            check_output_file(path, flag=flag, inputs=(args.report, args.baseline, args.budgets))
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise UserError("--junit and --markdown name the same file", fix="give each its own path")
 

@@ -47,11 +47,16 @@ def write_error(path: Path, exc: OSError, *, doing: str) -> UserError:
                      fix="pass --out a folder you can write to")
 
 
-def check_output_file(path: Path, *, flag: str) -> None:
+def check_output_file(path: Path, *, flag: str, inputs: tuple[Path | None, ...] = ()) -> None:
     """A file a command writes when it is done (bench --json, gate --junit): refused before any work when it
-    could not be written then. An existing file is replaced: the user named it."""
+    could not be written then, or when it is one of the command's `inputs` (a model, a report) that it would
+    destroy. Any other existing file is replaced: the user named it."""
     path = Path(path)
     fix = f"pass {flag} a file path in an existing folder you can write to"
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise UserError(f"{flag} {path} is also an input of this command ({source}), which writing would destroy",
+                            fix=f"pass {flag} a new file path")
     try:
         if path.is_dir():
             raise UserError(f"{flag} {path} is a folder", fix=f"pass {flag} a file path, e.g. {path / 'out'}")
@@ -66,6 +71,13 @@ def check_output_file(path: Path, *, flag: str) -> None:
             pass
     except OSError as exc:
         raise UserError(f"{flag} {path}: {exc.strerror or exc}", fix=fix) from None
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    try:
+        return one.resolve() == other.resolve() or (one.exists() and other.exists() and one.samefile(other))
+    except OSError:
+        return False
 
 
 _STAGE_FOLDER = re.compile(r"\d{2,}-[A-Za-z0-9_-]{1,64}")

@@ -364,6 +364,12 @@ def _commands(world: World) -> None:
         world.add("commands", f"bench --json {label}", ["bench", model, "--runs", "200", "--json", path], "error",
                   fragment)
     report = world.folder / "runs" / "calibration-minmax" / "report.json"  # written by an earlier case
+    world.add("commands", "bench --json over the model it times", ["bench", model, "--runs", "200", "--json", model],
+              "error", "also an input")
+    world.add("commands", "gate --junit over the report it reads", ["gate", report, "--junit", report], "error",
+              "also an input")
+    world.add("commands", "gate --markdown over its baseline",
+              ["gate", report, "--baseline", report, "--markdown", report], "error", "also an input")
     world.add("commands", "gate --junit in a read-only folder", ["gate", report, "--junit",
                                                                    world.folder / "readonly" / "gate.xml"], "error",
               "--junit")
