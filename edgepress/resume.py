@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepress import atomic
+from edgepress import atomic, user_code
 from edgepress.datasets import DataProvider
 from edgepress.errors import UserError
 
@@ -98,41 +98,6 @@ def _hash(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-# The user's model package is hashed file by file; past these, a file counts by its size and modification time
-# (a checkout with data or weights inside the package must not make every run read gigabytes).
-HASHED_FILE_MAX_BYTES = 16 << 20
-HASHED_FILES_MAX = 20_000
-
-
-def user_code_digest(entry: str | None) -> str:
-    """The sources of a `package.module:function` entry's top-level package (or lone module), by content: an
-    edited model (a ReLU turned Sigmoid, same parameters) is another model. The module is imported already:
-    checking the recipe built the model."""
-    if entry is None:
-        return ""
-    top = entry.partition(":")[0].split(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        return "unfound"
-    digest = hashlib.sha256()
-    roots = list(spec.submodule_search_locations or [])
-    files = [(Path(spec.origin), Path(spec.origin).name)] if not roots and spec.origin and spec.has_location else []
-    for root in roots:
-        files += [(path, path.relative_to(root).as_posix()) for path in sorted(Path(root).rglob("*"))
-                  if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"]
-    for count, (path, name) in enumerate(files):
-        stat = path.stat()
-        digest.update(f"{name}\0{stat.st_size}\0".encode())
-        if count < HASHED_FILES_MAX and stat.st_size <= HASHED_FILE_MAX_BYTES:
-            digest.update(path.read_bytes())
-        else:
-            digest.update(str(stat.st_mtime_ns).encode())
-    return digest.hexdigest()
-
-
 def first_key(recipe, data: DataProvider) -> str:
     """The key of stage 00 (the source model)."""
     context = _plain(recipe)
@@ -141,7 +106,7 @@ def first_key(recipe, data: DataProvider) -> str:
     for source in ("checkpoint", "onnx"):  # by content below: a moved file is the same model
         context["model"].pop(source, None)
     return _hash({"code": code_version(), "recipe": context, "data": _data_digest(data),
-                  "user_code": user_code_digest(recipe.model.entry),
+                  "user_code": user_code.digest(recipe.model.entry),
                   **{source: file_sha256(path) if path is not None else ""
                      for source, path in (("checkpoint", recipe.model.checkpoint), ("onnx", recipe.model.onnx))}})
 

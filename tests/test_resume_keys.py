@@ -24,6 +24,8 @@ ONNX_STAGES = ("02-export", "03-ptq")
 MODEL_CODE = '''
 from torch import nn
 
+from {module}_layers import SCALE  # a module of the user's beside their package
+
 
 def build(width=4):
     return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.{activation}(), nn.AdaptiveAvgPool2d(1),
@@ -38,7 +40,7 @@ name = "keys"
 reference_stage = "train"
 
 [model]
-entry = "{module}:build"
+entry = "{entry}:build"
 
 [data]
 training = {{ path = "{data}", limit = 120 }}
@@ -77,12 +79,13 @@ class Project:
         self.root, self.module = root, name
         (root / name).mkdir()
         (root / name / "__init__.py").write_text("")
-        self.settings = {"activation": "ReLU", "calibration_samples": 64, "threads": 1, "runs": 200, "size_bytes": 10**6,
+        self.settings = {"module": name, "scale": 1, "activation": "ReLU", "calibration_samples": 64, "threads": 1, "runs": 200, "size_bytes": 10**6,
                          "data_seed": 0}
         self.out = root / "out"
 
     def write(self) -> Path:
         (self.root / self.module / "net.py").write_text(MODEL_CODE.format(**self.settings))
+        (self.root / f"{self.module}_layers.py").write_text(f"SCALE = {self.settings['scale']}\n")
         from sklearn.datasets import load_digits  # the user's own file of real images
 
         digits = load_digits()
@@ -90,9 +93,9 @@ class Project:
         np.savez(self.root / "train.npz", images=(digits.images[order] * 16).clip(0, 255).astype(np.uint8),
                  labels=digits.target[order].astype(np.uint8))
         recipe = self.root / "recipe.toml"
-        recipe.write_text(textwrap.dedent(RECIPE.format(module=f"{self.module}.net", data=self.root / "train.npz",
+        recipe.write_text(textwrap.dedent(RECIPE.format(entry=f"{self.module}.net", data=self.root / "train.npz",
                                                         **self.settings)))
-        for name in [m for m in sys.modules if m == self.module or m.startswith(f"{self.module}.")]:
+        for name in [m for m in sys.modules if m.startswith(self.module)]:
             del sys.modules[name]  # each CLI run is a fresh process: so is each run here
         importlib.invalidate_caches()
         return recipe
@@ -161,6 +164,16 @@ def test_the_users_model_code_redoes_everything(project):
 def test_another_file_in_the_users_package_counts_too(project):
     (project.root / project.module / "helpers.py").write_text("SCALE = 2\n")
     assert project.run() == everything("rebuilt")
+
+
+def test_a_module_the_model_imports_from_beside_its_package_counts_too(project):
+    project.settings["scale"] = 2
+    assert project.run() == everything("rebuilt")
+
+
+def test_a_file_beside_the_package_that_the_model_does_not_import_does_not(project):
+    (project.root / "notes.py").write_text("TODO = 'write the paper'\n")
+    assert project.run() == everything("kept")
 
 
 def test_the_users_data_redoes_everything(project):
