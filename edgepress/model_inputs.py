@@ -59,24 +59,33 @@ def tokenizer_of(recipe: Recipe) -> Path | None:
     return None
 
 
+TOP1_FIX = ('data.metric = "top1" scores a classifier: make forward return only its N x K class scores '
+            '(K >= 2), e.g. by wrapping the model in a module that picks them')
+
+
 def output_classes(recipe: Recipe, sample: np.ndarray) -> int | None:
     """How many classes the recipe's model scores: the last axis of its first output for one `sample` (an ONNX
-    file's declared size when fixed). None when the output is not one score per class (not N x K)."""
+    file's declared size when fixed). A torch model whose output top-1 cannot score (a tuple or dict, one value
+    per sample, more than two axes) is refused here, before any stage: evaluation would crash on it, or pass a
+    regressor as 100 % "agreement"."""
     if recipe.model.onnx is not None:
         from edgepress.runtime.session import as_feed, check_feed, open_session
 
         session = open_session(recipe.model.onnx, threads=1)
         declared = session.get_outputs()[0].shape
-        if len(declared) == 2 and isinstance(declared[1], int):
+        if len(declared) == 2 and isinstance(declared[1], int) and declared[1] >= 2:
             return declared[1]
         check_feed(session, sample[None], source="the evaluation data")
         scores = session.run(None, as_feed(session, sample[None]))[0]
     else:
         scores = _torch_scores(recipe, sample)
-    return int(scores.shape[-1]) if scores is not None and scores.ndim == 2 else None
+    if scores.ndim != 2 or scores.shape[-1] < 2:
+        raise UserError(f"the model's output for one sample has shape {list(scores.shape)}, not [1, K] class "
+                        "scores with K >= 2", fix=TOP1_FIX)
+    return int(scores.shape[-1])
 
 
-def _torch_scores(recipe: Recipe, sample: np.ndarray) -> np.ndarray | None:
+def _torch_scores(recipe: Recipe, sample: np.ndarray) -> np.ndarray:
     """The untrained model's output for one sample: the class count is the architecture's, not the weights'."""
     import torch
 
@@ -92,5 +101,7 @@ def _torch_scores(recipe: Recipe, sample: np.ndarray) -> np.ndarray | None:
             raise UserError(f"the model failed on one evaluation sample of shape {list(sample.shape)}: "
                             f"{type(exc).__name__}: {reason}",
                             fix="make the model's forward take the data's shape, or fix the data") from None
-    out = out[0] if isinstance(out, (tuple, list)) and out else out
-    return out.detach().numpy() if isinstance(out, torch.Tensor) else None
+    if not isinstance(out, torch.Tensor):
+        what = f"a {type(out).__name__}" + (f" of {len(out)} outputs" if isinstance(out, (tuple, list, dict)) else "")
+        raise UserError(f"the model returns {what}, not one tensor of class scores", fix=TOP1_FIX)
+    return out.detach().numpy()

@@ -90,9 +90,7 @@ def check_label_range(recipe: Recipe, data: DataProvider) -> None:
     to learn its class count. A text model's sets have no labels."""
     if recipe.data.modality != "image":
         return
-    classes = output_classes(recipe, data.evaluation[0].sample())
-    if classes is not None:
-        data.check_labels(classes)
+    data.check_labels(output_classes(recipe, data.evaluation[0].sample()))
 
 
 # Beside a stage folder (NN-name + this): what the targets measured of a stage that a failing target stopped.

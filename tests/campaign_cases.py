@@ -22,7 +22,7 @@ import numpy as np
 
 from tests.fuzz_harness import CHECK_TIMEOUT_S, RUN_TIMEOUT_S, Case
 
-CLASSES = ("folders", "names", "entry points", "labels", "sets", "settings", "commands")
+CLASSES = ("folders", "names", "entry points", "models", "labels", "sets", "settings", "commands")
 
 BASE = """
 name = "campaign"
@@ -158,7 +158,17 @@ def _lay_out(world: World) -> None:
         "def broken(width=4):\n"
         "    raise RuntimeError('the user\\'s builder fails')\n\n\n"
         "def not_a_model(width=4):\n"
-        "    return 'a string'\n")
+        "    return 'a string'\n\n\n"
+        "class TwoHeads(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n\n"
+        "    def forward(self, x):\n"
+        "        return self.head(x), self.head(x).sum(1)\n\n\n"
+        "def two_heads():\n"
+        "    return TwoHeads()\n\n\n"
+        "def regressor():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 1))\n")
     (world.models / "fails_on_import.py").write_text("raise ValueError('the module itself is broken')\n")
 
 
@@ -246,6 +256,15 @@ def _entry_points(world: World) -> None:
     }
     for label, (model, expect, fragment) in plain.items():
         world.check("entry points", f"entry {label}", {'name = "small_cnn_8"': model}, expect, fragment)
+
+
+def _models(world: World) -> None:
+    """Models whose output top-1 cannot score: refused at check, not an internal error or a meaningless pass."""
+    for label, builder in (("two outputs (a tuple)", "two_heads"), ("one value per sample (a regressor)", "regressor")):
+        world.check("models", f"a model with {label}", {'name = "small_cnn_8"\nkwargs = { width = 4 }':
+                    f'entry = "user_models.nets:{builder}"\ninput_shape = [1, 8, 8]'}, fragment="class scores")
+        world.run_refused("models", f"run: a model with {label}", {'name = "small_cnn_8"\nkwargs = { width = 4 }':
+                          f'entry = "user_models.nets:{builder}"\ninput_shape = [1, 8, 8]'}, "class scores")
 
 
 def _labels(world: World) -> None:
@@ -385,7 +404,7 @@ def build(folder: Path) -> tuple[list[Case], dict[int, Plan], World]:
     """The world under `folder`, and the cases in a fixed order (class by class)."""
     world = World(folder)
     _lay_out(world)
-    for add in (_folders, _names, _entry_points, _labels, _sets, _settings, _commands):
+    for add in (_folders, _names, _entry_points, _models, _labels, _sets, _settings, _commands):
         add(world)
     cases = [Case(id=index, kind=plan.kind, label=plan.label, argv=plan.argv, timeout_s=plan.timeout_s)
              for index, plan in enumerate(world.plans)]

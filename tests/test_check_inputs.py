@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgepress.compress.prune import PruneSettings
@@ -178,8 +179,6 @@ def test_run_refuses_absurd_settings_before_making_its_folder(tmp_path, capsys):
 
 
 def _npz(path: Path, labels, *, count: int | None = None) -> Path:
-    import numpy as np
-
     labels = np.asarray(labels)
     images = np.zeros((len(labels) if count is None else count, 8, 8), dtype=np.uint8)
     np.savez(path, images=images, labels=labels)
@@ -243,22 +242,42 @@ def test_sets_with_no_samples_are_refused(tmp_path, capsys, role, source):
     main_one_line_error(capsys, ["check", str(recipe)], "dataset 'bad.npz' holds no samples")
 
 
-@pytest.mark.parametrize("declared", [[None, 1], ["N", "K"]])
+@pytest.mark.parametrize("declared", [[None, 5], ["N", "K"]])
 def test_an_onnx_models_class_count_is_read_or_run_for(tmp_path, capsys, declared):
     import onnx
-    from onnx import TensorProto, helper
-
-    from tests.conftest import one_node_model
+    from onnx import TensorProto, helper, numpy_helper
 
     shape = [d or "N" for d in declared]
-    one_node_model(tmp_path / "mean.onnx", helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=0),
-                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
-    recipe = write_recipe(tmp_path, text='name = "m"\n[model]\nonnx = "mean.onnx"\n[data]\n'
+    weights = numpy_helper.from_array(np.ones((64, 5), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["y"])],
+                              "five", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "five.onnx"))
+    recipe = write_recipe(tmp_path, text='name = "m"\n[model]\nonnx = "five.onnx"\n[data]\n'
                           'evaluation = [{ dataset = "digits:test", limit = 20 }]\n')
     main_one_line_error(capsys, ["check", str(recipe)], "evaluation set 'digits:test' has label",
-                        "but the model scores 1 classes (0..0)")
-    assert onnx.load(str(tmp_path / "mean.onnx"))  # untouched
+                        "but the model scores 5 classes (0..4)")
+    assert onnx.load(str(tmp_path / "five.onnx"))  # untouched
+
+
+@pytest.mark.parametrize("returns, expected", [
+    ("y", "has shape [1, 1], not [1, K] class scores"),  # a regressor: top-1 of one value is always 0
+    ("(y, y)", "returns a tuple of 2 outputs"),
+    ("{'logits': y, 'aux': y}", "returns a dict of 2 outputs"),
+    ("y[:, :, None, None].expand(-1, -1, 2, 2)", "has shape [1, 1, 2, 2]"),
+])
+def test_a_model_whose_output_top1_cannot_score_is_refused_at_check(tmp_path, monkeypatch, capsys, returns, expected):
+    source = ("from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              "        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))\n\n"
+              f"    def forward(self, x):\n        y = self.head(x)\n        return {returns}\n\n\n"
+              "def build():\n    return Net()\n\n\nbuild.input_shape = (1, 8, 8)\n")
+    module = _entry_module(tmp_path, monkeypatch, source)
+    recipe = write_recipe(tmp_path, text=f'name = "m"\n[model]\nentry = "{module}:build"\n[data]\n'
+                          'evaluation = [{ dataset = "digits:test", limit = 20 }]\n')
+    line = main_one_line_error(capsys, ["check", str(recipe)], expected)
+    assert "N x K class scores" in line
 
 
 @pytest.mark.parametrize("labels, inputs_count, expected", [
