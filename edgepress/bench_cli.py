@@ -11,6 +11,7 @@ from typing import Any
 from edgepress import atomic
 from edgepress.errors import UserError
 from edgepress.run_folder import check_output_file
+from edgepress.schema import THREADS, Bounds
 
 HELP = "time an ONNX model on a target (local, ssh://user@host, qemu-aarch64[:CPU]) and print JSON"
 
@@ -106,19 +107,18 @@ def _check(args: argparse.Namespace) -> list[Path]:
 
 MAX_RUNS = 1_000_000
 # Far beyond any real use, short of a typo's extra zeros (a bench that would never end).
-RANGES = {"threads": (1, 256), "inter_op_threads": (1, 256), "runs": (1, MAX_RUNS), "duration": (0, 3600),
-          "timeout": (0, 7 * 86400), "connect_timeout": (0, 3600)}
+RANGES = {"threads": Bounds(*THREADS), "inter_op_threads": Bounds(*THREADS), "runs": Bounds(1, MAX_RUNS),
+          "duration": Bounds(0, 3600, low_open=True), "timeout": Bounds(0, 7 * 86400, low_open=True),
+          "connect_timeout": Bounds(0, 3600, low_open=True)}
 
 
 def _check_ranges(args: argparse.Namespace) -> None:
-    for name, (low, high) in RANGES.items():
+    for name, bounds in RANGES.items():
         value = getattr(args, name)
-        if value is None:
-            continue
-        if not (low < value <= high if isinstance(value, float) else low <= value <= high):
+        if value is not None and not bounds.holds(value):
             flag = "--" + name.replace("_", "-")
-            shown = "(0" if isinstance(value, float) else f"[{low}"
-            raise UserError(f"{flag} {value:g} is outside {shown}, {high}]", fix=f"pass {flag} within that range")
+            shown = f"{'(' if bounds.low_open else '['}{bounds.low}, {bounds.high}]"
+            raise UserError(f"{flag} {value:g} is outside {shown}", fix=f"pass {flag} within that range")
 
 
 def _carried(external: tuple[Path, ...], *, model: Path) -> list[Path]:

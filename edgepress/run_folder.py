@@ -86,37 +86,37 @@ _STAGE_FOLDER = re.compile(r"\d{2,}-[A-Za-z0-9_-]{1,64}")
 def earlier_run_names(folder: Path) -> set[str]:
     """What a run of an edgepress without markers (before 2026-12) left in `folder`, recognised by its structure
     alone: NN-stage folders holding a stage record, a report.json of edgepress's schema with its report.md,
-    report.html and plots, resume folders and target records of those stages. A rerun on such a folder goes on
-    from it; anything else in the folder stays the user's."""
+    report.html and plots, resume folders and target records of stages. A rerun on such a folder goes on from
+    it; anything else in the folder stays the user's."""
+    report = _json_table(folder / "report.json")
+    ours_report = "schema" in report and str(report["schema"]).startswith("edgepress.report/")
     owned = set()
     for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink() and _STAGE_FOLDER.fullmatch(entry.name):
-            try:
-                saved = json.loads((entry / "stage.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(saved, dict) and {"key", "record"} <= saved.keys():
-                owned.add(entry.name)
-    try:
-        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        report = None
-    if isinstance(report, dict) and str(report.get("schema", "")).startswith("edgepress.report/"):
-        owned |= {"report.json"} | {p.name for p in folder.iterdir() if p.name in ("report.md", "report.html")
-                                    or (p.name.startswith("sensitivity-") and p.suffix == ".svg")}
-    for entry in folder.iterdir():
-        resumed = entry.name.removeprefix(".resume-")
-        if resumed != entry.name and entry.is_dir() and _STAGE_FOLDER.fullmatch(resumed):
-            owned.add(entry.name)  # a killed stage's epoch checkpoints
-        measured = entry.name.removesuffix(".targets-incomplete.json")
-        if measured != entry.name and _STAGE_FOLDER.fullmatch(measured):
-            try:
-                saved = json.loads(entry.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(saved, dict) and {"stage", "complete", "targets"} <= saved.keys():
-                owned.add(entry.name)
+        name = entry.name
+        resumed, measured = name.removeprefix(".resume-"), name.removesuffix(".targets-incomplete.json")
+        if _STAGE_FOLDER.fullmatch(name):
+            record = _json_table(entry / "stage.json") if entry.is_dir() and not entry.is_symlink() else {}
+            ours = {"key", "record"} <= record.keys()
+        elif resumed != name:  # a killed stage's epoch checkpoints
+            ours = entry.is_dir() and bool(_STAGE_FOLDER.fullmatch(resumed))
+        elif measured != name:
+            ours = (bool(_STAGE_FOLDER.fullmatch(measured))
+                    and {"stage", "complete", "targets"} <= _json_table(entry).keys())
+        else:
+            ours = ours_report and (name in ("report.json", "report.md", "report.html")
+                                    or (name.startswith("sensitivity-") and name.endswith(".svg")))
+        if ours:
+            owned.add(name)
     return owned
+
+
+def _json_table(path: Path) -> dict:
+    """The top-level table of a JSON file, or {} when it is missing, unreadable or no table."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 @dataclass
@@ -161,13 +161,11 @@ class RunFolder:
                                 "write beside them (edgepress then touches none of them)")
 
     def _read_marker(self) -> set[str] | None:
-        try:
-            data = json.loads((self.path / MARKER).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        data = _json_table(self.path / MARKER)
+        if data.get("schema") != MARKER_SCHEMA or not isinstance(data.get("owned"), list):
             return None
-        if not isinstance(data, dict) or data.get("schema") != MARKER_SCHEMA or not isinstance(data.get("owned"), list):
-            return None
-        return {name for name in data["owned"] if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")}
+        return {name for name in data["owned"]
+                if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")}
 
     def make(self) -> None:
         """Create the folder (and missing parents), remembering which were new, so that a run refused on bad

@@ -24,8 +24,7 @@ def output_lock(out_dir: Path) -> Iterator[None]:
     except ImportError:  # Windows: no flock; runs there are not guarded against each other
         yield
         return
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # The folder exists: RunFolder.make made it, and removes it again if the run is refused on bad input.
     path = out_dir / LOCK_NAME
     while True:
         handle = open(path, "a+", encoding="utf-8")
@@ -55,5 +54,3 @@ def output_lock(out_dir: Path) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)  # before unlocking: a waiter that opened it retries on the new file
         handle.close()
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a run refused on bad input leaves no trace, not even an empty folder

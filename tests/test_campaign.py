@@ -29,7 +29,7 @@ if __name__ == "__main__":
 
 from edgepress.run_folder import RunFolder  # noqa: E402 - after the path, in script mode
 from tests import campaign_cases  # noqa: E402
-from tests.fuzz_harness import Case, Ending, run_cases  # noqa: E402
+from tests.fuzz_harness import Case, Ending, classify, run_cases  # noqa: E402
 from tests.test_signals import relu_model, signal_once_timing, slow_run_recipe, start  # noqa: E402
 
 MIN_CASES = 60
@@ -64,28 +64,19 @@ def read_only(folder: Path):
             folder.chmod(0o755)
 
 
-def judge(plan: campaign_cases.Plan, ending: Ending) -> str:
-    """'ok', 'one-line error' or what went wrong, against what the case expects."""
-    lines = ending.stderr.splitlines()
-    errors = [line for line in lines if line.startswith("edgepress: error:")]
-    if ending.hang:
-        return "hang"
-    if ending.signal is not None:
-        return f"crash (signal {ending.signal})"
-    if ending.escaped or "Traceback (most recent call last)" in ending.stderr:
-        return "traceback"
-    if any("internal error" in line for line in lines):
-        return "internal error"
-    if ending.code == 0 and not errors:
-        found = "ok"
-    elif ending.code == 2 and len(errors) == 1 and "; fix: " in errors[0] and errors[0].count("edgepress:") == 1:
-        found = "one-line error"
-        if plan.fragment and plan.fragment not in errors[0]:
+def judge(case: Case, plan: campaign_cases.Plan, ending: Ending) -> str:
+    """'ok', 'one-line error' or what went wrong: the fuzz referee's verdict, then what this case expects of it
+    (its fragment named, 'edgepress:' said once, '; fix: ')."""
+    verdict = classify(case, ending)
+    if verdict == "one-line error, exit 2":
+        error = next(line for line in ending.stderr.splitlines() if line.startswith("edgepress: error:"))
+        if error.count("edgepress:") != 1 or "; fix: " not in error:
+            return "error line malformed (prefix repeated, or no '; fix: ')"
+        if plan.fragment not in error:
             return f"error without {plan.fragment!r}"
-    else:
-        return f"exit {ending.code} with {len(errors)} error lines"
+        verdict = "one-line error"
     wanted = {"ok": ("ok",), "error": ("one-line error",), "ok or error": ("ok", "one-line error")}[plan.expect]
-    return found if found in wanted else f"{found}, expected {plan.expect}"
+    return verdict if verdict in wanted else f"{verdict}, expected {plan.expect}"
 
 
 def campaign(folder: Path) -> tuple[list[tuple[campaign_cases.Plan, str, Ending, bool]], dict]:
@@ -104,7 +95,7 @@ def campaign(folder: Path) -> tuple[list[tuple[campaign_cases.Plan, str, Ending,
     started = time.monotonic()
     with read_only(folder / "readonly"), read_only(folder / "readonly-run"):
         endings = run_cases(cases, folder=folder, workers=1, python_path=world.inputs, after_each=after)
-    results = [(plans[c.id], judge(plans[c.id], endings[c.id]), endings[c.id], intact[c.id]) for c in cases]
+    results = [(plans[c.id], judge(c, plans[c.id], endings[c.id]), endings[c.id], intact[c.id]) for c in cases]
     facts = {"seconds": time.monotonic() - started, "user_files": len(user_files), "before": before,
              "after": campaign_cases.tree_digest(folder, user_files),
              "root": sorted(p.name for p in folder.iterdir() if p.name not in ROOT_ENTRIES
