@@ -75,12 +75,30 @@ def even_batch(count: int, batch: int) -> int:
 class _ArrayReader:
     """onnxruntime.quantization's one-method data reader over an in-memory array, in equal batches."""
 
-    def __init__(self, input_name: str, inputs: np.ndarray, batch: int) -> None:
-        batch = even_batch(len(inputs), batch)
-        self._batches = iter([{input_name: inputs[i:i + batch]} for i in range(0, len(inputs), batch)])
+    def __init__(self, feeds: dict[str, np.ndarray], batch: int) -> None:
+        count = len(next(iter(feeds.values())))
+        batch = even_batch(count, batch)
+        self._batches = iter([{name: values[i:i + batch] for name, values in feeds.items()}
+                              for i in range(0, count, batch)])
 
     def get_next(self):
         return next(self._batches, None)
+
+
+def calibration_feeds(session, calibration: np.ndarray | dict[str, np.ndarray], *, samples: int
+                      ) -> dict[str, np.ndarray]:
+    """The first `samples` calibration samples, by the model's input names (one array: its only input)."""
+    if not isinstance(calibration, dict) or (len(calibration) == 1 and len(session.get_inputs()) == 1):
+        array = calibration if not isinstance(calibration, dict) else next(iter(calibration.values()))
+        calibration = {session.get_inputs()[0].name: array}
+    feeds = {name: values[:samples] for name, values in calibration.items()}
+    if not len(next(iter(feeds.values()))):
+        raise UserError("the calibration set holds no samples", fix="point [data.calibration] at a set with samples")
+    for name, values in feeds.items():
+        if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+            raise UserError(f"the calibration data's {name!r} contains NaN or infinite values",
+                            fix="clean the calibration data or its preprocessing")
+    return feeds
 
 
 def _check_excluded(model_path: Path, names: tuple[str, ...]) -> None:
@@ -184,7 +202,7 @@ def _bias_correction(*, source: Path, float_model: Path, out: Path, inputs: np.n
     return done
 
 
-def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqSettings,
+def quantize(*, source: Path, out: Path, calibration: np.ndarray | dict[str, np.ndarray], settings: PtqSettings,
              log: Callable[[str], None] = lambda _: None, calibration_cache: Path | None = None) -> dict[str, Any]:
     """Quantize ONNX file `source` into `out` (files in, files out); return what was done.
 
@@ -192,17 +210,17 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
     exists and written when not, so that many variants of one model calibrate only once."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgepress.runtime.session import check_feed, input_info, open_session
+    from edgepress.runtime.session import as_feed, check_feeds, open_session
 
-    inputs = calibration[: settings.calibration_samples]
-    if not len(inputs):
-        raise UserError("the calibration set holds no samples", fix="point [data.calibration] at a set with images")
-    if not np.all(np.isfinite(inputs)):
-        raise UserError("the calibration data contains NaN or infinite values",
-                        fix="clean the calibration data or its preprocessing")
     session = open_session(source, threads=1)
-    check_feed(session, inputs[: settings.calibration_batch], source="the calibration data")
-    input_name = input_info(session).name
+    feeds = calibration_feeds(session, calibration, samples=settings.calibration_samples)
+    check_feeds(session, {k: v[: settings.calibration_batch] for k, v in feeds.items()}, source="the calibration data")
+    feeds = as_feed(session, feeds)  # the model's own inputs, at the types it declares
+    # One-input transforms (equalization, bias correction) read the only input's array.
+    inputs = next(iter(feeds.values()))
+    if len(feeds) > 1 and (settings.equalize or settings.bias_correction):
+        raise UserError(f"equalize and bias_correction work on one-input models, and {source.name} has {len(feeds)}",
+                        fix="set equalize = false and bias_correction = false in this ptq stage")
     with tempfile.TemporaryDirectory(prefix="edgepress-ptq-") as scratch:
         to_quantize = source
         if settings.preprocess:
@@ -242,7 +260,7 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray, settings: PtqS
         with contextlib.redirect_stdout(chatter):
             quantize_static(
                 str(to_quantize), str(out),
-                _ArrayReader(input_name, inputs, settings.calibration_batch),
+                _ArrayReader(feeds, settings.calibration_batch),
                 quant_format=QuantFormat.QDQ,
                 per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range,
@@ -275,7 +293,7 @@ def run(source: Artifact, settings: PtqSettings, ctx: StageContext) -> StageOutp
     calibration = ctx.data.calibration
     ctx.log(f"calibration set: {calibration.name}")
     out = ctx.output_path("onnx")
-    done = quantize(source=source.path, out=out, calibration=calibration.inputs, settings=settings, log=ctx.log)
+    done = quantize(source=source.path, out=out, calibration=calibration.feeds, settings=settings, log=ctx.log)
     return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={"quantization": done})
 
 

@@ -78,8 +78,10 @@ def _check(recipe_path: Path) -> int:
         source = build_source(recipe, work_dir=Path(scratch), input_shape=data.input_shape, log=lambda _: None)
         check_layer_names(recipe, source.artifact)
     stages = " -> ".join(["model"] + [s.name for s in recipe.stages])
+    task = pipeline.task
+    judged = task.metric.key + (f" on output {task.output!r}" if task.output else "")
     print(f"recipe {recipe.name} is valid: {stages}; input shape {list(data.input_shape or [])}; "
-          f"evaluation on {', '.join(s.name for s in data.evaluation)}")
+          f"evaluation on {', '.join(s.name for s in data.evaluation)}, judged by {judged}")
     return EXIT_OK
 
 

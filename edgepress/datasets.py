@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepress.arrays import ArraySet, is_image_npz, load_arrays
 from edgepress.errors import UserError
 from edgepress.models.data import load_dataset, preprocess
 from edgepress.models.text import is_text_source, load_text_dataset, tokenize
@@ -16,13 +17,29 @@ from edgepress.recipe import DataSpec, DatasetSpec
 
 @dataclass(frozen=True)
 class LabeledSet:
+    """Preprocessed images and their class labels: the image classifier's set."""
+
     name: str
     inputs: np.ndarray  # float32, N x C x H x W
     labels: np.ndarray  # int64, N
 
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {IMAGE_INPUT: self.inputs}
+
+    @property
+    def targets(self) -> dict[str, np.ndarray]:
+        return {"labels": self.labels}
+
     def sample(self, index: int = 0) -> np.ndarray:
         """One input without the batch axis: what latency is timed on."""
         return self.inputs[index]
+
+    def head(self, count: int | None) -> "LabeledSet":
+        return self if count is None else LabeledSet(self.name, self.inputs[:count], self.labels[:count])
 
 
 @dataclass(frozen=True)
@@ -34,19 +51,34 @@ class TextSet:
     def __len__(self) -> int:
         return len(self.sentences)
 
+    targets = None  # judged against the reference's embeddings
+
     def sample(self, index: int = 0) -> dict[str, np.ndarray]:
         return {name: values[index] for name, values in self.feeds.items()}
 
+    def head(self, count: int | None) -> "TextSet":
+        if count is None:
+            return self
+        return TextSet(self.name, self.sentences[:count], {k: v[:count] for k, v in self.feeds.items()})
+
+
+IMAGE_INPUT = "input"  # a one-input model's input, as export names it
+Samples = LabeledSet | TextSet | ArraySet  # every set has name, feeds, targets, len, sample() and head()
+
 
 class DataProvider:
-    def __init__(self, spec: DataSpec, *, input_shape: tuple[int, ...] | None, tokenizer: Path | None = None) -> None:
+    def __init__(self, spec: DataSpec, *, input_shape: tuple[int, ...] | None, tokenizer: Path | None = None,
+                 input_names: tuple[str, ...] = (IMAGE_INPUT,)) -> None:
         self.spec = spec
         self.input_shape = input_shape
         self.tokenizer = tokenizer
+        self.input_names = input_names
 
-    def _load(self, dataset: DatasetSpec, role: str) -> LabeledSet | TextSet:
+    def _load(self, dataset: DatasetSpec, role: str) -> Samples:
         if self.spec.modality == "text":
             return self._load_text(dataset, role)
+        if dataset.entry is not None or (dataset.path is not None and not is_image_npz(dataset.path)):
+            return self._load_arrays(dataset, role)
         if is_text_source(dataset):
             raise UserError(f"{role} set {dataset.display_name!r} holds sentences; this recipe's model reads images",
                             fix='for a text model set metric = "cosine" in [data]')
@@ -57,6 +89,15 @@ class DataProvider:
                             f"but the model takes {list(self.input_shape)}",
                             fix="choose data that fits the model, or correct model.input_shape")
         return LabeledSet(name=dataset.display_name, inputs=inputs, labels=raw.labels.astype(np.int64))
+
+    def _load_arrays(self, dataset: DatasetSpec, role: str) -> ArraySet:
+        found = load_arrays(dataset, input_names=self.input_names)
+        first = next(iter(found.feeds.values()))
+        if len(self.input_names) == 1 and self.input_shape is not None and tuple(first.shape[1:]) != tuple(self.input_shape):
+            raise UserError(f"{role} set {found.name!r} has inputs of shape {list(first.shape[1:])} "
+                            f"but the model takes {list(self.input_shape)}",
+                            fix="choose data that fits the model, or correct model.input_shape")
+        return found
 
     def _load_text(self, dataset: DatasetSpec, role: str) -> TextSet:
         if self.tokenizer is None:
@@ -70,18 +111,18 @@ class DataProvider:
         return TextSet(name=dataset.display_name, sentences=tuple(sentences), feeds=feeds)
 
     @cached_property
-    def evaluation(self) -> tuple[LabeledSet | TextSet, ...]:
+    def evaluation(self) -> tuple[Samples, ...]:
         return tuple(self._load(d, "evaluation") for d in self.spec.evaluation)
 
     @cached_property
-    def calibration(self) -> LabeledSet:
+    def calibration(self) -> Samples:
         if self.spec.calibration is None:
             raise UserError("this recipe has a stage that needs calibration data but [data.calibration] is missing",
                             fix='add [data.calibration] with dataset = "..." or path = "..."')
         return self._load(self.spec.calibration, "calibration")
 
     @cached_property
-    def training(self) -> LabeledSet:
+    def training(self) -> Samples:
         if self.spec.training is None:
             raise UserError("this recipe has a stage that needs training data but [data.training] is missing",
                             fix='add [data.training] with dataset = "..." or path = "..."')
@@ -89,8 +130,16 @@ class DataProvider:
         parts = [self._load(spec, "training") for spec in specs]
         if len(parts) == 1:
             return parts[0]
-        return LabeledSet(name=" + ".join(p.name for p in parts), inputs=np.concatenate([p.inputs for p in parts]),
-                          labels=np.concatenate([p.labels for p in parts]))
+        name = " + ".join(p.name for p in parts)
+        if all(isinstance(p, LabeledSet) for p in parts):
+            return LabeledSet(name=name, inputs=np.concatenate([p.inputs for p in parts]),
+                              labels=np.concatenate([p.labels for p in parts]))
+        if not all(isinstance(p, ArraySet) and list(p.feeds) == list(parts[0].feeds)
+                   and list(p.targets or {}) == list(parts[0].targets or {}) for p in parts):
+            raise UserError(f"training sets {name!r} hold different kinds of data",
+                            fix="give every [[data.training]] set the same arrays (or images and labels)")
+        return ArraySet(name, {k: np.concatenate([p.feeds[k] for p in parts]) for k in parts[0].feeds},
+                        {k: np.concatenate([p.targets[k] for p in parts]) for k in parts[0].targets or {}} or None)
 
     def check_labels(self, classes: int) -> None:
         """Every loaded labelled set's labels must be classes the model scores: accuracy and cross-entropy
@@ -98,11 +147,15 @@ class DataProvider:
         for role in ("evaluation", "calibration", "training"):
             loaded = self.__dict__.get(role, ())  # cached_property: only the sets load_all read
             for part in loaded if isinstance(loaded, tuple) else (loaded,):
-                if isinstance(part, LabeledSet) and int(part.labels.max()) >= classes:
-                    raise UserError(f"{role} set {part.name!r} has label {int(part.labels.max())}, but the model "
+                labels = (part.targets or {}).get("labels")
+                if labels is None or not np.issubdtype(labels.dtype, np.integer):
+                    continue
+                if int(labels.min()) < 0 or int(labels.max()) >= classes:
+                    wrong = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+                    raise UserError(f"{role} set {part.name!r} has label {wrong}, but the model "
                                     f"scores {classes} classes (0..{classes - 1})",
                                     fix=f"use data labelled 0..{classes - 1}, or build the model with "
-                                    f"{int(part.labels.max()) + 1} or more classes ([model] kwargs)")
+                                    f"{int(labels.max()) + 1} or more classes ([model] kwargs)")
 
     def load_all(self, *, calibration: bool, training: bool) -> None:
         """Load up front what the stages will need, so bad data fails before any work."""

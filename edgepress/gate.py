@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from edgepress import metrics
 from edgepress.errors import UserError
 from edgepress.recipe import Budgets
 
@@ -17,39 +18,44 @@ class Check:
     passed: bool
 
 
-def evaluate(budgets: Budgets, *, final: dict[str, Any], reference: dict[str, Any], stage: str) -> list[Check]:
+def evaluate(budgets: Budgets, *, final: dict[str, Any], reference: dict[str, Any], stage: str,
+             user: metrics.Metric | None = None) -> list[Check]:
+    """Every budget set in `budgets`, held to `final`'s numbers (and the reference stage's, for a drop or rise)."""
     checks: list[Check] = []
-
-    def need(key: str, budget: str) -> Any:
-        if key not in final:
-            raise UserError(f"budget {budget} needs {key}, which stage {stage!r} does not measure",
-                            fix="end the recipe with an ONNX stage (export or ptq), or drop that budget")
-        return final[key]
-
-    if budgets.size_bytes is not None:
-        value = need("size_bytes", "size_bytes")
-        checks.append(Check("size_bytes", budgets.size_bytes, value, value <= budgets.size_bytes))
-    if budgets.latency_p90_ms is not None:
-        value = need("latency_ms", "latency_p90_ms")["p90"]
-        checks.append(Check("latency_p90_ms", budgets.latency_p90_ms, value, value <= budgets.latency_p90_ms))
-    if budgets.accuracy_drop_points is not None:
-        drop = 100.0 * (reference["accuracy"] - need("accuracy", "accuracy_drop_points"))
-        checks.append(Check("accuracy_drop_points", budgets.accuracy_drop_points, drop, drop <= budgets.accuracy_drop_points))
-    for budget, key in (("agreement_min", "agreement"), ("cosine_min", "cosine"),
-                        ("top5_agreement_min", "top5_agreement")):
-        limit = getattr(budgets, budget)
-        if limit is not None:
-            value = need(key, budget)
-            checks.append(Check(budget, limit, value, value >= limit))
+    for name, limit in budgets.limits().items():
+        budget = metrics.budget_named(name, user)
+        if budget is None:
+            raise UserError(f"budget {name} belongs to no metric this edgepress knows",
+                            fix="check the budget's name against the recipe's data.metric")
+        value = _value(final, budget.value)
+        if value is None:
+            raise UserError(f"budget {name} needs {budget.value}, which stage {stage!r} does not measure",
+                            fix="end the recipe with an ONNX stage (export or ptq), or drop that budget"
+                            if budget.value in ("size_bytes", "latency_p90_ms") else
+                            "use a budget of the values the stage measures, or drop that budget")
+        base = _value(reference, budget.value)
+        if budget.rule in ("drop", "rise") and base is None:
+            raise UserError(f"budget {name} compares with the reference stage, which has no {budget.value}",
+                            fix="set reference_stage to a stage that is evaluated, or use a budget that is absolute")
+        measured = budget.measured(value, base)
+        checks.append(Check(name, limit, measured, budget.passes(measured, limit)))
     return checks
+
+
+def _value(numbers: dict[str, Any], key: str) -> float | None:
+    if key == "latency_p90_ms":
+        return numbers["latency_ms"]["p90"] if isinstance(numbers.get("latency_ms"), dict) else None
+    return numbers.get(key)
 
 
 def reference_for(reference: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
     """The reference stage's metrics to judge `measured` by: a target that evaluated only the first N samples
     is compared with the reference's accuracy on those same samples."""
-    if "reference_accuracy" not in measured:
-        return reference
-    return {**reference, "accuracy": measured["reference_accuracy"]}
+    if "reference_scores" in measured:
+        return {**reference, **measured["reference_scores"]}
+    if "reference_accuracy" in measured:  # a report written before any-metric scoring
+        return {**reference, "accuracy": measured["reference_accuracy"]}
+    return reference
 
 
 def summary(checks: list[Check], *, stage: str) -> dict[str, Any]:

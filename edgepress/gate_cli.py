@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can fail on bad input is read and checked before anything is written.
     _check_options(args)
     report = report_view.load_report(args.report)
-    policy = gate_policy.load(args.budgets) if args.budgets else gate_policy.from_report(report)
+    policy = gate_policy.load(args.budgets, report=report) if args.budgets else gate_policy.from_report(report)
     gate_policy.check_against(policy, report)
     outcomes = verdicts.budget_outcomes(report, policy)
     comparison = None

@@ -21,24 +21,28 @@ from typing import Any
 
 from edgepress import report_view
 from edgepress.errors import UserError
-from edgepress.recipe import Budgets
+from edgepress import metrics
+from edgepress.recipe import Budgets, _no_paths, parse_budgets
+from edgepress.task import metric_of_report
 from edgepress.schema import SchemaError, closest, parse, read_toml
 
-# Which number of a target's entry each budget reads.
-NEEDS = {"size_bytes": "size_bytes", "latency_p90_ms": "latency_ms", "accuracy_drop_points": "accuracy",
-         "agreement_min": "agreement", "cosine_min": "cosine", "top5_agreement_min": "top5_agreement"}
 LATENCY_BUDGETS = ("latency_p90_ms",)
 
 
+def _needs(budget: str, user: metrics.Metric | None) -> str:
+    """Which number of a target's entry a budget reads (the metric table says)."""
+    found = metrics.budget_named(budget, user)
+    return "latency_ms" if budget in LATENCY_BUDGETS else found.value if found else budget
+
+
 @dataclass(frozen=True)
-class BudgetsFile(Budgets):
-    """The budgets file's top level: the recipe's budget keys, plus per-target tables and the growth limit."""
+class BudgetsFile:
+    """The budgets file's keys beside the recipe's budget keys: per-target tables and the growth limit."""
 
     targets: dict[str, Any] = field(default_factory=dict)
     max_p50_growth_percent: float | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.max_p50_growth_percent is not None and self.max_p50_growth_percent < 0:
             raise ValueError(f"max_p50_growth_percent must be 0 or more, got {self.max_p50_growth_percent}")
 
@@ -49,6 +53,7 @@ class Policy:
     targets: dict[str, Budgets]  # each target's own
     max_p50_growth_percent: float | None = None
     source: str = "the recipe's budgets"
+    user: metrics.Metric | None = None  # the report's user metric, whose budgets these may name
 
     def every(self, primary: str) -> list[tuple[str, Budgets, str]]:
         """(target, budgets, where they were set) to check: the primary's first, then each target's own."""
@@ -56,43 +61,50 @@ class Policy:
             (name, budgets, f'[targets."{name}"]') for name, budgets in self.targets.items()]
 
 
-def _budgets_of(table: Any) -> Budgets:
-    names = {f.name for f in dataclasses.fields(Budgets)}
+def _user(report: dict[str, Any]) -> metrics.Metric | None:
+    metric = metric_of_report(report)
+    return metric if ":" in metric.key else None
+
+
+def _budgets_of(table: Any, user: metrics.Metric | None) -> Budgets:
+    names = {f.name for f in dataclasses.fields(Budgets) if f.init}
+    custom_names = {b.name for v in (user.values if user else ()) for b in v.budgets}
     values = {k: v for k, v in (table or {}).items() if k in names and v is not None}
-    return Budgets(**values)
+    return Budgets(**values).with_custom({k: v for k, v in (table or {}).items() if k in custom_names})
 
 
 def from_report(report: dict[str, Any]) -> Policy:
     """The recipe's budgets as the report recorded them: its `budgets` and `targets[].budgets`, or, in a
     report from before those were written, the limits of the run's own gate checks."""
+    user = _user(report)
     if isinstance(report.get("budgets"), dict):
-        per_target = {t["name"]: _budgets_of(t.get("budgets")) for t in report.get("targets", [])
+        per_target = {t["name"]: _budgets_of(t.get("budgets"), user) for t in report.get("targets", [])
                       if isinstance(t, dict) and t.get("budgets")}
-        return Policy(budgets=_budgets_of(report["budgets"]), targets=per_target)
+        return Policy(budgets=_budgets_of(report["budgets"], user), targets=per_target, user=user)
     checks = report.get("gate", {}).get("checks", []) if isinstance(report.get("gate"), dict) else []
     overall = {c["budget"]: c["limit"] for c in checks if "target" not in c}
     per_target: dict[str, dict[str, Any]] = {}
     for check in (c for c in checks if "target" in c):
         per_target.setdefault(check["target"], {})[check["budget"]] = check["limit"]
-    return Policy(budgets=_budgets_of(overall), targets={k: _budgets_of(v) for k, v in per_target.items()})
+    return Policy(budgets=_budgets_of(overall, user), targets={k: _budgets_of(v, user) for k, v in per_target.items()},
+                  user=user)
 
 
-def load(path: Path) -> Policy:
+def load(path: Path, *, report: dict[str, Any]) -> Policy:
+    """A budgets file, read for `report` (whose user metric's budgets it may name)."""
     table = read_toml(path, what="budgets file")
-
-    def no_paths(value: str) -> Path:
-        raise AssertionError("budgets hold no paths")
-
+    user = _user(report)
     try:
-        top = parse(BudgetsFile, table, where="", resolve_path=no_paths)
-        targets = {name: parse(Budgets, budgets, where=f'targets."{name}"', resolve_path=no_paths)
+        extra = {k: table[k] for k in ("targets", "max_p50_growth_percent") if k in table}
+        top = parse(BudgetsFile, extra, where="", resolve_path=_no_paths)
+        overall = parse_budgets({k: v for k, v in table.items() if k not in extra}, where="", user=user)
+        targets = {name: parse_budgets(budgets, where=f'targets."{name}"', user=user)
                    for name, budgets in top.targets.items()}
     except SchemaError as exc:  # the top level's `where` is empty: say which file instead
-        problem = exc.problem.replace("invalid '': ", "invalid value: ")
+        problem = exc.problem.replace("invalid '': ", "invalid value: ").replace("key '.", "key '")
         raise SchemaError(f"budgets file {path.name}: {problem}", fix=exc.fix) from None
-    overall = Budgets(**{f.name: getattr(top, f.name) for f in dataclasses.fields(Budgets)})
     return Policy(budgets=overall, targets=targets, max_p50_growth_percent=top.max_p50_growth_percent,
-                  source=f"budgets file {path.name}")
+                  source=f"budgets file {path.name}", user=user)
 
 
 def check_against(policy: Policy, report: dict[str, Any]) -> None:
@@ -108,14 +120,13 @@ def check_against(policy: Policy, report: dict[str, Any]) -> None:
             raise UserError(f"{policy.source}: {where}: the report measured nothing on {target!r}",
                             fix=f"did you mean {guess!r}?" if guess else f"the report's targets: {', '.join(names)}")
         entry = measured.get(target, {"emulated": False})
-        for budget, key in NEEDS.items():
-            if getattr(budgets, budget) is None:
-                continue
+        for budget in budgets.limits():
+            key = _needs(budget, policy.user)
             if budget in LATENCY_BUDGETS and entry["emulated"]:
                 raise UserError(f"{policy.source}: {where} set {budget}, but {target} is emulated: its timings "
                                 "are not latency", fix=f"drop {budget} there; gate latency on a real device")
             if key not in entry:
-                how = ("set evaluate = true for that target in the recipe" if key in report_view.QUALITY_KEYS
+                how = ("set evaluate = true for that target in the recipe" if key not in ("size_bytes", "latency_ms")
                        else "time the models there (latency = true), or drop that budget")
                 raise UserError(f"{policy.source}: {where} set {budget}, but stage {final['name']!r} has no "
                                 f"{key} on {target}", fix=how)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepress.errors import UserError
+from edgepress.metrics import OutputInfo
 from edgepress.recipe import Recipe
 
 
@@ -59,49 +60,58 @@ def tokenizer_of(recipe: Recipe) -> Path | None:
     return None
 
 
-TOP1_FIX = ('data.metric = "top1" scores a classifier: make forward return only its N x K class scores '
-            '(K >= 2), e.g. by wrapping the model in a module that picks them')
-
-
-def output_classes(recipe: Recipe, sample: np.ndarray) -> int | None:
-    """How many classes the recipe's model scores: the last axis of its first output for one `sample` (an ONNX
-    file's declared size when fixed). A torch model whose output top-1 cannot score (a tuple or dict, one value
-    per sample, more than two axes) is refused here, before any stage: evaluation would crash on it, or pass a
-    regressor as 100 % "agreement"."""
+def input_names_of(recipe: Recipe) -> tuple[str, ...]:
+    """The model's inputs by name: an ONNX file's own, a torch model's forward arguments (one: "input")."""
     if recipe.model.onnx is not None:
-        from edgepress.runtime.session import as_feed, check_feed, open_session
+        from edgepress.runtime.session import open_session
 
-        session = open_session(recipe.model.onnx, threads=1)
-        declared = session.get_outputs()[0].shape
-        if len(declared) == 2 and isinstance(declared[1], int) and declared[1] >= 2:
-            return declared[1]
-        check_feed(session, sample[None], source="the evaluation data")
-        scores = session.run(None, as_feed(session, sample[None]))[0]
-    else:
-        scores = _torch_scores(recipe, sample)
-    if scores.ndim != 2 or scores.shape[-1] < 2:
-        raise UserError(f"the model's output for one sample has shape {list(scores.shape)}, not [1, K] class "
-                        "scores with K >= 2", fix=TOP1_FIX)
-    return int(scores.shape[-1])
-
-
-def _torch_scores(recipe: Recipe, sample: np.ndarray) -> np.ndarray:
-    """The untrained model's output for one sample: the class count is the architecture's, not the weights'."""
+        return tuple(i.name for i in open_session(recipe.model.onnx, threads=1).get_inputs())
+    if recipe.data.modality == "text":
+        return ("input_ids", "attention_mask", "token_type_ids")
     import torch
 
     from edgepress.models.zoo import build_model
+    from edgepress.torch_outputs import input_names
+
+    with torch.random.fork_rng(devices=[]):  # the run's seeded draws stay what they were
+        return input_names(build_model(name=recipe.model.name, entry=recipe.model.entry, kwargs=recipe.model.kwargs))
+
+
+def output_infos(recipe: Recipe, sample: np.ndarray | dict[str, np.ndarray]) -> list[OutputInfo]:
+    """Each output of the recipe's model on one sample of its data: name, shape (batch 1), float or not. The
+    untrained model answers this (the shapes are the architecture's); an output a metric cannot read is refused
+    by the task (edgepress/task.py) before any stage."""
+    batch = {k: v[None] for k, v in sample.items()} if isinstance(sample, dict) else sample[None]
+    if recipe.model.onnx is not None:
+        from edgepress.runtime.session import as_feed, check_feeds, open_session
+
+        session = open_session(recipe.model.onnx, threads=1)
+        feeds = batch if isinstance(batch, dict) else {session.get_inputs()[0].name: batch}
+        if len(session.get_inputs()) == 1 and len(feeds) == 1:
+            feeds = {session.get_inputs()[0].name: next(iter(feeds.values()))}
+        check_feeds(session, feeds, source="the evaluation data")
+        values = dict(zip([o.name for o in session.get_outputs()], session.run(None, as_feed(session, feeds))))
+    else:
+        values = _torch_outputs(recipe, batch if isinstance(batch, dict) else {"input": batch})
+    return [OutputInfo(name, tuple(v.shape), bool(np.issubdtype(v.dtype, np.floating))) for name, v in values.items()]
+
+
+def _torch_outputs(recipe: Recipe, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import torch
+
+    from edgepress.models.zoo import build_model
+    from edgepress.torch_outputs import forward
 
     with torch.random.fork_rng(devices=[]):  # the run's seeded draws stay what they were
         model = build_model(name=recipe.model.name, entry=recipe.model.entry, kwargs=recipe.model.kwargs).eval()
         try:
-            with torch.no_grad():
-                out = model(torch.from_numpy(np.ascontiguousarray(sample[None])))
+            return forward(model, batch)
+        except UserError:
+            raise
         except Exception as exc:  # the user's forward failing on the recipe's own data: their bug, one line
+            shapes = {k: list(v.shape[1:]) for k, v in batch.items()}
             reason = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise UserError(f"the model failed on one evaluation sample of shape {list(sample.shape)}: "
+            raise UserError(f"the model failed on one evaluation sample of shape "
+                            f"{next(iter(shapes.values())) if len(shapes) == 1 else shapes}: "
                             f"{type(exc).__name__}: {reason}",
                             fix="make the model's forward take the data's shape, or fix the data") from None
-    if not isinstance(out, torch.Tensor):
-        what = f"a {type(out).__name__}" + (f" of {len(out)} outputs" if isinstance(out, (tuple, list, dict)) else "")
-        raise UserError(f"the model returns {what}, not one tensor of class scores", fix=TOP1_FIX)
-    return out.detach().numpy()

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from edgepress.datasets import LabeledSet, TextSet
 from edgepress.progress import say
 from edgepress.recipe import BenchSpec, Recipe, TargetSpec
 from edgepress.stage import Artifact
@@ -37,7 +36,9 @@ def open_targets(recipe: Recipe) -> dict[str, Target]:
 
 
 def _save_inputs(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> None:
-    if isinstance(inputs, dict):
+    if isinstance(inputs, dict) and len(inputs) == 1:
+        np.savez(path, x=next(iter(inputs.values())))  # one array: the runner gives it to the model's only input
+    elif isinstance(inputs, dict):
         np.savez(path, **inputs)
     else:
         np.savez(path, x=inputs)  # one array: the runner gives it to the model's only input
@@ -76,30 +77,16 @@ def _timing_entry(found: dict[str, Any], *, spec: TargetSpec, bench: BenchSpec) 
     return entry
 
 
-def outputs_on(target: Target, artifact: Artifact, dataset: LabeledSet | TextSet, *, limit: int | None,
-               batch_size: int, spec: TargetSpec) -> np.ndarray:
-    """Top-1 classes (images) or embeddings (text) of the artifact on the first `limit` samples, computed on
-    the target by the runner's `predict`."""
-    if isinstance(dataset, TextSet):
-        inputs: np.ndarray | dict[str, np.ndarray] = {name: values[:limit] for name, values in dataset.feeds.items()}
-    else:
-        inputs = dataset.inputs[:limit]
+def outputs_on(target: Target, artifact: Artifact, dataset, *, batch_size: int, spec: TargetSpec
+               ) -> dict[str, np.ndarray]:
+    """Every output of the artifact on the set (already cut to the samples wanted), by name, computed on the
+    target by the runner's `predict`."""
     with tempfile.TemporaryDirectory(prefix="edgepress-predict-") as scratch:
         folder = Path(scratch)
-        _save_inputs(folder / "inputs.npz", inputs)
+        _save_inputs(folder / "inputs.npz", dataset.feeds)
         target.run(files=[artifact.path, folder / "inputs.npz"], fetch=["outputs.npz"], into=folder,
                    timeout_s=7200.0, args=["predict", artifact.path.name, "--inputs", "inputs.npz",
                                            "--out", "outputs.npz", "--batch-size", str(batch_size),
                                            *session_flags(spec)])
         with np.load(folder / "outputs.npz") as found:
-            first = found[found.files[0]]
-    return first if isinstance(dataset, TextSet) else first.argmax(axis=1)
-
-
-def sliced(dataset: LabeledSet | TextSet, limit: int | None) -> LabeledSet | TextSet:
-    if limit is None:
-        return dataset
-    if isinstance(dataset, TextSet):
-        return TextSet(name=dataset.name, sentences=dataset.sentences[:limit],
-                       feeds={name: values[:limit] for name, values in dataset.feeds.items()})
-    return LabeledSet(name=dataset.name, inputs=dataset.inputs[:limit], labels=dataset.labels[:limit])
+            return {name: found[name] for name in found.files}

@@ -15,9 +15,9 @@ import numpy as np
 
 from edgepress import atomic, evaluation, gate, measure, on_target, report, resume
 from edgepress.compress import distributed
-from edgepress.datasets import DataProvider, LabeledSet
+from edgepress.datasets import DataProvider
 from edgepress.errors import UserError
-from edgepress.model_inputs import input_shape_of, output_classes, tokenizer_of
+from edgepress.model_inputs import input_names_of, input_shape_of, output_infos, tokenizer_of
 from edgepress.progress import say
 from edgepress.recipe import Recipe
 from edgepress.run_folder import RunFolder, write_error
@@ -25,6 +25,7 @@ from edgepress.run_lock import output_lock
 from edgepress.stage import ARTIFACT_FILE, Artifact, StageContext, StageOutput
 from edgepress.stages import REGISTRY
 from edgepress.targets import PartialMeasurement
+from edgepress.task import Task, resolve
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,20 @@ def check_layer_names(recipe: Recipe, source: Artifact) -> None:
             raise UserError(f"stage {spec.name!r}: {exc.problem}", fix=exc.fix) from None
 
 
-def check_label_range(recipe: Recipe, data: DataProvider) -> None:
-    """Labels past the model's classes are refused before any stage: the model is run once, on one sample,
-    to learn its class count. A text model's sets have no labels."""
-    if recipe.data.modality != "image":
-        return
-    data.check_labels(output_classes(recipe, data.evaluation[0].sample()))
+def decide_task(recipe: Recipe, data: DataProvider) -> Task:
+    """How every stage will be judged, decided before any stage: the model is run once, on one sample, to learn
+    its outputs; a metric that does not fit them, budgets of another metric, or labels past the model's classes
+    are refused now."""
+    first = data.evaluation[0]
+    task = resolve(recipe, output_infos(recipe, first.sample()), first.targets)
+    from edgepress.recipe import check_budgets
+
+    check_budgets(recipe, metric=task.metric)
+    if task.metric.key == "top1":
+        outputs = output_infos(recipe, first.sample())
+        chosen = next(o for o in outputs if o.name == (task.output or outputs[0].name))
+        data.check_labels(chosen.shape[-1])
+    return task
 
 
 # Beside a stage folder (NN-name + this): what the targets measured of a stage that a failing target stopped.
@@ -131,7 +140,8 @@ class Pipeline:
         self.rerun_from = rerun_from
         self.records: list[dict[str, Any]] = []
         self.artifacts: dict[str, Artifact] = {}
-        self.reference_outputs: list[np.ndarray] | None = None  # top-1 classes or embeddings, per set
+        self.reference_outputs: list[dict[str, np.ndarray]] | None = None  # every output by name, per set
+        self.task: Task | None = None
         self.reference_metrics: dict[str, Any] | None = None
         self.targets: dict[str, Any] = {}
 
@@ -139,10 +149,11 @@ class Pipeline:
         """Everything that can fail on bad input, checked before any stage runs."""
         resume.check_from(self.rerun_from, ["model"] + [s.name for s in self.recipe.stages])
         input_shape = input_shape_of(self.recipe)
-        data = DataProvider(self.recipe.data, input_shape=input_shape, tokenizer=tokenizer_of(self.recipe))
+        data = DataProvider(self.recipe.data, input_shape=input_shape, tokenizer=tokenizer_of(self.recipe),
+                            input_names=input_names_of(self.recipe))
         needs = {need for stage in self.recipe.stages for need in REGISTRY[stage.kind].needs}
         data.load_all(calibration="calibration" in needs, training="training" in needs)
-        check_label_range(self.recipe, data)
+        self.task = decide_task(self.recipe, data)
         if probe_targets and distributed.is_main():
             self.targets = on_target.open_targets(self.recipe)
         return data
@@ -220,7 +231,7 @@ class Pipeline:
                 try:
                     ctx = StageContext(recipe=recipe, data=data, work_dir=work, log=log, resume_dir=resume_dir,
                                        source_sha256=source_sha256,
-                                       artifacts=dict(self.artifacts))
+                                       artifacts=dict(self.artifacts), task=self.task)
                     started = time.monotonic()
                     if spec is None:
                         output = build_source(recipe, work_dir=work, input_shape=data.input_shape, log=log)
@@ -242,7 +253,7 @@ class Pipeline:
             self.artifacts[name] = current
             shutil.rmtree(resume_dir, ignore_errors=True)  # the stage is complete: its checkpoints are spent
             self.records.append(record)
-            say(f"    {_one_line_metrics(record['metrics'])}")
+            say(f"    {_one_line_metrics(record['metrics'], self.task)}")
             distributed.barrier()  # the other ranks go on from the artifact just committed
         return self._finish() if main else None
 
@@ -267,7 +278,7 @@ class Pipeline:
         with tempfile.TemporaryDirectory(prefix=f"edgepress-rank{distributed.rank()}-") as scratch:
             ctx = StageContext(recipe=self.recipe, data=data, work_dir=Path(scratch), log=lambda _: None,
                                resume_dir=resume_dir, source_sha256=resume.file_sha256(source.path) if source else "",
-                               artifacts=dict(self.artifacts))
+                               artifacts=dict(self.artifacts), task=self.task)
             REGISTRY[kind].run(source, spec.settings, ctx)
 
     def _raise_if_full(self, exc: Exception, folder: Path, *, doing: str) -> None:
@@ -278,7 +289,7 @@ class Pipeline:
                         fix="free space on it (or pass another --out) and rerun the same command: finished stages "
                             "are kept") from None
 
-    def _keep(self, record: dict[str, Any], produced: list[np.ndarray]) -> None:
+    def _keep(self, record: dict[str, Any], produced: list[dict[str, np.ndarray]]) -> None:
         """A stage reused from an earlier run counts as if it had just run."""
         if record["name"] == self.recipe.reference_stage:
             self.reference_outputs = produced
@@ -286,7 +297,7 @@ class Pipeline:
         self.records.append(record)
 
     def _measure(self, *, name: str, kind: str, output: StageOutput, data: DataProvider, folder: Path,
-                 seconds: float, log, stage_key: str) -> tuple[dict[str, Any], list[np.ndarray], dict[str, str]]:
+                 seconds: float, log, stage_key: str) -> tuple[dict[str, Any], list[dict[str, np.ndarray]], dict[str, str]]:
         """The stage's record for the report, and its evaluation outputs (per set)."""
         artifact = output.artifact
         metrics: dict[str, Any] = {}
@@ -295,10 +306,10 @@ class Pipeline:
         if name == self.recipe.reference_stage:
             self.reference_outputs = produced
         references = self.reference_outputs or [None] * len(produced)
-        per_set = {labeled.name: evaluation.score(labeled, out, ref)
+        per_set = {labeled.name: self.task.score(labeled, out, ref)
                    for labeled, out, ref in zip(data.evaluation, produced, references)}
         primary = per_set[data.evaluation[0].name]
-        metrics.update({key: primary[key] for key in evaluation.HEADLINE if key in primary})
+        metrics.update({key: primary[key] for key in self.task.keys if key in primary})
         metrics.update(measure.structure(artifact))
         metrics["evaluation"] = per_set
         metrics.update(output.metrics)
@@ -319,7 +330,7 @@ class Pipeline:
         return record, produced, target_keys
 
     def _time_on_targets(self, record: dict[str, Any], *, artifact: Artifact, stage_key: str, data: DataProvider,
-                         produced: list[np.ndarray], folder: Path,
+                         produced: list[dict[str, np.ndarray]], folder: Path,
                          measured_under: dict[str, str]) -> tuple[dict[str, str], list[str]]:
         """Fill the record's per-target numbers of an ONNX artifact, measuring only the targets whose key differs
         from the one their numbers in the record were `measured_under` (all of them for a new stage); targets no
@@ -344,8 +355,8 @@ class Pipeline:
         return keys, [spec.name for spec in stale]
 
     def _on_targets(self, artifact: Artifact, *, stage: str, targets: list, data: DataProvider,
-                    host_metrics: dict[str, Any], references: list[np.ndarray | None], host_outputs: list[np.ndarray],
-                    kept_in: Path) -> dict[str, dict[str, Any]]:
+                    host_metrics: dict[str, Any], references: list[dict[str, np.ndarray] | None],
+                    host_outputs: list[dict[str, np.ndarray]], kept_in: Path) -> dict[str, dict[str, Any]]:
         """{target name: timing and, where evaluated, quality} for an ONNX artifact. The primary target's
         quality is the host's (same ONNX Runtime build, all cores); other targets evaluate on the device.
         A target that fails (a device dying mid-run) fails the stage, whose folder is then not kept; what the
@@ -370,8 +381,8 @@ class Pipeline:
         return found
 
     def _on_target(self, target, spec, index: int, entry: dict[str, Any], *, artifact: Artifact,
-                   data: DataProvider, host_metrics: dict[str, Any], references: list[np.ndarray | None],
-                   host_outputs: list[np.ndarray]) -> None:
+                   data: DataProvider, host_metrics: dict[str, Any], references: list[dict[str, np.ndarray] | None],
+                   host_outputs: list[dict[str, np.ndarray]]) -> None:
         """One target's timing and quality of an ONNX artifact, added to `entry` as they arrive."""
         if spec.latency:
             entry.update(on_target.time_on(target, artifact, data.evaluation[0].sample(), spec=spec,
@@ -379,57 +390,62 @@ class Pipeline:
         if spec.evaluate:
             per_set = {}
             for labeled, reference, host in zip(data.evaluation, references, host_outputs):
-                subset = on_target.sliced(labeled, spec.evaluate_samples)
+                subset = labeled.head(spec.evaluate_samples)
                 say(f"    evaluate {subset.name} on {target.name}")
-                out = on_target.outputs_on(target, artifact, subset, limit=spec.evaluate_samples,
-                                           batch_size=self.recipe.data.batch_size, spec=spec)
-                per_set[subset.name] = evaluation.score(
-                    subset, out, None if reference is None else reference[:len(out)])
+                out = on_target.outputs_on(target, artifact, subset, batch_size=self.recipe.data.batch_size, spec=spec)
+                count = len(next(iter(out.values())))
+                per_set[subset.name] = self.task.score(subset, out, None if reference is None else _head(reference, count))
                 # The same model's answers here against the host's on the same samples: where ARM kernels
                 # and x86 ones part ways, whatever the reference says.
-                per_set[subset.name]["same_as_host"] = evaluation.same_answers(out, host[:len(out)])
+                per_set[subset.name]["same_as_host"] = self.task.same_answers(out, _head(host, count))
             first = per_set[data.evaluation[0].name]
-            entry.update({k: first[k] for k in evaluation.HEADLINE + ("same_as_host",) if k in first})
+            entry.update({k: first[k] for k in self.task.keys + ("same_as_host",) if k in first})
             entry["evaluation"] = per_set
             primary_set, reference = data.evaluation[0], references[0]
-            if isinstance(primary_set, LabeledSet) and reference is not None:
-                # An accuracy drop compares like with like: the reference on the same first samples.
+            if primary_set.targets is not None and reference is not None and self.task.metric.score is not None:
+                # A drop compares like with like: the reference on the same first samples.
                 count = first["samples"]
-                entry["reference_accuracy"] = float(np.mean(reference[:count] == primary_set.labels[:count]))
+                entry["reference_scores"] = self.task.metric.score(_head(reference, count),
+                                                                   _head(primary_set.targets, count), self.task.output)
         elif index == 0:
-            entry.update({k: host_metrics[k] for k in evaluation.HEADLINE if k in host_metrics})
+            entry.update({k: host_metrics[k] for k in self.task.keys if k in host_metrics})
 
     def _target_checks(self, final: dict[str, Any]) -> list[dict[str, Any]]:
         """Each target's own budgets, on that target's numbers for the final stage."""
         checks = []
         for spec in self.recipe.targets:
             measured = final["metrics"].get("targets", {}).get(spec.name)
-            if measured is None or not any(v is not None for v in vars(spec.budgets).values()):
+            if measured is None or not spec.budgets.limits():
                 continue
             measured = {"size_bytes": final["metrics"]["size_bytes"], **measured}  # the file is the same everywhere
             reference = gate.reference_for(self.reference_metrics or {}, measured)
             for check in gate.evaluate(spec.budgets, final=measured, reference=reference,
-                                       stage=f"{final['name']} on {spec.name}"):
+                                       stage=f"{final['name']} on {spec.name}", user=self._user_metric()):
                 checks.append(dict(vars(check), target=spec.name))
         return checks
+
+    def _user_metric(self):
+        return self.task.metric if ":" in self.task.metric.key else None
 
     def _finish(self) -> RunResult:
         final = self.records[-1]
         checks = gate.evaluate(self.recipe.budgets, final=final["metrics"], reference=self.reference_metrics or {},
-                               stage=final["name"])
+                               stage=final["name"], user=self._user_metric())
         result = {
             "schema": "edgepress.report/1",
             "recipe": str(self.recipe.path),
             "name": self.recipe.name,
             "reference_stage": self.recipe.reference_stage,
-            "metric": self.recipe.data.metric,
+            "metric": self.task.metric.key,
+            **({"metric_higher_is_better": self.recipe.data.higher_is_better} if self._user_metric() else {}),
+            **({"metric_output": self.task.output} if self.task.output else {}),
             "target": {"name": self.recipe.target.name, "threads": self.recipe.target.threads},
             "targets": [{"name": t.name, "threads": t.threads, "emulated": t.emulated, "evaluate": t.evaluate,
-                         "budgets": {k: v for k, v in vars(t.budgets).items() if v is not None}}
+                         "budgets": t.budgets.limits()}
                         | ({"session": {"denormals": t.denormals, "disabled_optimizers": list(t.disabled_optimizers)}}
                            if (t.denormals, t.disabled_optimizers) != ("keep", ()) else {})
                         for t in self.recipe.targets],
-            "budgets": {k: v for k, v in vars(self.recipe.budgets).items() if v is not None},
+            "budgets": self.recipe.budgets.limits(),
             "stages": self.records,
             "gate": gate.summary(checks, stage=final["name"]),
         }
@@ -448,12 +464,15 @@ class Pipeline:
         return RunResult(report=result, out_dir=self.out_dir)
 
 
-def _one_line_metrics(metrics: dict[str, Any]) -> str:
-    shares = [("accuracy", "accuracy"), ("agreement", "agreement"), ("top5_agreement", "top-5 agreement")]
-    parts = [f"{label} {100 * metrics[key]:.2f}%" for key, label in shares if key in metrics]
-    if "cosine" in metrics:
-        parts.insert(0, f"cosine {metrics['cosine']:.4f} (min {metrics['cosine_min']:.4f})")
+def _one_line_metrics(metrics: dict[str, Any], task: Task) -> str:
+    parts = [f"{value.label} {value.show(metrics[value.key])}" for value in task.metric.shown if value.key in metrics]
+    if task.metric.key != "cosine" and "snr_db" in metrics:  # how close to the reference, for any model
+        parts.append(f"SNR {metrics['snr_db']:.1f} dB")
     parts.append(f"size {metrics['size_bytes'] / 1024:.1f} KiB")
     if "latency_ms" in metrics:
         parts.append(f"p50 {metrics['latency_ms']['p50']:.3f} ms, p90 {metrics['latency_ms']['p90']:.3f} ms")
     return ", ".join(parts)
+
+
+def _head(arrays: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    return {name: values[:count] for name, values in arrays.items()}

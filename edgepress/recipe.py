@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from edgepress import datapath
+from edgepress import datapath, metrics
 from edgepress.schema import (BATCH, SAMPLES, SEEDS, THREADS, SchemaError, bounded, closest, parse, read_toml,
                               unknown_key_error, within)
 
@@ -38,31 +39,39 @@ class ModelSpec:
 @dataclass(frozen=True)
 @bounded
 class DatasetSpec:
-    """A built-in `dataset` ('cifar10:test_raw_1017', 'digits:test', 'pydoc_topics:test', ...), an npz `path`,
-    IDX `images`+`labels`, or a text file of `sentences` (one per line)."""
+    """A built-in `dataset` ('cifar10:test_raw_1017', 'digits:test', 'pydoc_topics:test', ...), an npz `path`
+    (uint8 `images` + `labels`, or arrays named after the model's inputs plus targets), IDX `images`+`labels`, a
+    text file of `sentences` (one per line), or a user's `entry` ('package.module:function', called with
+    `kwargs`) returning arrays, a sequence of batches or a torch Dataset (edgepress/arrays.py)."""
 
     dataset: str | None = None
     path: Path | None = None
     images: Path | None = None
     labels: Path | None = None
     sentences: Path | None = None
+    entry: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
     limit: int | None = within(*SAMPLES, default=None)
     label: str | None = None
 
     def __post_init__(self) -> None:
-        given = [k for k in ("dataset", "path", "images", "sentences") if getattr(self, k) is not None]
+        given = [k for k in ("dataset", "path", "images", "sentences", "entry") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of dataset, path (npz), images (+labels, IDX) or sentences (text); "
-                             f"got {given or 'none'}")
+            raise ValueError("give exactly one of dataset, path (npz), images (+labels, IDX), sentences (text) or "
+                             f"entry ('package.module:function'); got {given or 'none'}")
         if (self.images is None) != (self.labels is None):
             raise ValueError("IDX data needs both images and labels")
+        if self.entry is not None and (":" not in self.entry or not self.entry.rpartition(":")[2].isidentifier()):
+            raise ValueError(f"entry {self.entry!r} must look like 'package.module:function'")
+        if self.kwargs and self.entry is None:
+            raise ValueError("kwargs are for a data entry's function: set entry too, or drop them")
 
     @property
     def display_name(self) -> str:
         if self.label:
             return self.label
-        if self.dataset:
-            return self.dataset
+        if self.dataset or self.entry:
+            return self.dataset or self.entry
         return Path(self.path or self.images or self.sentences).name
 
 
@@ -88,9 +97,12 @@ class DataSpec:
     calibration: DatasetSpec | None = None
     training: DatasetSpec | tuple[DatasetSpec, ...] | None = None  # several sets are concatenated
     preprocess: PreprocessSpec = PreprocessSpec()
-    # "top1": image classification (accuracy, agreement); "cosine": text sentence embeddings (cosine
-    # similarity with the reference stage's embeddings, top-5 neighbour agreement).
-    metric: Literal["top1", "cosine"] = "top1"
+    # How every stage is judged: a key of edgepress/metrics.py's table ("top1", "cosine" for text embeddings,
+    # "fidelity", "regression", "segmentation", ...), a user's "package.module:function" (with
+    # higher_is_better), or "auto": top1 for class scores with labels, else fidelity to the reference stage.
+    metric: str = "auto"
+    output: str | None = None  # the model output a single-output metric reads (a multi-output model's logits)
+    higher_is_better: bool | None = None  # a user metric's direction: required for one, refused otherwise
     tokenizer: Path | None = None  # text: a tokenizer.json; default the zoo model's own
     batch_size: int = within(*BATCH, default=256)
 
@@ -99,10 +111,29 @@ class DataSpec:
             raise ValueError("at least one [[data.evaluation]] set is needed")
         if self.tokenizer is not None and self.metric != "cosine":
             raise ValueError('tokenizer is for text models: set metric = "cosine" too, or drop it')
+        user = ":" in self.metric
+        if not user and self.metric != "auto" and self.metric not in metrics.METRICS:
+            guess = closest(self.metric, [*metrics.METRICS, "auto"])
+            raise ValueError(f"unknown metric {self.metric!r}: " + (f"did you mean {guess!r}?" if guess else
+                             f"use one of {', '.join(metrics.METRICS)}, auto, or 'package.module:function'"))
+        if user and self.higher_is_better is None:
+            raise ValueError(f"metric {self.metric!r} is your function: say its direction with higher_is_better = "
+                             "true or false")
+        if not user and self.higher_is_better is not None:
+            raise ValueError("higher_is_better is for a user metric ('package.module:function'); built-in metrics "
+                             "know their direction")
+        if user and not self.metric.rpartition(":")[2].isidentifier():
+            raise ValueError(f"metric {self.metric!r} must look like 'package.module:function'")
 
     @property
     def modality(self) -> Literal["image", "text"]:
         return "text" if self.metric == "cosine" else "image"
+
+    def user_metric(self) -> metrics.Metric | None:
+        """A user metric's table entry (its function imported later, at check); None for a built-in one."""
+        if ":" not in self.metric:
+            return None
+        return metrics.user_metric(self.metric, None, higher_is_better=bool(self.higher_is_better))
 
 
 @dataclass(frozen=True)
@@ -113,25 +144,44 @@ class BenchSpec:
     batch: int = within(1, 4096, default=1)
 
 
-@dataclass(frozen=True)
-@bounded
-class Budgets:
-    """Release budgets, checked on the last stage; a budget left out is not checked."""
+def _budget_fields() -> list[tuple[str, Any, Any]]:
+    """[budgets] keys: one per budget of the metric table (edgepress/metrics.py), each with its range."""
+    found = []
+    for budget in metrics.BUILTIN_BUDGETS.values():
+        kind = int | None if budget.name == "size_bytes" else float | None
+        found.append((budget.name, kind, within(budget.bounds.low, budget.bounds.high, default=None,
+                                                low_open=budget.bounds.low_open)))
+    # A user metric's budgets (<name>_min, ...): their names are known only once the recipe's metric is.
+    found.append(("custom", dict[str, float], field(default_factory=dict, init=False)))
+    return found
 
-    size_bytes: int | None = within(1, 2**40, default=None)
-    latency_p90_ms: float | None = within(0, 3_600_000, default=None, low_open=True)
-    accuracy_drop_points: float | None = within(0, 100, default=None)
-    agreement_min: float | None = None
-    cosine_min: float | None = None  # text: mean cosine similarity with the reference stage's embeddings
-    top5_agreement_min: float | None = None  # text: share of each sentence's 5 nearest neighbours kept
 
-    def __post_init__(self) -> None:
-        for name in ("agreement_min", "top5_agreement_min"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} is a share in [0, 1], got {value}")
-        if self.cosine_min is not None and not -1.0 <= self.cosine_min <= 1.0:
-            raise ValueError(f"cosine_min is a cosine similarity in [-1, 1], got {self.cosine_min}")
+def _limits(self) -> dict[str, float]:
+    """Every budget set here, by name: those left out are not checked."""
+    found = {name: getattr(self, name) for name in metrics.BUILTIN_BUDGETS if getattr(self, name) is not None}
+    return found | dict(self.custom)
+
+
+def _with_custom(self, custom: dict[str, float]):
+    """A copy holding a user metric's budgets too (a frozen dataclass: they are no TOML key of their own)."""
+    copy = replace(self)
+    object.__setattr__(copy, "custom", dict(custom))
+    return copy
+
+
+def _budgets_class() -> type:
+    """The [budgets] dataclass, built from the metric table: bounded() must wrap the class before dataclass()
+    writes its __init__, as with the decorated settings classes."""
+    fields = _budget_fields()
+    namespace = {"__annotations__": {name: kind for name, kind, _ in fields}, "__module__": __name__,
+                 "__qualname__": "Budgets", "limits": _limits, "with_custom": _with_custom,
+                 "__doc__": "Release budgets, checked on the last stage: size, latency and each metric's "
+                            "(edgepress/metrics.py). A budget left out is not checked."}
+    namespace.update({name: default for name, _, default in fields})
+    return dataclass(frozen=True)(bounded(type("Budgets", (), namespace)))
+
+
+Budgets = _budgets_class()
 
 
 @dataclass(frozen=True)
@@ -272,7 +322,9 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
         settings = parse(REGISTRY[kind].settings_type, settings_table, where=where, resolve_path=resolve)
         stages.append(StageSpec(kind=kind, name=name, settings=settings))
     name = check_run_name(table.get("name", path.stem), from_file="name" not in table)
-    targets = _targets(table, resolve)
+    data = parse(DataSpec, table["data"], where="data", resolve_path=resolve)
+    user = data.user_metric()
+    targets = _targets(table, resolve, user=user)
     for index, spec in enumerate(targets):
         for stage in spec.stages:
             if stage not in seen_names:
@@ -291,32 +343,54 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
         path=path,
         name=name,
         model=parse(ModelSpec, table["model"], where="model", resolve_path=resolve),
-        data=parse(DataSpec, table["data"], where="data", resolve_path=resolve),
+        data=data,
         stages=tuple(stages),
         targets=targets,
         bench=parse(BenchSpec, table.get("bench", {}), where="bench", resolve_path=resolve),
-        budgets=parse(Budgets, table.get("budgets", {}), where="budgets", resolve_path=resolve),
+        budgets=parse_budgets(table.get("budgets", {}), where="budgets", user=user),
         reference_stage=reference,
     )
     _check_formats(recipe)
-    _check_budgets(recipe)
+    if recipe.data.metric != "auto":  # "auto" is decided by the data and the model's outputs, at check
+        check_budgets(recipe, metric=metrics.METRICS.get(recipe.data.metric) or user)
     return recipe
 
 
-def _targets(table: dict[str, Any], resolve) -> tuple[TargetSpec, ...]:
+def _no_paths(value: str) -> Path:
+    raise AssertionError("budgets hold no paths")
+
+
+def parse_budgets(table: Any, *, where: str, user: metrics.Metric | None) -> Budgets:
+    """A [budgets] table; a user metric's budgets (<name>_min, ...) are kept apart, as they are no field."""
+    if not isinstance(table, dict):
+        return parse(Budgets, table, where=where, resolve_path=_no_paths)  # says it must be a table
+    names = {b.name for v in (user.values if user else ()) for b in v.budgets}
+    custom = {k: v for k, v in table.items() if k in names}
+    for key, value in custom.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float("-inf") < value < float("inf"):
+            raise SchemaError(f"'{where}.{key}' must be a finite number, got {value!r}", fix=f"set {key} to a number")
+    known = {k: v for k, v in table.items() if k not in names}
+    fields = {f.name for f in dataclasses.fields(Budgets) if f.init} | names
+    for key in known:
+        if key not in fields:
+            raise unknown_key_error(key, where, fields)
+    return parse(Budgets, known, where=where, resolve_path=_no_paths).with_custom({k: float(v) for k, v in custom.items()})
+
+
+def _targets(table: dict[str, Any], resolve, *, user: metrics.Metric | None) -> tuple[TargetSpec, ...]:
     """[target] for one, [[targets]] for several (the first is the primary), not both."""
     if "target" in table and "targets" in table:
         raise SchemaError("the recipe has both [target] and [[targets]]",
                           fix="keep [[targets]] and move the [target] table into it as its first entry")
     if "targets" not in table:
-        return (parse(TargetSpec, table.get("target", {}), where="target", resolve_path=resolve),)
+        return (_target(table.get("target", {}), where="target", resolve=resolve, user=user),)
     listed = table["targets"]
     if not isinstance(listed, list) or not listed:
         raise SchemaError("'targets' must be a non-empty array of tables", fix="write each as [[targets]] with name = ...")
-    found = tuple(parse(TargetSpec, t, where=f"targets[{i}]", resolve_path=resolve) for i, t in enumerate(listed))
-    quality = ("accuracy_drop_points", "agreement_min", "cosine_min", "top5_agreement_min")
+    found = tuple(_target(t, where=f"targets[{i}]", resolve=resolve, user=user) for i, t in enumerate(listed))
+    artifact_budgets = {b.name for b in metrics.SIZE_AND_LATENCY}
     for index, spec in enumerate(found[1:], start=1):
-        wanted = [q for q in quality if getattr(spec.budgets, q) is not None]
+        wanted = [q for q in spec.budgets.limits() if q not in artifact_budgets]
         if wanted and not spec.evaluate:
             raise SchemaError(f"targets[{index}] ({spec.name}) has budgets {wanted} but does not evaluate there",
                               fix=f"add evaluate = true to targets[{index}] (and evaluate_samples to keep it short)")
@@ -329,17 +403,38 @@ def _targets(table: dict[str, Any], resolve) -> tuple[TargetSpec, ...]:
     return found
 
 
-_BUDGETS_OF = {"top1": ("accuracy_drop_points", "agreement_min"), "cosine": ("cosine_min", "top5_agreement_min")}
+def _target(table: Any, *, where: str, resolve, user: metrics.Metric | None) -> TargetSpec:
+    """A target's table, its budgets parsed like the top level's (a user metric's included)."""
+    if not isinstance(table, dict) or not isinstance(table.get("budgets", {}), dict):
+        return parse(TargetSpec, table, where=where, resolve_path=resolve)  # says what is wrong
+    budgets = parse_budgets(table.get("budgets", {}), where=f"{where}.budgets", user=user)
+    spec = parse(TargetSpec, {k: v for k, v in table.items() if k != "budgets"}, where=where, resolve_path=resolve)
+    try:
+        return replace(spec, budgets=budgets)
+    except ValueError as exc:
+        raise SchemaError(f"invalid '{where}': {exc}", fix="correct the value as the message says") from None
 
 
-def _check_budgets(recipe: Recipe) -> None:
-    """Accuracy budgets need a classifier's labels, cosine budgets a text model's embeddings."""
-    for metric, names in _BUDGETS_OF.items():
-        for name in names:
-            if metric != recipe.data.metric and any(getattr(b, name) is not None for b in _all_budgets(recipe)):
-                usable = ", ".join(_BUDGETS_OF[recipe.data.metric])
-                raise SchemaError(f"budgets.{name} needs data.metric = {metric!r}, but this recipe's is "
-                                  f"{recipe.data.metric!r}", fix=f"use {usable} (or size_bytes, latency_p90_ms)")
+def usable_budgets(metric: metrics.Metric) -> list[str]:
+    """The budgets a recipe judged by `metric` may set: size and latency, the metric's, and fidelity's."""
+    names = [b.name for b in metrics.SIZE_AND_LATENCY]
+    for value in metric.values + metrics.FIDELITY.values:
+        names += [b.name for b in value.budgets if b.name not in names]
+    return names
+
+
+def check_budgets(recipe: Recipe, *, metric: metrics.Metric) -> None:
+    """Each budget must read a value the recipe's metric produces: an accuracy budget needs a classifier's labels,
+    an MAE budget a regressor's targets (fidelity's cosine, SNR and max error fit every model)."""
+    usable = usable_budgets(metric)
+    for budgets in _all_budgets(recipe):
+        for name in budgets.limits():
+            if name not in usable:
+                owners = [m.key for m in metrics.METRICS.values() if name in usable_budgets(m)]
+                raise SchemaError(f"budgets.{name} needs data.metric = {' or '.join(map(repr, owners))}, but this "
+                                  f"recipe's is {metric.key!r}",
+                                  fix=f"use {', '.join(n for n in usable if n not in ('size_bytes', 'latency_p90_ms'))} "
+                                      "(or size_bytes, latency_p90_ms)")
 
 
 def _all_budgets(recipe: Recipe) -> list[Budgets]:

@@ -7,31 +7,31 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgepress import atomic, report_plots, report_view
+from edgepress import atomic, metrics, report_plots, report_view
+from edgepress.task import metric_of_report
 
-# The quality columns of each data.metric: (header, metrics key, share shown as a percentage).
-QUALITY = {
-    "top1": (("accuracy", "accuracy", True), ("agreement", "agreement", True)),
-    "cosine": (("cosine", "cosine", False), ("cosine min", "cosine_min", False),
-               ("top-5 agreement", "top5_agreement", True)),
-}
 _TAIL = ("size", "params", "MACs", "p50 ms", "p90 ms", "p99 ms", "seconds")
 
 
-def _metric(report: dict[str, Any]) -> str:
-    return report.get("metric", "top1")  # reports written before text models have no "metric"
+def quality_values(report: dict[str, Any]) -> tuple[metrics.Value, ...]:
+    """The quality columns: the report's metric's headline values, and for a task metric other than
+    classification or text, how close each stage stays to the reference (SNR)."""
+    metric = metric_of_report(report)
+    shown = metric.shown
+    if metric.key not in ("top1", "cosine", "fidelity"):
+        shown += (metrics.VALUES["snr_db"],)
+    return shown
 
 
 def columns(report: dict[str, Any]) -> tuple[str, ...]:
-    return ("stage", "kind", "format") + tuple(header for header, _, _ in QUALITY[_metric(report)]) + _TAIL
+    return ("stage", "kind", "format") + tuple(v.label for v in quality_values(report)) + _TAIL
 
 
-def _quality(values: dict[str, Any], metric: str) -> list[str]:
-    return [("–" if key not in values else f"{100 * values[key]:.2f}%" if share else f"{values[key]:.4f}")
-            for _, key, share in QUALITY[metric]]
+def _quality(values: dict[str, Any], shown: tuple[metrics.Value, ...]) -> list[str]:
+    return ["–" if value.key not in values else value.show(values[value.key]) for value in shown]
 
 
-def _row(stage: dict[str, Any], metric: str) -> list[str]:
+def _row(stage: dict[str, Any], metric: tuple[metrics.Value, ...]) -> list[str]:
     m = stage["metrics"]
     lat = m.get("latency_ms")
     return [stage["name"], stage["kind"], stage["format"], *_quality(m, metric),
@@ -41,8 +41,7 @@ def _row(stage: dict[str, Any], metric: str) -> list[str]:
 
 
 def target_header(report: dict[str, Any]) -> list[str]:
-    return ["stage", "target"] + [header for header, _, _ in QUALITY[_metric(report)]] + ["size", "p50 ms [95% CI]",
-                                                                                          "p90 ms"]
+    return ["stage", "target"] + [v.label for v in quality_values(report)] + ["size", "p50 ms [95% CI]", "p90 ms"]
 
 
 def _latency_cells(entry: dict[str, Any]) -> list[str]:
@@ -60,7 +59,7 @@ def target_rows(report: dict[str, Any]) -> list[list[str]]:
     for stage in report["stages"]:
         for target, entry in report_view.stage_targets(stage, report=report).items():
             size = f"{entry['size_bytes'] / 1024:.1f} KiB" if "size_bytes" in entry else "–"
-            rows.append([stage["name"], target, *_quality(entry, _metric(report)), size, *_latency_cells(entry)])
+            rows.append([stage["name"], target, *_quality(entry, quality_values(report)), size, *_latency_cells(entry)])
     return rows
 
 
@@ -69,17 +68,20 @@ def markdown_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -
 
 
 def _per_set_header(report: dict[str, Any]) -> list[str]:
-    return ["stage", "set", "samples"] + [header for header, _, _ in QUALITY[_metric(report)]]
+    return ["stage", "set", "samples"] + [v.label for v in quality_values(report)]
 
 
 def _per_set_rows(report: dict[str, Any]) -> list[list[str]]:
-    return [[stage["name"], name, str(values["samples"]), *_quality(values, _metric(report))]
+    return [[stage["name"], name, str(values["samples"]), *_quality(values, quality_values(report))]
             for stage in report["stages"] for name, values in stage["metrics"].get("evaluation", {}).items()]
 
 
 def _against(report: dict[str, Any]) -> str:
-    compared = "Agreement is" if _metric(report) == "top1" else "Cosine similarity and top-5 agreement are"
-    return f"{compared} against stage `{report['reference_stage']}`."
+    metric = metric_of_report(report)
+    compared = [v.label for v in quality_values(report) if metric.needs == "reference" or v.key in
+                ("agreement", "snr_db") or v.key not in {k.key for k in metric.values}]
+    listed = ", ".join(compared) or "Fidelity"
+    return f"{listed[0].upper() + listed[1:]} {'is' if len(compared) == 1 else 'are'} against stage `{report['reference_stage']}`."
 
 
 def _gate_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -115,7 +117,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## On each target", "", f"{_targets_line(report)} {_against(report)} Timings under emulation "
               "are not latency and show as 'emulated'.", ""] + markdown_table(target_header(report), target_rows(report))
     lines += ["", "## Stages", "", "Headline metrics: the primary target's.", ""]
-    lines += markdown_table(columns(report), [_row(s, _metric(report)) for s in report["stages"]])
+    lines += markdown_table(columns(report), [_row(s, quality_values(report)) for s in report["stages"]])
     lines += ["", "## Every evaluation set", ""] + markdown_table(_per_set_header(report), _per_set_rows(report))
     for stage, sensitivity in _sensitivities(report):
         lines += ["", f"## Pruning sensitivity: stage `{stage}`", "",
@@ -224,7 +226,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f
 <div class="plots">{report_plots.size_svg(report)}{report_plots.quality_svg(report)}</div>
 {report_plots.latency_svg(report)}
 <h2>Stages</h2><p>Headline metrics: the primary target's.</p>
-{_html_table(columns(report), [_row(s, _metric(report)) for s in report['stages']])}
+{_html_table(columns(report), [_row(s, quality_values(report)) for s in report['stages']])}
 <h2>Every evaluation set</h2>{_html_table(_per_set_header(report), _per_set_rows(report))}
 {sensitivity_html}
 {precision_html}

@@ -46,9 +46,13 @@ def plot_id(kind: str, stage: str, target: str | None = None) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{kind}-{stage}" + (f"-at-{target}" if target is not None else ""))
 
 
-def quality_key(report: dict[str, Any]) -> tuple[str, str]:
-    """(metrics key, axis label) of the recipe's quality metric."""
-    return ("cosine", "cosine x 100") if report.get("metric", "top1") == "cosine" else ("accuracy", "accuracy (%)")
+def quality_key(report: dict[str, Any]) -> tuple[str, str, float]:
+    """(metrics key, axis label, scale) of the report's metric's first value: shares and cosines x 100."""
+    from edgepress.task import metric_of_report
+
+    value = metric_of_report(report).values[0]
+    label = {"share": f"{value.label} (%)", "cosine": f"{value.label} x 100"}.get(value.unit, value.label)
+    return value.key, label, 100.0 if value.unit in ("share", "cosine") else 1.0
 
 
 def _color(report: dict[str, Any], target: str) -> str:
@@ -132,7 +136,7 @@ def latency_svg(report: dict[str, Any]) -> str:
 def quality_svg(report: dict[str, Any]) -> str:
     """Quality against p50 for every stage and target; an emulated target's points are hollow, at the p50
     of the stage's first real target (their own timings are not latency)."""
-    key, label = quality_key(report)
+    key, label, scale = quality_key(report)
     points = []  # (stage, target, p50, quality, hollow, x taken from, samples when a subset)
     for stage in report["stages"]:
         entries = report_view.stage_targets(stage, report=report)
@@ -158,11 +162,11 @@ def quality_svg(report: dict[str, Any]) -> str:
         legend = f"{target} (emulated: at {source}'s p50)" if hollow else target
         if subset is not None:
             legend += f", first {subset:,} samples"
-        (line,) = ax.plot([p50], [100 * quality], marker="o", markersize=7, linestyle="none", color=color,
+        (line,) = ax.plot([p50], [scale * quality], marker="o", markersize=7, linestyle="none", color=color,
                           markerfacecolor="none" if hollow else color, label=None if legend in labelled else legend)
         labelled.add(legend)
         line.set_gid(plot_id("quality", stage, target))
-        ax.annotate(stage, (p50, 100 * quality), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(stage, (p50, scale * quality), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("p50 latency (ms)")
     ax.set_ylabel(label)
     ax.set_title(f"{label} against p50 latency, per stage and target")

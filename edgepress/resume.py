@@ -87,7 +87,7 @@ def _data_digest(data: DataProvider) -> str:
     loaded += [(role, data.__dict__[role]) for role in ("calibration", "training") if role in data.__dict__]
     for role, labeled in loaded:
         digest.update(f"{role}:{labeled.name}\0".encode())
-        arrays = [labeled.inputs, labeled.labels] if hasattr(labeled, "inputs") else list(labeled.feeds.values())
+        arrays = list(labeled.feeds.values()) + list((labeled.targets or {}).values())
         for array in arrays:
             digest.update(f"{array.dtype}{array.shape}".encode())
             digest.update(np.ascontiguousarray(array).data)
@@ -128,18 +128,20 @@ def target_key(stage_key: str, *, target: Any, bench: Any) -> str:
 @dataclass(frozen=True)
 class Kept:
     record: dict[str, Any]
-    outputs: list[np.ndarray]  # evaluation outputs, per set
+    outputs: list[dict[str, np.ndarray]]  # evaluation outputs by name, per set
     target_keys: dict[str, str]  # the key each target's entry in the record was measured under
 
 
-def save(work: Path, *, key: str, record: dict[str, Any], outputs: list[np.ndarray] | None,
+def save(work: Path, *, key: str, record: dict[str, Any], outputs: list[dict[str, np.ndarray]] | None,
          target_keys: dict[str, str]) -> None:
     """Written last into the stage's working folder, before it is renamed into place (or, re-timed, into the
     kept folder: the record is replaced whole). `outputs` None keeps the saved ones."""
     if outputs is not None:
         with atomic.atomic_path(work / OUTPUTS_FILE) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, *outputs)
+                # "<set index>/<output name>": an output's name may be any string, the index comes first
+                np.savez(fh, **{f"{i}/{name}": values for i, per_set in enumerate(outputs)
+                                for name, values in per_set.items()})
     atomic.write_json(work / STAGE_FILE, {"key": key, "record": record, "target_keys": target_keys})
 
 
@@ -154,7 +156,12 @@ def reusable(folder: Path, *, key: str) -> Kept | None:
         if file_sha256(artifact) != record["sha256"]:
             return None
         with np.load(folder / OUTPUTS_FILE, allow_pickle=False) as archive:
-            outputs = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+            outputs: list[dict[str, np.ndarray]] = []
+            for key_name in archive.files:
+                index, _, name = key_name.partition("/")
+                while len(outputs) <= int(index):
+                    outputs.append({})
+                outputs[int(index)][name] = archive[key_name]
         target_keys = saved.get("target_keys", {})
         if not isinstance(target_keys, dict):
             return None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 if TYPE_CHECKING:
     from edgepress.datasets import DataProvider
     from edgepress.recipe import Recipe
+    from edgepress.task import Task
 
 ArtifactFormat = Literal["torch", "onnx"]
 ARTIFACT_FILE = {"torch": "model.pt", "onnx": "model.onnx"}
@@ -29,6 +30,7 @@ class StageContext:
     resume_dir: Path | None = None  # survives a killed stage: per-epoch checkpoints live here
     source_sha256: str = ""
     artifacts: dict[str, Artifact] = field(default_factory=dict)  # finished stages, by name
+    task: Task | None = None  # how the recipe judges models (edgepress/task.py): decided before any stage
 
     def output_path(self, fmt: ArtifactFormat) -> Path:
         return self.work_dir / ARTIFACT_FILE[fmt]

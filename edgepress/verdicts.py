@@ -43,7 +43,7 @@ def budget_outcomes(report: dict[str, Any], policy: Policy) -> list[Outcome]:
     for target, budgets, _ in policy.every(report_view.primary_target(report)):
         entry = measured.get(target, {})  # a target not measured on this stage may only hold empty budgets
         for check in gate.evaluate(budgets, final=entry, reference=_reference(report, entry),
-                                   stage=f"{final['name']} on {target}"):
+                                   stage=f"{final['name']} on {target}", user=policy.user):
             verdict = "ok" if check.passed else "violated"
             found.append(Outcome(target=target, stage=final["name"], check=check.budget,
                                  status="passed" if check.passed else "failed", limit=check.limit, value=check.value,

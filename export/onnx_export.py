@@ -11,10 +11,6 @@ from edgepress.errors import UserError
 from edgepress.progress import tool_output_to
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-
-
 @dataclass(frozen=True)
 class ExportSettings:
     opset: int = 18  # the dynamo exporter's own; converting down to 17 fails for Pad
@@ -34,59 +30,75 @@ class ExportSettings:
             raise ValueError("parity_samples must be positive")
 
 
-def export_onnx(*, model, input_shape: tuple[int, ...], path, settings: ExportSettings, log) -> None:
+def export_onnx(*, model, path, settings: ExportSettings, log, input_shape: tuple[int, ...] | None = None,
+                example: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Export with a dynamic batch axis on every input and output, named as edgepress/torch_outputs.py names
+    them (so every stage's outputs line up by name). `example`: a few real samples per input (any dtypes, several
+    inputs); else zeros of `input_shape` for a one-input model. Returns the output names."""
     import torch
 
-    example = torch.zeros(2, *input_shape)
+    from edgepress.torch_outputs import flatten, input_names
+
+    if example is None:
+        example = {"input": np.zeros((2, *input_shape), dtype=np.float32)}
+
+    inputs = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in example.values())
+    names = list(input_names(model))[:len(inputs)]
+    with torch.no_grad():
+        outputs = list(flatten(model(*inputs)))
     with tool_output_to(log):
         try:
             if settings.exporter == "dynamo":
-                torch.onnx.export(model, (example,), str(path), opset_version=settings.opset, dynamo=True,
+                batch = torch.export.Dim("batch")
+                torch.onnx.export(model, inputs, str(path), opset_version=settings.opset, dynamo=True,
                                   external_data=False,  # one self-contained file: the artifact a release ships
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                                  input_names=names, output_names=outputs,
+                                  dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False)
             else:
-                torch.onnx.export(model, (example,), str(path), opset_version=settings.opset, dynamo=False,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                torch.onnx.export(model, inputs, str(path), opset_version=settings.opset, dynamo=False,
+                                  input_names=names, output_names=outputs,
+                                  dynamic_axes={name: {0: "batch"} for name in names + outputs})
         except Exception as exc:
             reason = " ".join(str(exc).split())[:240]
             other = "torchscript" if settings.exporter == "dynamo" else "dynamo"
             raise UserError(f"torch.onnx.export ({settings.exporter}) failed: {reason}",
                             fix=f'try exporter = "{other}" in the export stage, or make the model traceable') from None
+    return outputs
 
 
 def run(source: Artifact, settings: ExportSettings, ctx: StageContext) -> StageOutput:
     import onnx
-    import torch
 
     from edgepress import torch_artifact
-    from edgepress.runtime.session import open_session, predict
+    from edgepress.evaluation import outputs as run_outputs
 
-    model, input_shape, _ = torch_artifact.load(source.path)
+    model, _, _ = torch_artifact.load(source.path)
     out = ctx.output_path("onnx")
+    reference = ctx.data.evaluation[0].head(settings.parity_samples)
     ctx.log(f"exporting with the {settings.exporter} exporter, opset {settings.opset}")
-    export_onnx(model=model, input_shape=input_shape, path=out, settings=settings, log=ctx.log)
+    export_onnx(model=model, example={k: v[:2] for k, v in reference.feeds.items()}, path=out, settings=settings,
+                log=ctx.log)
     onnx.checker.check_model(str(out), full_check=True)
 
-    reference = ctx.data.evaluation[0]
-    inputs = reference.inputs[: settings.parity_samples]
-    with torch.no_grad():
-        torch_logits = torch.cat([model(torch.from_numpy(inputs[i:i + 64])) for i in range(0, len(inputs), 64)]).numpy()
-    session = open_session(out, threads=ctx.recipe.target.threads)
-    ort_logits = predict(session, inputs, batch_size=64)
-    max_abs_diff = float(np.max(np.abs(torch_logits - ort_logits)))
-    agreement = float(np.mean(torch_logits.argmax(1) == ort_logits.argmax(1)))
-    ctx.log(f"parity on {len(inputs)} inputs of {reference.name}: max |diff| {max_abs_diff:.3g}, top-1 agreement {agreement:.4f}")
+    torch_outputs = run_outputs(source, reference, batch_size=64)
+    ort_outputs = run_outputs(Artifact(path=out, format="onnx"), reference, batch_size=64)
+    if list(torch_outputs) != list(ort_outputs):
+        raise UserError(f"the ONNX model's outputs {list(ort_outputs)} are not the torch model's {list(torch_outputs)}",
+                        fix='try exporter = "torchscript" in the export stage')
+    max_abs_diff = max(float(np.max(np.abs(torch_outputs[k].astype(np.float64) - ort_outputs[k]), initial=0.0))
+                       for k in torch_outputs)
+    parity = {"samples": int(len(reference)), "max_abs_diff": max_abs_diff}
+    classes = ctx.task is not None and ctx.task.metric.key == "top1"
+    if classes:
+        parity["top1_agreement"] = ctx.task.same_answers(ort_outputs, torch_outputs)
+    agreement = parity.get("top1_agreement", 1.0)
+    ctx.log(f"parity on {len(reference)} inputs of {reference.name}: max |diff| {max_abs_diff:.3g}"
+            + (f", top-1 agreement {agreement:.4f}" if classes else ""))
     if max_abs_diff > settings.parity_atol or agreement < settings.parity_min_agreement:
-        raise UserError(f"ONNX export differs from PyTorch: max |diff| {max_abs_diff:.3g} (tolerance {settings.parity_atol}), "
-                        f"top-1 agreement {agreement:.4f} (minimum {settings.parity_min_agreement})",
+        raise UserError(f"ONNX export differs from PyTorch: max |diff| {max_abs_diff:.3g} (tolerance {settings.parity_atol})"
+                        + (f", top-1 agreement {agreement:.4f} (minimum {settings.parity_min_agreement})" if classes else ""),
                         fix="check the model for ops the exporter maps differently, or raise parity_atol if the gap is expected")
-    return StageOutput(
-        artifact=Artifact(path=out, format="onnx"),
-        metrics={"parity": {"samples": int(len(inputs)), "max_abs_diff": max_abs_diff, "top1_agreement": agreement},
-                 "opset": _opset(out)},
-    )
+    return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={"parity": parity, "opset": _opset(out)})
 
 
 def _opset(path) -> int:

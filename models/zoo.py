@@ -61,29 +61,29 @@ def _zoo_entry(name: str) -> ZooEntry:
                     f"use one of {', '.join(ZOO)}")
 
 
-def _import_entry(entry: str) -> Callable[..., Any]:
+def _import_entry(entry: str, *, role: str = "model entry") -> Callable[..., Any]:
     module_name, _, function_name = entry.partition(":")
     if not module_name or not function_name or ":" in function_name:
-        raise UserError(f"model entry {entry!r} is not of the form 'package.module:function'",
+        raise UserError(f"{role} {entry!r} is not of the form 'package.module:function'",
                         fix="write entry = \"mypackage.models:build\"")
     if _is_standard_library(module_name):  # refused unimported: `check` must never run os:system or builtins:eval
-        raise UserError(f"model entry {entry!r} names the standard library module {module_name!r}, not your model's code",
-                        fix="point entry at the function in your own module that builds the model")
+        raise UserError(f"{role} {entry!r} names the standard library module {module_name!r}, not your model's code",
+                        fix="point entry at the function in your own module")
     if _is_tool(module_name):
-        raise UserError(f"model entry {entry!r} names {module_name!r}, part of the tools edgepress runs on, not a "
-                        "model's code", fix="point entry at the function in your own module that builds the model "
+        raise UserError(f"{role} {entry!r} names {module_name!r}, part of the tools edgepress runs on, not a "
+                        "model's code", fix="point entry at the function in your own module "
                         "(model zoos such as torchvision.models.resnet:resnet18 are fine)")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         # Tell a missing entry module apart from a dependency missing inside it.
         if exc.name == module_name or module_name.startswith(f"{exc.name}."):
-            raise UserError(f"cannot import module {module_name!r} of model entry {entry!r}",
+            raise UserError(f"cannot import module {module_name!r} of {role} {entry!r}",
                             fix="install the package or add its folder to PYTHONPATH") from None
-        raise UserError(f"module {module_name!r} of model entry {entry!r} needs {exc.name!r}, which is not installed",
+        raise UserError(f"module {module_name!r} of {role} {entry!r} needs {exc.name!r}, which is not installed",
                         fix=f"install {exc.name!r}") from None
     except Exception as exc:  # the user's module failing at import is their bug, reported in one line
-        raise UserError(f"importing {module_name!r} for model entry {entry!r} failed: "
+        raise UserError(f"importing {module_name!r} for {role} {entry!r} failed: "
                         f"{type(exc).__name__}: {exc}", fix=f"fix the error in {module_name!r}") from None
     function = getattr(module, function_name, None)
     if function is None:
@@ -92,10 +92,15 @@ def _import_entry(entry: str) -> Callable[..., Any]:
         raise UserError(f"module {module_name!r} has no function {function_name!r}",
                         fix=f"did you mean {guess[0]!r}?" if guess else "name a function defined in that module")
     if not (inspect.isfunction(function) or inspect.isclass(function)):
-        raise UserError(f"model entry {entry!r} is a {type(function).__name__}, not a function",
-                        fix="point entry at the function in your own module that builds the model")
+        raise UserError(f"{role} {entry!r} is a {type(function).__name__}, not a function",
+                        fix="point entry at the function in your own module")
     _check_defined_in(function, entry=entry, module_name=module_name)
     return function
+
+
+def import_entry(entry: str, *, role: str) -> Callable[..., Any]:
+    """A user's 'package.module:function' (data, metric, loss, decode), imported under the model entry's rules."""
+    return _import_entry(entry, role=role)
 
 
 # edgepress and the libraries it runs on: what they define loads files (torch.serialization:load unpickles),

@@ -97,7 +97,9 @@ def predict(session: ort.InferenceSession, inputs: np.ndarray, *, batch_size: in
     return predict_feeds(session, {input_info(session).name: inputs}, batch_size=batch_size, on_batch=on_batch)
 
 
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+                "tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(bool)": np.bool_,
+                "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
 def as_feed(session: ort.InferenceSession, sample: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -125,6 +127,20 @@ def check_feeds(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, 
             raise UserError(f"{source} gives {model_input.name!r} of shape {list(given[1:])} per sample but the "
                             f"model takes {shown}",
                             fix="set [model] input_shape = [sequence length] to the length the model was exported with")
+
+
+def run_all(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, batch_size: int,
+            on_batch=None) -> dict[str, np.ndarray]:
+    """Every output, by name, for all samples of `feeds` (named arrays of equal length), batch by batch."""
+    names = [o.name for o in session.get_outputs()]
+    total = len(next(iter(feeds.values())))
+    chunks = []
+    for start in range(0, total, batch_size):
+        chunk = as_feed(session, {name: values[start:start + batch_size] for name, values in feeds.items()})
+        chunks.append(session.run(None, chunk))
+        if on_batch is not None:
+            on_batch(min(start + batch_size, total))
+    return {name: np.concatenate([c[i] for c in chunks], axis=0) for i, name in enumerate(names)}
 
 
 def predict_feeds(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, batch_size: int,

@@ -11,6 +11,7 @@ import pytest
 from edgepress.compress.prune import PruneSettings
 from edgepress.compress.ptq import PtqSettings
 from edgepress.compress.train import TrainSettings
+from edgepress.cli import main
 from edgepress.errors import UserError
 from edgepress.models.zoo import build_model
 from edgepress.recipe import BenchSpec, Budgets
@@ -262,22 +263,36 @@ def test_an_onnx_models_class_count_is_read_or_run_for(tmp_path, capsys, declare
     assert onnx.load(str(tmp_path / "five.onnx"))  # untouched
 
 
-@pytest.mark.parametrize("returns, expected", [
-    ("y", "has shape [1, 1], not [1, K] class scores"),  # a regressor: top-1 of one value is always 0
-    ("(y, y)", "returns a tuple of 2 outputs"),
-    ("{'logits': y, 'aux': y}", "returns a dict of 2 outputs"),
-    ("y[:, :, None, None].expand(-1, -1, 2, 2)", "has shape [1, 1, 2, 2]"),
-])
-def test_a_model_whose_output_top1_cannot_score_is_refused_at_check(tmp_path, monkeypatch, capsys, returns, expected):
+_RETURNS = [
+    ("y", "top1 reads class scores N x K (K >= 2), and output 'output' is float of shape [1, 1]"),  # a regressor
+    ("(y, y)", "the model has 2 outputs (output_0, output_1); set data.output"),
+    ("{'logits': y, 'aux': y}", "the model has 2 outputs (logits, aux); set data.output"),
+    ("y[:, :, None, None].expand(-1, -1, 2, 2)", "is float of shape [1, 1, 2, 2]"),
+]
+
+
+def _returning(tmp_path, monkeypatch, returns: str, *, metric: str) -> Path:
     source = ("from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
               "        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))\n\n"
               f"    def forward(self, x):\n        y = self.head(x)\n        return {returns}\n\n\n"
               "def build():\n    return Net()\n\n\nbuild.input_shape = (1, 8, 8)\n")
     module = _entry_module(tmp_path, monkeypatch, source)
-    recipe = write_recipe(tmp_path, text=f'name = "m"\n[model]\nentry = "{module}:build"\n[data]\n'
-                          'evaluation = [{ dataset = "digits:test", limit = 20 }]\n')
+    return write_recipe(tmp_path, text=f'name = "m"\n[model]\nentry = "{module}:build"\n[data]\nmetric = "{metric}"\n'
+                        'evaluation = [{ dataset = "digits:test", limit = 20 }]\n')
+
+
+@pytest.mark.parametrize("returns, expected", _RETURNS)
+def test_a_model_whose_output_top1_cannot_score_is_refused_at_check(tmp_path, monkeypatch, capsys, returns, expected):
+    recipe = _returning(tmp_path, monkeypatch, returns, metric="top1")
     line = main_one_line_error(capsys, ["check", str(recipe)], expected)
-    assert "N x K class scores" in line
+    assert "data.metric = 'top1' does not fit this model" in line and "'fidelity'" in line.partition("fix:")[2]
+
+
+@pytest.mark.parametrize("returns", [r for r, _ in _RETURNS])
+def test_such_a_model_is_judged_by_fidelity_when_the_metric_is_auto(tmp_path, monkeypatch, capsys, returns):
+    recipe = _returning(tmp_path, monkeypatch, returns, metric="auto")
+    assert main(["check", str(recipe)]) == 0
+    assert "judged by fidelity" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("labels, inputs_count, expected", [

@@ -295,7 +295,7 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, case):
         fragments = ["not valid TOML"]
     elif case == "out-of-range":
         args += ["--budgets", str(_budgets(runs, "agreement_min = 2\n", "b6.toml"))]
-        fragments = ["agreement_min is a share in [0, 1]"]
+        fragments = ["outside the sensible range [0, 1]"]
     elif case == "other-recipe":
         args += ["--baseline", str(_variant(runs, "renamed", edit=lambda d: d.update(name="other")))]
         fragments = ["recipe 'other'", "same recipe"]

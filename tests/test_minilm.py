@@ -14,13 +14,21 @@ import numpy as np
 import onnx
 import pytest
 
-from edgepress import evaluation, gate
+from edgepress import gate
 from edgepress.compress.dynamic_quant import Int4WeightsSettings, quantize_int4
 from edgepress.errors import UserError
+from edgepress.metrics import METRICS
+from edgepress.scores.fidelity import cosine_per_sample
 from edgepress.models.text import PYDOC_TEST_SIZE, load_pydoc, minilm_dir, tokenize
 from edgepress.recipe import Budgets, from_table
 from edgepress.runtime.session import open_session, predict_feeds
 from tests.conftest import assert_one_line_error, run_cli, write_recipe
+
+
+def _similarity(embeddings, reference):
+    """The text metric's comparison, as the pipeline computes it (cosine from fidelity, the rest from text)."""
+    return METRICS["cosine"].compare({"output": embeddings}, {"output": reference}, None) | {
+        "cosine": float(cosine_per_sample(embeddings, reference).mean())}
 
 SEQUENCE_LENGTH = 16
 SENTENCES = 24
@@ -131,7 +139,7 @@ def test_int4_weights_are_matmulnbits_and_keep_the_embeddings_close(minilm_run, 
     assert out.stat().st_size < 0.8 * fused.stat().st_size  # the Q/K/V weights inside Attention stay float
     feeds = _feeds()
     reference = predict_feeds(open_session(fused, threads=2), feeds, batch_size=32)
-    scores = evaluation.embedding_similarity(predict_feeds(open_session(out, threads=2), feeds, batch_size=32),
+    scores = _similarity(predict_feeds(open_session(out, threads=2), feeds, batch_size=32),
                                              reference)
     assert scores["cosine"] > 0.95
 
@@ -205,9 +213,9 @@ def test_pydoc_sentences_split_and_tokenize_to_a_fixed_length():
 def test_neighbour_agreement_and_cosine_budget():
     rng = np.random.default_rng(0)
     reference = rng.standard_normal((20, 8))
-    same = evaluation.embedding_similarity(reference * 3.0, reference)  # scale does not matter
+    same = _similarity(reference * 3.0, reference)  # scale does not matter
     assert same["cosine"] == pytest.approx(1.0) and same["top5_agreement"] == 1.0
-    noisy = evaluation.embedding_similarity(reference + rng.standard_normal((20, 8)), reference)
+    noisy = _similarity(reference + rng.standard_normal((20, 8)), reference)
     assert noisy["cosine_min"] < noisy["cosine"] < 1.0 and noisy["top5_agreement"] < 1.0
     checks = gate.evaluate(Budgets(cosine_min=0.99), final={"cosine": noisy["cosine"]}, reference={}, stage="q")
     assert [(c.budget, c.passed) for c in checks] == [("cosine_min", False)]
