@@ -12,6 +12,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from edgepress.compress.calibration_histograms import narrow_range_histograms
 from edgepress.errors import UserError
 from edgepress.compress.saturation import signed_input_nodes, weight_tensors
 from edgepress.schema import BATCH, SAMPLES, bounded, closest, within
@@ -257,7 +258,7 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray | dict[str, np.
         log(f"quantize_static: {settings.scheme}, reduce_range={settings.reduce_range}, "
             f"per_channel={settings.per_channel}, {settings.calibration_method} calibration on {len(inputs)} samples")
         chatter = io.StringIO()  # quantize_static prints calibration progress; keep it in the stage log
-        with contextlib.redirect_stdout(chatter):
+        with contextlib.redirect_stdout(chatter), narrow_range_histograms():
             quantize_static(
                 str(to_quantize), str(out),
                 _ArrayReader(feeds, settings.calibration_batch),

@@ -56,6 +56,9 @@ class SentenceEncoder(nn.Module):
 
 def minilm_l6() -> SentenceEncoder:
     """all-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads, 22.7 M params) with its pretrained weights."""
+    from edgepress.models.torchvision_compat import make_torchvision_importable
+
+    make_torchvision_importable()  # transformers imports torchvision where it is installed
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from edgepress.errors import UserError
 from edgepress.models import cifar_resnet, minilm, mobilenetv2, small_cnn
+from edgepress.models.torchvision_compat import make_torchvision_importable
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def _import_entry(entry: str, *, role: str = "model entry") -> Callable[..., Any
         raise UserError(f"{role} {entry!r} names {module_name!r}, part of the tools edgepress runs on, not a "
                         "model's code", fix="point entry at the function in your own module "
                         "(model zoos such as torchvision.models.resnet:resnet18 are fine)")
+    make_torchvision_importable()  # the entry, or a module it imports, may be torchvision's
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

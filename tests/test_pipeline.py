@@ -63,6 +63,21 @@ def test_report_follows_the_contract(tiny_run):
     assert {c["budget"] for c in report["gate"]["checks"]} == {"size_bytes", "accuracy_drop_points", "agreement_min"}
 
 
+def test_export_parity_tolerance_grows_with_the_logits():
+    """Float32 rounding scales with the numbers: a barely-trained EfficientNet-B0 (BatchNorm at its initial
+    statistics) gave logits of 5e6 that torch and ONNX Runtime summed 12 apart, and its export was refused."""
+    import numpy as np
+
+    from edgepress.errors import UserError
+    from edgepress.export.onnx_export import ExportSettings, check_parity
+
+    logits = np.array([[5e6, -3e6, 1e6], [2e6, 4e6, -1e6]], dtype=np.float32)
+    parity = check_parity(logits, logits + 12.0, ExportSettings())
+    assert parity["tolerance"] == pytest.approx(1e-3 + 1e-5 * 5e6)
+    with pytest.raises(UserError, match=r"max \|diff\| 12 \(tolerance 0.00105\)"):
+        check_parity(logits / 1e6, logits / 1e6 + 12.0, ExportSettings())  # the same gap on ordinary logits
+
+
 def test_quantized_artifact_is_a_qdq_graph(tiny_run):
     folder, _ = tiny_run
     graph = onnx.load(str(folder / "out" / "03-ptq" / "model.onnx")).graph

@@ -192,3 +192,19 @@ def test_an_empty_calibration_set_is_refused(tmp_path):
     with pytest.raises(UserError, match="holds no samples"):
         quantize(source=export(tmp_path), out=tmp_path / "q.onnx", calibration=inputs(0), settings=PtqSettings())
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_tensor_that_barely_varies_calibrates(tmp_path):
+    """A squeeze-excitation gate of a barely-trained MobileNetV3 sits at 0.5 +- 1e-5 on every image: ONNX Runtime's
+    histogram calibration then asked numpy for 2,048 bins in a range that holds fewer float32 values and
+    stopped with 'Too many bins for data range' (percentile calibration, the default)."""
+    source = export(tmp_path)
+    gate = (0.5 + 1e-5 * np.random.default_rng(0).standard_normal((32, 3, 16, 16))).astype(np.float32)
+    out = tmp_path / "q.onnx"
+    done = quantize(source=source, out=out, calibration=gate, settings=PtqSettings())
+    assert done["int8_nodes"] == 4
+    # The input's range is about 0.5: the first conv's input scale reflects it, not a degenerate one.
+    graph = onnx.load(str(out)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    first_q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name)
+    assert 0.5 / 255 <= float(inits[first_q.input[1]]) < 1.0 / 255
