@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgepress.compress.loop import LoopSettings, fit, resume_key
+from edgepress.compress.loop import LoopSettings, call, fit, resume_key
 from edgepress.errors import UserError
 from edgepress.schema import bounded, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
@@ -81,11 +81,53 @@ def teacher_loss_fn(teacher, *, alpha: float, temperature: float, label_smoothin
     return loss_fn
 
 
+def outputs_loss_fn(teacher, *, task, alpha: float, temperature: float, label_smoothing: float = 0.0,
+                    hints=None, hint_weight: float = 0.0):
+    """The fit() loss for any model: per output, KL at `temperature` on a classifier's class scores and the mean
+    squared error to the teacher on every other output; (1 - alpha) of it the task's own loss on the targets."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgepress.compress.train import task_loss_fn
+    from edgepress.torch_outputs import flatten
+
+    teacher.eval()
+    classes = task.output or None if task is not None and task.metric.key == "top1" else None
+    hard_fn = task_loss_fn(task, label_smoothing=label_smoothing) if alpha < 1.0 else None
+
+    def loss_fn(net, batch, target):
+        if hints is not None:
+            hints.reset()
+        with torch.no_grad():
+            theirs = flatten(call(teacher, batch))
+        ours = flatten(call(net, batch))
+        soft = []
+        for index, (name, value) in enumerate(ours.items()):
+            if not value.is_floating_point():
+                continue
+            if task is not None and task.metric.key == "top1" and name == (classes or next(iter(ours))):
+                soft.append(F.kl_div(F.log_softmax(value.float() / temperature, dim=1),
+                                     F.log_softmax(theirs[name].float() / temperature, dim=1),
+                                     reduction="batchmean", log_target=True) * temperature ** 2)
+            else:
+                soft.append(F.mse_loss(value.float(), theirs[name].float()))
+        loss = alpha * torch.stack(soft).mean()
+        if hard_fn is not None:
+            loss = loss + (1.0 - alpha) * hard_fn(net, batch, target)[0]
+        if hints is not None:
+            loss = loss + hint_weight * hints.loss()
+        return loss, next(iter(ours.values()))
+
+    return loss_fn
+
+
 def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> StageOutput:
     import torch
 
     from edgepress import torch_artifact
     from edgepress.compress.hints import FeatureHints
+    from edgepress.compress.train import training_tensors
+    from edgepress.torch_outputs import flatten
 
     teacher_stage = ctx.recipe.reference_stage if settings.teacher == "reference" else settings.teacher
     teacher_artifact = ctx.artifacts.get(teacher_stage)
@@ -95,12 +137,16 @@ def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> Stage
                         fix=f"set teacher to one of {', '.join(done)}")
     teacher, _, _ = torch_artifact.load(teacher_artifact.path)
     student, input_shape, builder = torch_artifact.load(source.path)
-    probe = torch.zeros(2, *input_shape)
+    train_set = ctx.data.training
+    inputs, labels = training_tensors(train_set)
+    probe = {k: torch.from_numpy(v[:2]) for k, v in train_set.feeds.items()}
+    probe = next(iter(probe.values())) if len(probe) == 1 else probe
     with torch.no_grad():
-        shapes = (tuple(teacher(probe).shape), tuple(student(probe).shape))
+        shapes = [{k: list(v.shape[1:]) for k, v in flatten(call(m, probe)).items()} for m in (teacher, student)]
     if shapes[0] != shapes[1]:
-        raise UserError(f"teacher {teacher_stage!r} outputs {list(shapes[0])[1:]} per sample but the student "
-                        f"outputs {list(shapes[1])[1:]}", fix="choose a teacher trained on the same classes")
+        shown = [s if len(s) > 1 else next(iter(s.values())) for s in shapes]
+        raise UserError(f"teacher {teacher_stage!r} outputs {shown[0]} per sample but the student "
+                        f"outputs {shown[1]}", fix="choose a teacher trained on the same classes")
     hints = None
     if settings.hint_layers:
         hints = FeatureHints(student=student, teacher=teacher, student_layers=settings.hint_layers,
@@ -109,14 +155,19 @@ def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> Stage
         for pair in hints.pairs:
             ctx.log(f"hint: student {pair.student_layer} {list(pair.student_shape)} -> teacher {pair.teacher_layer} "
                     f"{list(pair.teacher_shape)}, adapter {pair.adapter}")
-    train_set = ctx.data.training
     ctx.log(f"teacher: stage {teacher_stage!r} ({teacher_artifact.path})")
 
-    loss_fn = teacher_loss_fn(teacher, alpha=settings.alpha, temperature=settings.temperature,
-                              label_smoothing=settings.label_smoothing, hints=hints, hint_weight=settings.hint_weight)
+    plain = isinstance(inputs, torch.Tensor) and isinstance(labels, torch.Tensor) and len(shapes[0]) == 1 and (
+        ctx.task is None or ctx.task.metric.key == "top1")
+    if plain:  # a one-output classifier: Hinton's loss, as always
+        loss_fn = teacher_loss_fn(teacher, alpha=settings.alpha, temperature=settings.temperature,
+                                  label_smoothing=settings.label_smoothing, hints=hints, hint_weight=settings.hint_weight)
+    else:
+        loss_fn = outputs_loss_fn(teacher, task=ctx.task, alpha=settings.alpha, temperature=settings.temperature,
+                                  label_smoothing=settings.label_smoothing, hints=hints, hint_weight=settings.hint_weight)
 
     try:
-        history = fit(student, inputs=torch.from_numpy(train_set.inputs), labels=torch.from_numpy(train_set.labels),
+        history = fit(student, inputs=inputs, labels=labels,
                       settings=settings, loss_fn=loss_fn, resume_dir=ctx.resume_dir,
                       key=resume_key(source_sha256=ctx.source_sha256, settings=settings), log=ctx.log, label="distill",
                       extra_modules=hints.adapters if hints is not None else None)
@@ -125,7 +176,7 @@ def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> Stage
             hints.close()  # the adapters end here: the artifact is the student alone
     out = ctx.output_path("torch")
     torch_artifact.save(out, model=student, builder=builder, input_shape=input_shape)
-    metrics = {"teacher": teacher_stage, "samples": int(len(train_set.inputs)), "epochs_run": len(history),
+    metrics = {"teacher": teacher_stage, "samples": int(len(train_set)), "epochs_run": len(history),
                "history": history}
     if hints is not None:
         metrics["hints"] = {"weight": settings.hint_weight, "pairs": [pair.as_metrics() for pair in hints.pairs]}

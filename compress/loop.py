@@ -175,8 +175,13 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
     model.to(device)
     if extra_modules is not None:
         extra_modules.to(device).train()
-    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(settings.seed))
-    n_val = int(len(inputs) * settings.validation_split)
+    count = _count(inputs)
+    classes = _is_classification(model, inputs, labels)  # else accuracy means nothing: the loss is what is tracked
+    if not isinstance(inputs, torch.Tensor) and (settings.augment != "none" or settings.mixup > 0):
+        raise UserError(f"{label}: augment and mixup work on one image input, and this model takes "
+                        f"{len(inputs)} inputs", fix='set augment = "none" and mixup = 0 in this stage')
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(settings.seed))
+    n_val = int(count * settings.validation_split)
     train_idx, val_idx = order[n_val:], order[:n_val]
     # A last global batch smaller than the number of ranks would leave a rank with nothing to
     # train on (and nothing for DDP to reduce), so it is dropped, on every rank alike.
@@ -185,10 +190,11 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
     if trained < len(train_idx):
         log(f"{label}: the last {tail} samples of each epoch are skipped: fewer than the {world} ranks")
     if trained == 0:
-        raise UserError(f"{label}: {len(inputs)} samples leave none to train on (validation_split "
+        raise UserError(f"{label}: {count} samples leave none to train on (validation_split "
                         f"{settings.validation_split:g} holds out {n_val})",
                         fix="give [data.training] more samples, or lower validation_split")
-    _check_labels(model, inputs, labels, device=device, label=label)
+    if classes:
+        _check_labels(model, inputs, labels, device=device, label=label)
     steps_per_epoch = math.ceil(trained / settings.batch_size)
     parameters = list(model.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
     if settings.optimizer == "sgd":
@@ -258,13 +264,13 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
             # With mixup a sample's partner may sit in another rank's share: every rank then builds the whole
             # global batch (cheap beside the forward pass) and keeps its share of the blend.
             whole = settings.mixup > 0
-            batch = inputs[index if whole else mine]
+            batch = _take(inputs, index if whole else mine)
             if settings.augment == "crop_flip":
                 batch = _augment(batch, padding=settings.crop_padding, generator=generator,
                                  share=slice(None) if whole else share, global_count=len(index))
             if whole:
                 batch = _mix(batch, alpha=settings.mixup, generator=generator)[share]
-            batch, target = batch.to(device), labels[mine].to(device)
+            batch, target = _to(batch, device), _to(_take(labels, mine), device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss, logits = loss_fn(net, batch, target)
             optimizer.zero_grad(set_to_none=True)
@@ -275,28 +281,37 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
             optimizer.step()
             scheduler.step()
             total_loss += loss.item() * len(mine)
-            correct += int((logits.argmax(1) == target).sum())
+            if classes:
+                correct += int((logits.argmax(1) == target).sum())
             seen += len(mine)
         distributed.sync_buffers(model)
         total_loss, correct, seen = distributed.sum_across([total_loss, correct, seen], device=device)
-        record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
-                  "learning_rate": scheduler.get_last_lr()[0]}
+        record = {"epoch": epoch + 1, "loss": total_loss / seen, "learning_rate": scheduler.get_last_lr()[0]}
+        if classes:
+            record["train_accuracy"] = correct / seen
         if n_val:
             # Every rank scores its share and the counts are summed, so every rank gets the same
             # accuracy and takes the same early-stopping decision.
             mine = val_idx[distributed.shard(n_val, rank=rank, world=world)]
-            hits = _count_correct(model, inputs[mine], labels[mine], device=device)
-            record["val_accuracy"] = distributed.sum_across([hits], device=device)[0] / n_val
-            if record["val_accuracy"] > best_val:
-                best_val, stale = record["val_accuracy"], 0
+            if classes:
+                hits = _count_correct(model, inputs[mine], labels[mine], device=device)
+                record["val_accuracy"] = distributed.sum_across([hits], device=device)[0] / n_val
+                score = record["val_accuracy"]
+            else:  # the summed loss over the held-out samples: lower is better
+                summed = _summed_loss(model, _take(inputs, mine), _take(labels, mine), loss_fn=loss_fn, device=device)
+                record["val_loss"] = distributed.sum_across([summed], device=device)[0] / n_val
+                score = -record["val_loss"]
+            if best_state is None or score > best_val:
+                best_val, stale = score, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
         history.append(record)
         log(f"{label} epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
         if progress is not None:
-            progress.update(epoch + 1, note=f"loss {record['loss']:.3f} acc {record['train_accuracy']:.3f}"
-                            + (f" val {record['val_accuracy']:.3f}" if n_val else ""))
+            progress.update(epoch + 1, note=f"loss {record['loss']:.3f}"
+                            + (f" acc {record['train_accuracy']:.3f}" if classes else "")
+                            + (f" val {record.get('val_accuracy', record.get('val_loss', 0)):.3f}" if n_val else ""))
         stop = settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience
         if checkpoint is not None and main:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -310,13 +325,60 @@ def fit(model, *, inputs, labels, settings: LoopSettings, loss_fn: LossFn, resum
         if checkpoint is not None:
             distributed.barrier()  # no rank runs ahead of the checkpoint it would resume from
         if stop:
-            log(f"early stopping after epoch {epoch + 1}: no better validation accuracy for {stale} epochs")
+            log(f"early stopping after epoch {epoch + 1}: no better validation {'accuracy' if classes else 'loss'} "
+                f"for {stale} epochs")
             break
     del net  # the DDP wrapper and its gradient hooks end here; the caller keeps the plain module
     if best_state is not None:
         model.load_state_dict(best_state)
     model.to("cpu").eval()
     return history
+
+
+def _count(inputs) -> int:
+    return len(inputs) if not isinstance(inputs, dict) else len(next(iter(inputs.values())))
+
+
+def _take(data, index):
+    """Samples `index` of a tensor, or of each tensor of a dict (several inputs, several targets)."""
+    return {k: v[index] for k, v in data.items()} if isinstance(data, dict) else data[index]
+
+
+def _to(data, device):
+    return {k: v.to(device) for k, v in data.items()} if isinstance(data, dict) else data.to(device)
+
+
+def call(net, batch):
+    """The model on a batch: one tensor, or a dict of its inputs in its order."""
+    return net(*batch.values()) if isinstance(batch, dict) else net(batch)
+
+
+def _is_classification(model, inputs, labels) -> bool:
+    """Integer labels, one per sample, and a model answering N x K scores: accuracy and label checks apply."""
+    import torch
+
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point:
+        return False
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = call(model, _take(inputs, slice(0, 1)))
+    model.train(was_training)
+    return isinstance(out, torch.Tensor) and out.dim() == 2
+
+
+def _summed_loss(model, inputs, labels, *, loss_fn, device, batch_size: int = 256) -> float:
+    import torch
+
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, _count(inputs), batch_size):
+            part = slice(start, start + batch_size)
+            loss, _ = loss_fn(model, _to(_take(inputs, part), device), _to(_take(labels, part), device))
+            total += float(loss) * _count(_take(inputs, part))
+    model.train()
+    return total
 
 
 def _check_labels(model, inputs, labels, *, device, label: str) -> None:

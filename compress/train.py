@@ -4,44 +4,112 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgepress.compress.loop import LoopSettings, fit, resume_key
+from edgepress.compress.loop import LoopSettings, call, fit, resume_key
+from edgepress.errors import UserError
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
 class TrainSettings(LoopSettings):
+    # A user's loss, "package.module:function(outputs, targets) -> scalar tensor" (dicts of tensors by name), for
+    # models the recipe's metric has no loss for (a detector's heads). Default: the metric's own (below).
+    loss: str | None = None
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.loss is not None and (":" not in self.loss or not self.loss.rpartition(":")[2].isidentifier()):
+            raise ValueError(f"loss {self.loss!r} must look like 'package.module:function'")
         if self.mixup > 0:
             raise ValueError("mixup blends images but not their labels, so it needs a teacher to match: "
                              "use it in a distill or qat stage")
 
 
-def cross_entropy_loss_fn(*, label_smoothing: float = 0.0):
-    """The fit() loss of plain supervised training: cross-entropy against the labels."""
+def cross_entropy_loss_fn(*, label_smoothing: float = 0.0, output: str | None = None):
+    """The fit() loss of plain supervised training: cross-entropy against the labels (on the named output of a
+    model with several)."""
     import torch
 
+    from edgepress.torch_outputs import flatten
+
     def loss_fn(net, batch, target):
-        logits = net(batch)
+        logits = call(net, batch)
+        if not isinstance(logits, torch.Tensor):
+            outputs = flatten(logits)
+            logits = outputs[output or next(iter(outputs))]
         return torch.nn.functional.cross_entropy(logits, target, label_smoothing=label_smoothing), logits
 
     return loss_fn
 
 
-def run(source: Artifact, settings: TrainSettings, ctx: StageContext) -> StageOutput:
+def task_loss_fn(task, *, label_smoothing: float = 0.0, user_loss: str | None = None):
+    """The fit() loss for the recipe's task: cross-entropy for classes (per pixel for segmentation, whose label
+    255 counts nowhere), mean squared error for regression, else the user's loss over all outputs by name."""
     import torch
 
+    from edgepress.torch_outputs import flatten
+
+    if user_loss is not None:
+        from edgepress.models.zoo import import_entry
+
+        function = import_entry(user_loss, role="loss")
+
+        def user_fn(net, batch, target):
+            outputs = flatten(call(net, batch))
+            return function(outputs, target if isinstance(target, dict) else {"labels": target}), None
+
+        return user_fn
+    key = task.metric.key if task is not None else "top1"
+    if key == "top1":
+        return cross_entropy_loss_fn(label_smoothing=label_smoothing, output=task.output if task else None)
+
+    def chosen(net, batch):
+        outputs = flatten(call(net, batch))
+        return outputs[task.output or next(iter(outputs))]
+
+    if key == "regression":
+        def mse(net, batch, target):
+            predicted = chosen(net, batch)
+            return torch.nn.functional.mse_loss(predicted, target["targets"].reshape(predicted.shape)), None
+        return mse
+    if key == "segmentation":
+        def pixel_ce(net, batch, target):
+            labels = target if not isinstance(target, dict) else target["labels"]
+            return torch.nn.functional.cross_entropy(chosen(net, batch), labels.long(), ignore_index=255,
+                                                     label_smoothing=label_smoothing), None
+        return pixel_ce
+    raise UserError(f"the train stage has no loss for data.metric = {key!r}",
+                    fix='set loss = "package.module:function" in the train stage (outputs, targets -> loss)')
+
+
+def training_tensors(samples):
+    """(inputs, targets) for fit(): one input as a tensor (augmentation works on it), several as a dict; class
+    labels alone as a tensor (accuracy and label checks apply), other targets as a dict."""
+    import torch
+
+    feeds = {k: torch.from_numpy(v) for k, v in samples.feeds.items()}
+    targets = {k: torch.from_numpy(v) for k, v in (samples.targets or {}).items()}
+    if not targets:
+        raise UserError(f"training set {samples.name!r} has no targets to train on",
+                        fix="give it labels or targets, or train with a teacher (distill)")
+    inputs = next(iter(feeds.values())) if len(feeds) == 1 else feeds
+    labels = targets["labels"] if list(targets) == ["labels"] else targets
+    return inputs, labels
+
+
+def run(source: Artifact, settings: TrainSettings, ctx: StageContext) -> StageOutput:
     from edgepress import torch_artifact
 
     model, input_shape, builder = torch_artifact.load(source.path)
     train_set = ctx.data.training
-    history = fit(model, inputs=torch.from_numpy(train_set.inputs), labels=torch.from_numpy(train_set.labels),
-                  settings=settings, loss_fn=cross_entropy_loss_fn(label_smoothing=settings.label_smoothing), resume_dir=ctx.resume_dir,
+    inputs, labels = training_tensors(train_set)
+    loss_fn = task_loss_fn(ctx.task, label_smoothing=settings.label_smoothing, user_loss=settings.loss)
+    history = fit(model, inputs=inputs, labels=labels,
+                  settings=settings, loss_fn=loss_fn, resume_dir=ctx.resume_dir,
                   key=resume_key(source_sha256=ctx.source_sha256, settings=settings), log=ctx.log, label="train")
     out = ctx.output_path("torch")
     torch_artifact.save(out, model=model, builder=builder, input_shape=input_shape)
     return StageOutput(artifact=Artifact(path=out, format="torch"),
-                       metrics={"train": {"samples": int(len(train_set.inputs)), "epochs_run": len(history),
+                       metrics={"train": {"samples": int(len(train_set)), "epochs_run": len(history),
                                           "history": history}})
 
 

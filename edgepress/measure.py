@@ -21,7 +21,8 @@ def structure(artifact: Artifact) -> dict[str, int]:
     else:
         from edgepress import torch_artifact
 
-        model, input_shape, _ = torch_artifact.load(artifact.path)
-        params, macs = torch_artifact.count_params(model), torch_artifact.count_macs(model, input_shape)
+        model, input_shape, builder = torch_artifact.load(artifact.path)
+        params = torch_artifact.count_params(model)
+        macs = torch_artifact.count_macs(model, input_shape, inputs=builder.get("inputs"))
     return {"size_bytes": int(size_bytes), "size_gzip_bytes": gzip_size_bytes(artifact.path), "params": int(params),
             "macs": int(macs)}

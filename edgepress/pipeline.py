@@ -38,7 +38,8 @@ class RunResult:
         return bool(self.report["gate"]["passed"])
 
 
-def build_source(recipe: Recipe, *, work_dir: Path, input_shape: tuple[int, ...], log) -> StageOutput:
+def build_source(recipe: Recipe, *, work_dir: Path, input_shape: tuple[int, ...], log,
+                 sample: dict[str, np.ndarray] | None = None) -> StageOutput:
     """Stage 00: the user's model as an artifact (torch weights, or a copy of the given ONNX file)."""
     if recipe.model.onnx is not None:
         from edgepress.runtime.session import open_session
@@ -64,6 +65,8 @@ def build_source(recipe: Recipe, *, work_dir: Path, input_shape: tuple[int, ...]
         log("no checkpoint: the model starts from its initial weights")
     out = work_dir / ARTIFACT_FILE["torch"]
     builder = {"name": spec.name, "entry": spec.entry, "kwargs": dict(spec.kwargs)}
+    if sample is not None and len(sample) > 1:  # what MACs are counted on, for a model with several inputs
+        builder["inputs"] = {name: [list(v.shape), str(v.dtype)] for name, v in sample.items()}
     torch_artifact.save(out, model=model, builder={k: v for k, v in builder.items() if v is not None},
                         input_shape=input_shape)
     return StageOutput(artifact=Artifact(path=out, format="torch"),
@@ -234,7 +237,9 @@ class Pipeline:
                                        artifacts=dict(self.artifacts), task=self.task)
                     started = time.monotonic()
                     if spec is None:
-                        output = build_source(recipe, work_dir=work, input_shape=data.input_shape, log=log)
+                        first = data.evaluation[0]
+                        output = build_source(recipe, work_dir=work, input_shape=data.input_shape, log=log,
+                                              sample=first.sample() if isinstance(first.sample(), dict) else None)
                         check_layer_names(recipe, output.artifact)
                     else:
                         output = REGISTRY[kind].run(current, spec.settings, ctx)
@@ -466,7 +471,8 @@ class Pipeline:
 
 def _one_line_metrics(metrics: dict[str, Any], task: Task) -> str:
     parts = [f"{value.label} {value.show(metrics[value.key])}" for value in task.metric.shown if value.key in metrics]
-    if task.metric.key != "cosine" and "snr_db" in metrics:  # how close to the reference, for any model
+    if "snr_db" not in [v.key for v in task.metric.shown] and task.metric.key != "cosine" and "snr_db" in metrics:
+        # how close to the reference, for any model
         parts.append(f"SNR {metrics['snr_db']:.1f} dB")
     parts.append(f"size {metrics['size_bytes'] / 1024:.1f} KiB")
     if "latency_ms" in metrics:

@@ -38,6 +38,7 @@ class Task:
         if self.metric.score is not None and targets is not None:
             scores.update(self.metric.score(outputs, targets, self.output))
         if reference is not None:
+            reference = aligned(outputs, reference)
             per_output = metrics.per_output_fidelity(outputs, reference)
             scores.update(metrics.fidelity.worst_fidelity(per_output))
             if len(per_output) > 1:
@@ -49,6 +50,7 @@ class Task:
     def same_answers(self, outputs: Outputs, host: Outputs) -> float:
         """How far one model's answers on a target match its answers on the host: equal top-1 classes for a
         classifier, else the worst output's mean cosine."""
+        host = aligned(outputs, host)
         if self.metric.key == "top1":
             return metrics.classification.agreement(metrics._classes(outputs, self.output),
                                                     metrics._classes(host, self.output))["agreement"]
@@ -57,6 +59,14 @@ class Task:
             return float(np.mean([np.all(outputs[k] == host[k], axis=tuple(range(1, outputs[k].ndim)))
                                   for k in outputs]))
         return min(v["cosine"] for v in found.values())
+
+
+def aligned(outputs: Outputs, reference: Outputs) -> Outputs:
+    """The reference's outputs under `outputs`' names: by name where they match, else in order (a text encoder's
+    torch stage and its ONNX export may name their one output differently)."""
+    if set(outputs) <= set(reference) or len(outputs) != len(reference):
+        return reference
+    return dict(zip(outputs, reference.values()))
 
 
 def resolve(recipe: Any, outputs: list[OutputInfo], targets: dict[str, np.ndarray] | None) -> Task:

@@ -60,14 +60,20 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
+def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...],
+               inputs: dict[str, list] | None = None) -> int:
+    """`inputs`: {name: [per-sample shape, dtype]} of a model with several inputs (the builder records them)."""
     import torch_pruning as tp
 
     was_training = model.training
     model.eval()
     # A text model makes its own token inputs ([sequence length] is its input shape); an image model takes zeros.
-    example = (model.example_inputs(batch=1, sequence_length=input_shape[0]) if hasattr(model, "example_inputs")
-               else torch.zeros(1, *input_shape))
+    if hasattr(model, "example_inputs"):
+        example = model.example_inputs(batch=1, sequence_length=input_shape[0])
+    elif inputs and len(inputs) > 1:
+        example = tuple(torch.zeros(1, *shape, dtype=getattr(torch, dtype)) for shape, dtype in inputs.values())
+    else:
+        example = torch.zeros(1, *input_shape)
     macs, _ = tp.utils.count_ops_and_params(model, example)
     model.train(was_training)
     return int(macs)
