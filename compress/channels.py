@@ -21,8 +21,9 @@ def importance_for(kind: str):
             "taylor": lambda: tp.importance.TaylorImportance()}[kind]()
 
 
-def ignored_layers(model, settings: PruneSettings) -> list:
-    """The user's ignored layers, those the model declares unprunable, and the classifier."""
+def ignored_layers(model, settings: PruneSettings, *, example=None) -> list:
+    """The user's ignored layers, those the model declares unprunable, and the layers that make its outputs
+    (the classes of a classifier, every head of a detector): their channels are what the outputs mean."""
     import torch
 
     from edgepress.layer_names import require_layers
@@ -31,11 +32,49 @@ def ignored_layers(model, settings: PruneSettings) -> list:
     declared = getattr(model, "unprunable_layers", None)
     if callable(declared):
         ignored += list(declared())
-    # The classifier's outputs are the classes: never prunable.
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
-    if layers:
-        ignored.append(layers[-1])
-    return ignored
+    heads = output_layers(model, example) if example is not None else []
+    if not heads:  # untraceable: the last layer, as for a plain classifier
+        layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        heads = layers[-1:]
+    return ignored + [m for m in heads if all(m is not i for i in ignored)]
+
+
+def output_layers(model, example) -> list:
+    """The Linear/Conv layers nearest to each model output, found through autograd: each output's graph is
+    walked back until it reaches one of their results (through activations, reshapes and adds)."""
+    import torch
+
+    from edgepress.compress.loop import call
+    from edgepress.torch_outputs import flatten
+
+    produced: dict = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out: produced.setdefault(out.grad_fn, mod)
+                                     if isinstance(out, torch.Tensor) and out.grad_fn is not None else None)
+             for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            outputs = flatten(call(model, dict(enumerate(example)) if isinstance(example, tuple) else example))
+    except Exception:  # noqa: BLE001 - torch-pruning's own trace reports what breaks, in one line
+        return []
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    found = []
+    for tensor in outputs.values():
+        frontier, seen = [tensor.grad_fn], set()
+        while frontier:
+            node = frontier.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node in produced:
+                found += [produced[node]] if all(produced[node] is not m for m in found) else []
+                continue
+            frontier += [parent for parent, _ in node.next_functions]
+    return found
 
 
 def prunable_layers(model, *, input_shape: tuple[int, ...], settings: PruneSettings) -> list[str]:
@@ -47,8 +86,10 @@ def prunable_layers(model, *, input_shape: tuple[int, ...], settings: PruneSetti
     import torch_pruning as tp
 
     traced = copy.deepcopy(model).eval()  # tracing runs a forward pass; the caller's model stays untouched
-    graph = tp.DependencyGraph().build_dependency(traced, example_inputs=torch.zeros(1, *input_shape))
-    roots = {group[0].dep.target.module for group in graph.get_all_groups(ignored_layers=ignored_layers(traced, settings))}
+    example = torch.zeros(1, *input_shape)
+    graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example)
+    ignored = ignored_layers(traced, settings, example=example)
+    roots = {group[0].dep.target.module for group in graph.get_all_groups(ignored_layers=ignored)}
     return [name for name, module in traced.named_modules() if module in roots]
 
 
@@ -83,7 +124,7 @@ def make_pruner(pruned, *, example, settings: PruneSettings, ratio: float = 0.0,
         return tp.pruner.MetaPruner(
             pruned, example, importance=importance_for(settings.importance), pruning_ratio=ratio,
             pruning_ratio_dict=None if layer_ratios is None else {modules[n]: r for n, r in layer_ratios.items() if r > 0.0},
-            ignored_layers=ignored_layers(pruned, settings), global_pruning=settings.global_ranking and not layer_ratios,
+            ignored_layers=ignored_layers(pruned, settings, example=example), global_pruning=settings.global_ranking and not layer_ratios,
             round_to=round_to, iterative_steps=len(steps),
             iterative_pruning_ratio_scheduler=lambda target, _: [0.0] + [target * s for s in steps])
     except UserError:
@@ -121,6 +162,8 @@ def prune_copy(model, *, example, ratio: float, settings: PruneSettings, calibra
     """A pruned deep copy of `model` at one ratio for every group (the input model is never changed)."""
     if settings.round_to and not settings.global_ranking:
         # The same ratio for every prunable layer, rounded by edgepress (see rounded_ratio).
+        if isinstance(example, tuple):
+            raise UserError("round_to works on one-input models", fix="drop round_to from this prune stage")
         layers = prunable_layers(model, input_shape=tuple(example.shape[1:]), settings=settings)
         return prune_with_layer_ratios(model, example=example, layer_ratios={n: ratio for n in layers},
                                        settings=settings, calibration=calibration)
@@ -144,7 +187,7 @@ def check_forward(pruned, *, example) -> None:
              for name, m in pruned.named_modules() if name and not list(m.children())]
     try:
         with torch.no_grad():
-            pruned(example)
+            pruned(*example) if isinstance(example, tuple) else pruned(example)
     except Exception as exc:
         last = entered[-1] if entered else "the model's first operation"
         kind = type(dict(pruned.named_modules()).get(last, pruned)).__name__

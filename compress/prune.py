@@ -89,18 +89,21 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
         raise UserError("prune with steps > 1 fine-tunes between steps in one process, not under torchrun",
                         fix="run this recipe without torchrun, or set step_epochs = 0 and add a distill stage")
     model, input_shape, builder = torch_artifact.load(source.path)
-    example = torch.zeros(1, *input_shape)
+    inputs_spec = builder.get("inputs")  # a model with several inputs records them (pipeline.build_source)
+    _check_task(settings, ctx, several_inputs=bool(inputs_spec and len(inputs_spec) > 1))
+    example = (tuple(torch.zeros(1, *shape, dtype=getattr(torch, dtype)) for shape, dtype in inputs_spec.values())
+               if inputs_spec and len(inputs_spec) > 1 else torch.zeros(1, *input_shape))
     calibration = None
     if settings.importance == "taylor":
         labeled = ctx.data.training if ctx.recipe.data.training is not None else ctx.data.calibration
         calibration = (torch.from_numpy(labeled.inputs[:settings.taylor_samples]),
                        torch.from_numpy(labeled.labels[:settings.taylor_samples]))
-    macs_before = torch_artifact.count_macs(model, input_shape)
+    macs_before = torch_artifact.count_macs(model, input_shape, inputs=inputs_spec)
     params_before = torch_artifact.count_params(model)
     macs_reference = macs_before
     if settings.macs_reference == "source" and "model" in ctx.artifacts and ctx.artifacts["model"].format == "torch":
         macs_reference = torch_artifact.count_macs(torch_artifact.load(ctx.artifacts["model"].path)[0], input_shape)
-    count = lambda m: torch_artifact.count_macs(m, input_shape)  # noqa: E731
+    count = lambda m: torch_artifact.count_macs(m, input_shape, inputs=inputs_spec)  # noqa: E731
     steps: list[dict[str, Any]] = []
     tables: list[dict[str, Any]] = []
     current = model
@@ -155,6 +158,20 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
     if tables:
         metrics["sensitivity"] = tables[0]  # of the input model: the one the report plots
     return StageOutput(artifact=Artifact(path=out, format="torch"), metrics=metrics)
+
+
+def _check_task(settings: PruneSettings, ctx: StageContext, *, several_inputs: bool) -> None:
+    """What needs class labels (Taylor importance, accuracy sensitivity) or one image input (latency probes,
+    the sensitivity sweep) is refused in one line for other models; magnitude pruning works on any."""
+    classifier = ctx.task is None or ctx.task.metric.key == "top1"
+    for wanted, needs_labels, what in (
+            (settings.importance == "taylor", True, 'importance = "taylor" (a cross-entropy gradient)'),
+            (settings.sensitivity != "off", True, f'sensitivity = "{settings.sensitivity}" (accuracy per layer)'),
+            (settings.measures_latency, False, "a latency target (timed on one input)")):
+        if wanted and ((needs_labels and not classifier) or several_inputs):
+            why = "a model with several inputs" if several_inputs else f"data.metric = {ctx.task.metric.key!r}"
+            raise UserError(f"prune: {what} works on one-input classifiers, and this recipe has {why}",
+                            fix='use importance = "l1" (or "l2", "bn_scale") with channel_ratio or macs_target')
 
 
 def _sensitivity(model, *, settings: PruneSettings, input_shape, calibration, ctx: StageContext):
@@ -229,19 +246,25 @@ def _fine_tune(model, *, teacher, settings: PruneSettings, ctx: StageContext, st
 
     loop = LoopSettings(epochs=settings.step_epochs, batch_size=settings.step_batch_size,
                         learning_rate=settings.step_learning_rate, augment="crop_flip" if model_is_image(ctx) else "none")
-    loss_fn = teacher_loss_fn(teacher, alpha=0.9, temperature=4.0)
+    from edgepress.compress.distill import outputs_loss_fn
+    from edgepress.compress.train import training_tensors
 
     train = ctx.data.training
-    history = fit(model, inputs=torch.from_numpy(train.inputs), labels=torch.from_numpy(train.labels), settings=loop,
+    inputs, labels = training_tensors(train)
+    classifier = isinstance(labels, torch.Tensor) and (ctx.task is None or ctx.task.metric.key == "top1")
+    loss_fn = (teacher_loss_fn(teacher, alpha=0.9, temperature=4.0) if classifier else
+               outputs_loss_fn(teacher, task=ctx.task, alpha=1.0, temperature=4.0))
+    history = fit(model, inputs=inputs, labels=labels, settings=loop,
                   loss_fn=loss_fn, resume_dir=None if ctx.resume_dir is None else ctx.resume_dir / f"step{step}",
                   key=resume_key(source_sha256=ctx.source_sha256, settings=settings) + f"-{step}", log=ctx.log,
                   label=f"prune step {step} fine-tune")
-    return {"epochs": len(history), "train_accuracy": history[-1]["train_accuracy"] if history else None}
+    return {"epochs": len(history), "train_accuracy": history[-1].get("train_accuracy") if history else None}
 
 
 def model_is_image(ctx: StageContext) -> bool:
-    shape = ctx.data.training.inputs.shape
-    return len(shape) == 4 and shape[2] >= 16 and shape[3] >= 16
+    feeds = ctx.data.training.feeds
+    shape = next(iter(feeds.values())).shape
+    return len(feeds) == 1 and len(shape) == 4 and shape[2] >= 16 and shape[3] >= 16
 
 
 def check_names(settings: PruneSettings, model) -> None:

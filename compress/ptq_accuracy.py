@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
 
+from edgepress import metrics
+from edgepress.arrays import ArraySet
 from edgepress.compress.ptq import PtqSettings, compute_nodes, node_precision_map, quantize
 from edgepress.errors import UserError
-from edgepress.schema import SAMPLES, SEEDS, bounded, within
+from edgepress.recipe import usable_budgets
+from edgepress.schema import SAMPLES, SEEDS, bounded, closest, within
+from edgepress.task import Task
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
 
 Scheme = Literal["u8s8", "s8s8", "u8u8"]
@@ -34,6 +38,9 @@ MIN_VALIDATION_SAMPLES = 200
 class AccuracyAwarePtqSettings:
     min_agreement: float | None = None  # share of top-1 predictions equal to FP32's, on the validation images
     max_accuracy_drop_points: float | None = None  # FP32 top-1 minus INT8 top-1, in points, same images
+    # Any model's goal, as budgets of the recipe's metric against FP32 on the validation samples (names from
+    # edgepress/metrics.py): {snr_db_min = 30}, {mae_rise_max = 0.5}, {map50_drop_points = 1}, ...
+    goal: dict[str, float] = field(default_factory=dict)
     schemes: tuple[Scheme, ...] = ()  # empty: every scheme with fast kernels on the target
     calibration_methods: tuple[Method, ...] = ("percentile", "minmax")
     percentile: float = 99.999
@@ -49,18 +56,27 @@ class AccuracyAwarePtqSettings:
     seed: int = within(*SEEDS, default=0)
 
     def __post_init__(self) -> None:
-        if self.min_agreement is None and self.max_accuracy_drop_points is None:
-            raise ValueError("set min_agreement and/or max_accuracy_drop_points: the goal the search must meet")
+        if self.min_agreement is None and self.max_accuracy_drop_points is None and not self.goal:
+            raise ValueError("set min_agreement and/or max_accuracy_drop_points (classifiers) or goal = {budget = "
+                             "limit, ...} (any metric): the goal the search must meet")
+        for name, limit in self.goal.items():
+            budget = metrics.BUILTIN_BUDGETS.get(name)
+            if budget is None or name in ("size_bytes", "latency_p90_ms"):
+                guess = closest(name, [n for n in metrics.BUILTIN_BUDGETS if n not in ("size_bytes", "latency_p90_ms")])
+                raise ValueError(f"goal names {name!r}, no budget of a metric" + (f": did you mean {guess!r}?" if guess else ""))
+            if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not budget.bounds.holds(limit):
+                raise ValueError(f"goal {name} = {limit!r} must be a number in {budget.bounds}")
         if self.min_agreement is not None and not 0.0 < self.min_agreement <= 1.0:
             raise ValueError(f"min_agreement is a share in (0, 1], got {self.min_agreement}")
         if not self.calibration_methods:
             raise ValueError("calibration_methods must name at least one method")
 
     def meets(self, score: dict[str, float]) -> bool:
-        """Whether a _Workbench.score result meets the goal."""
+        """Whether a _Workbench.score result meets the goal (it holds each goal budget's measured number)."""
         return ((self.min_agreement is None or score["agreement"] >= self.min_agreement)
                 and (self.max_accuracy_drop_points is None
-                     or score["accuracy_drop_points"] <= self.max_accuracy_drop_points))
+                     or score["accuracy_drop_points"] <= self.max_accuracy_drop_points)
+                and all(metrics.BUILTIN_BUDGETS[name].passes(score[name], limit) for name, limit in self.goal.items()))
 
 
 @dataclass(frozen=True)
@@ -103,17 +119,17 @@ class Quantized:
 
 
 class _Workbench:
-    """Quantizes variants of one prepared FP32 model and scores them against FP32 on fixed images."""
+    """Quantizes variants of one prepared FP32 model and scores them against FP32 on fixed samples, by the
+    recipe's task (any outputs, any metric)."""
 
-    def __init__(self, *, prepared: Path, calibration: np.ndarray, validation_inputs: np.ndarray,
-                 validation_labels: np.ndarray, scratch: Path, threads: int) -> None:
-        from edgepress.runtime.session import open_session, predict
+    def __init__(self, *, prepared: Path, calibration: dict[str, np.ndarray], validation: ArraySet, task: Task,
+                 goal: dict[str, float], scratch: Path, threads: int) -> None:
+        from edgepress.runtime.session import open_session, run_all
 
-        self._predict = lambda path, x: predict(open_session(path, threads=threads), x, batch_size=256)
+        self._run = lambda path, feeds: run_all(open_session(path, threads=threads), feeds, batch_size=256)
         self.prepared, self.calibration, self.scratch = prepared, calibration, scratch
-        self.inputs, self.labels = validation_inputs, validation_labels
-        self.fp32_outputs = self._predict(prepared, validation_inputs)
-        self.fp32_top1 = self.fp32_outputs.argmax(1)
+        self.validation, self.task, self.goal = validation, task, goal
+        self.fp32_outputs = self._run(prepared, validation.feeds)
         self._count = 0
 
     def quantize(self, settings: PtqSettings) -> tuple[Path, dict[str, Any]]:
@@ -125,15 +141,25 @@ class _Workbench:
         return out, done
 
     def score(self, path: Path, *, samples: int | None = None) -> dict[str, float]:
-        x = self.inputs[:samples]
-        outputs = self._predict(path, x)
-        reference = self.fp32_outputs[: len(x)]
-        top1 = outputs.argmax(1)
-        return {"agreement": float(np.mean(top1 == self.fp32_top1[: len(x)])),
-                "accuracy_drop_points": 100.0 * float(np.mean(self.fp32_top1[: len(x)] == self.labels[: len(x)])
-                                                      - np.mean(top1 == self.labels[: len(x)])),
-                # output error, normalised so that it reads the same for logits and embeddings
-                "output_error": float(np.sum((outputs - reference) ** 2) / max(np.sum(reference ** 2), 1e-12))}
+        subset = self.validation.head(samples)
+        outputs = self._run(path, subset.feeds)
+        reference = {name: values[:len(subset)] for name, values in self.fp32_outputs.items()}
+        found = {k: v for k, v in self.task.score(subset, outputs, reference).items() if isinstance(v, float)}
+        fp32 = self.task.score(subset, reference, None)
+        if "accuracy" in found:
+            found["accuracy_drop_points"] = 100.0 * (fp32["accuracy"] - found["accuracy"])
+        for name in self.goal:  # each goal budget's number, as the gate would measure it against FP32
+            budget = metrics.BUILTIN_BUDGETS[name]
+            if budget.value not in found:
+                raise UserError(f"accuracy_aware_ptq goal {name} needs {budget.value}, which data.metric = "
+                                f"{self.task.metric.key!r} does not measure",
+                                fix=f"use goal budgets of the recipe's metric ({', '.join(usable_budgets(self.task.metric)[2:])})")
+            found[name] = budget.measured(found[budget.value], fp32.get(budget.value))
+        # output error, normalised so that it reads the same for logits, embeddings and any head
+        floats = [k for k, v in reference.items() if np.issubdtype(v.dtype, np.floating)]
+        found["output_error"] = float(sum(np.sum((outputs[k] - reference[k]) ** 2) for k in floats)
+                                      / max(sum(np.sum(reference[k] ** 2) for k in floats), 1e-12))
+        return found
 
 
 def _time(paths: dict[str, Path], sample: np.ndarray, *, threads: int, settings: AccuracyAwarePtqSettings) -> dict[str, float]:
@@ -180,8 +206,7 @@ def fewest_fallbacks(bench: _Workbench, candidate: Candidate, ranking: list[dict
         score = bench.score(path)
         tried[k] = Quantized(path=path, done=done, score=score, fp32_nodes=k, candidate=candidate)
         attempts.append({"candidate": candidate.name, "fp32_nodes": k, "of_nodes": len(ranking), **score})
-        log(f"  {candidate.name} with {k} nodes in FP32: agreement {score['agreement']:.4f}, "
-            f"drop {score['accuracy_drop_points']:.2f} points")
+        log(f"  {candidate.name} with {k} nodes in FP32: {describe(score, settings)}")
         return settings.meets(score)
 
     if limit == 0 or not attempt(limit):
@@ -196,19 +221,35 @@ def fewest_fallbacks(bench: _Workbench, candidate: Candidate, ranking: list[dict
     return tried[high], attempts
 
 
-def search(*, source: Path, out: Path, calibration: np.ndarray, validation_labels: np.ndarray,
-           settings: AccuracyAwarePtqSettings, threads: int, isa, log: Callable[[str], None]) -> dict[str, Any]:
+def describe(score: dict[str, float], settings: AccuracyAwarePtqSettings) -> str:
+    """A trial's numbers for the log: agreement and drop where a classifier has them, and every goal budget's."""
+    parts = [f"agreement {score['agreement']:.4f}"] if "agreement" in score else []
+    parts += [f"drop {score['accuracy_drop_points']:.2f} points"] if "accuracy_drop_points" in score else []
+    parts += [f"{name} {score[name]:.4g}" for name in settings.goal]
+    return ", ".join(parts or [f"output error {score['output_error']:.3g}"])
+
+
+def search(*, source: Path, out: Path, calibration: np.ndarray | dict[str, np.ndarray],
+           validation_labels: np.ndarray | None, settings: AccuracyAwarePtqSettings, threads: int, isa,
+           log: Callable[[str], None], task: Task | None = None,
+           targets: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """`calibration`: one array or named inputs; `validation_labels` (class labels) or `targets` (any) of the same
+    samples; `task` how the recipe judges (default: top-1 with labels, else fidelity)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if not np.all(np.isfinite(calibration)):
+    feeds = calibration if isinstance(calibration, dict) else {"input": calibration}
+    targets = targets if targets is not None else ({"labels": validation_labels} if validation_labels is not None else None)
+    task = task or Task(metric=metrics.METRICS["top1" if targets and "labels" in targets else "fidelity"])
+    count = len(next(iter(feeds.values())))
+    if any(np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)) for v in feeds.values()):
         raise UserError("the calibration data contains NaN or infinite values",
                         fix="clean the calibration data or its preprocessing")
-    order = np.random.default_rng(settings.seed).permutation(len(calibration))
-    calibrate_on = calibration[order[: settings.calibration_samples]]
+    order = np.random.default_rng(settings.seed).permutation(count)
+    calibrate_on = {k: v[order[: settings.calibration_samples]] for k, v in feeds.items()}
     held_out = order[settings.calibration_samples: settings.calibration_samples + settings.validation_samples]
     if len(held_out) < MIN_VALIDATION_SAMPLES:
         raise UserError(f"accuracy_aware_ptq validates on calibration images not used for calibration, and only "
-                        f"{len(held_out)} of {len(calibration)} remain after calibration_samples "
+                        f"{len(held_out)} of {count} remain after calibration_samples "
                         f"{settings.calibration_samples}",
                         fix=f"raise the [data.calibration] limit to at least "
                             f"{settings.calibration_samples + settings.validation_samples}, or lower calibration_samples")
@@ -216,8 +257,10 @@ def search(*, source: Path, out: Path, calibration: np.ndarray, validation_label
         scratch = Path(scratch_name)
         prepared = scratch / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        bench = _Workbench(prepared=prepared, calibration=calibrate_on, validation_inputs=calibration[held_out],
-                           validation_labels=validation_labels[held_out], scratch=scratch, threads=threads)
+        validation = ArraySet("validation", {k: v[held_out] for k, v in feeds.items()},
+                              None if targets is None else {k: v[held_out] for k, v in targets.items()})
+        bench = _Workbench(prepared=prepared, calibration=calibrate_on, validation=validation, task=task,
+                           goal=settings.goal, scratch=scratch, threads=threads)
         log(f"target {isa.describe()}, {threads} thread(s); validation on {len(held_out)} held-out calibration images")
         trials, models = [], {}
         for candidate in candidates(settings, isa=isa, warn=log):
@@ -225,8 +268,9 @@ def search(*, source: Path, out: Path, calibration: np.ndarray, validation_label
             score = bench.score(path)
             models[candidate.name] = Quantized(path=path, done=done, score=score, fp32_nodes=0, candidate=candidate)
             trials.append({"candidate": candidate.name, "fp32_nodes": 0, **score})
-            log(f"{candidate.name}: agreement {score['agreement']:.4f}, drop {score['accuracy_drop_points']:.2f} points")
-        sample = calibration[held_out[:1]]
+            log(f"{candidate.name}: {describe(score, settings)}")
+        sample = {k: v[held_out[0]][None] for k, v in feeds.items()}
+        sample = next(iter(sample.values())) if len(sample) == 1 else sample
         p50 = _time({"fp32": prepared, **{name: m.path for name, m in models.items()}}, sample, threads=threads,
                     settings=settings)
         for trial in trials:
@@ -244,15 +288,14 @@ def search(*, source: Path, out: Path, calibration: np.ndarray, validation_label
             if found is not None:
                 meeting[f"{name} + {found.fp32_nodes} FP32"] = found
         if not meeting:
-            best = max(trials, key=lambda t: t["agreement"])
+            best = min(trials, key=lambda t: (-t.get("agreement", 0.0), t["output_error"]))
             every = [t for t in trials if t["fp32_nodes"] and t["fp32_nodes"] == t.get("of_nodes")]
-            why = (f"; even with all {every[0]['of_nodes']} compute nodes in FP32 it agrees only "
-                   f"{max(t['agreement'] for t in every):.4f}, so the loss is in the quantized activations, which "
-                   f"compute-node fallback does not remove" if every else "")
+            why = (f"; even with all {every[0]['of_nodes']} compute nodes in FP32 it reaches only "
+                   f"{describe(min(every, key=lambda t: t['output_error']), settings)}, so the loss is in the quantized "
+                   f"activations, which compute-node fallback does not remove" if every else "")
             raise UserError(f"no INT8 configuration meets the goal on {isa.describe()} (best: {best['candidate']} with "
-                            f"{best['fp32_nodes']} nodes in FP32, agreement {best['agreement']:.4f}, drop "
-                            f"{best['accuracy_drop_points']:.2f} points){why}",
-                            fix="relax min_agreement / max_accuracy_drop_points, raise max_fp32_nodes, or use qat")
+                            f"{best['fp32_nodes']} nodes in FP32, {describe(best, settings)}){why}",
+                            fix="relax min_agreement / max_accuracy_drop_points / goal, raise max_fp32_nodes, or use qat")
         final = _time({"fp32": prepared, **{name: m.path for name, m in meeting.items()}}, sample, threads=threads,
                       settings=settings)
         chosen = min(meeting, key=final.get)
@@ -268,9 +311,10 @@ def search(*, source: Path, out: Path, calibration: np.ndarray, validation_label
         fallback = [{"node": r["node"], "rank": i + 1, "reason": f"keeping it in FP32 cuts the output error from "
                      f"{r['error_all_int8']:.3g} to {r['error_without_node']:.3g}"} for i, r in enumerate(ranking[:k])]
         fallback += [{"node": n, "rank": None, "reason": "nodes_to_exclude"} for n in settings.nodes_to_exclude]
-        log(f"chosen: {chosen}, p50 {ratio:.2f}x FP32, agreement {score['agreement']:.4f}")
+        log(f"chosen: {chosen}, p50 {ratio:.2f}x FP32, {describe(score, settings)}")
         return {**done, "search": {"chosen": chosen, "goal": {"min_agreement": settings.min_agreement,
-                                                               "max_accuracy_drop_points": settings.max_accuracy_drop_points},
+                                                               "max_accuracy_drop_points": settings.max_accuracy_drop_points,
+                                                               **settings.goal},
                                    "target_isa": isa.describe(), "threads": threads,
                                    "validation_samples": int(len(held_out)), **score,
                                    "p50_ms": final[chosen], "fp32_p50_ms": final["fp32"], "p50_vs_fp32": ratio,
@@ -284,8 +328,9 @@ def run(source: Artifact, settings: AccuracyAwarePtqSettings, ctx: StageContext)
     calibration = ctx.data.calibration
     ctx.log(f"calibration set: {calibration.name}")
     out = ctx.output_path("onnx")
-    done = search(source=source.path, out=out, calibration=calibration.inputs, validation_labels=calibration.labels,
-                  settings=settings, threads=ctx.recipe.target.threads, isa=local_isa(), log=ctx.log)
+    done = search(source=source.path, out=out, calibration=calibration.feeds, validation_labels=None,
+                  targets=calibration.targets, task=ctx.task, settings=settings, threads=ctx.recipe.target.threads,
+                  isa=local_isa(), log=ctx.log)
     return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={"quantization": done})
 
 

@@ -72,15 +72,24 @@ def weight_qmax(settings: QatSettings, log) -> int:
     return 64 if bits == 7 else 127
 
 
-def _predict(module, inputs: np.ndarray, batch: int = 200) -> np.ndarray:
-    import torch
+def _predict(module, inputs: np.ndarray, batch: int = 200) -> dict[str, np.ndarray]:
+    """Every output by name (edgepress/torch_outputs.py), batch by batch."""
+    from edgepress.torch_outputs import forward
 
-    with torch.no_grad():
-        return torch.cat([module(torch.from_numpy(inputs[i:i + batch])) for i in range(0, len(inputs), batch)]).numpy()
+    chunks = [forward(module, {"input": inputs[i:i + batch]}) for i in range(0, len(inputs), batch)]
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
 
-def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, train_labels: np.ndarray,
-          check_inputs: np.ndarray, settings: QatSettings, log, resume_dir=None, key: str = ""):
+def _agreement(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], task) -> float:
+    """A classifier's share of equal top-1 classes; any other model's worst-output mean cosine."""
+    from edgepress import metrics
+    from edgepress.task import Task
+
+    return (task or Task(metric=metrics.METRICS["top1"])).same_answers(ours, theirs)
+
+
+def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, train_labels,
+          check_inputs: np.ndarray, settings: QatSettings, log, resume_dir=None, key: str = "", task=None):
     """Fold, place fake quantization, calibrate, fine-tune from `teacher`; returns (QatGraph, metrics)."""
     import torch
 
@@ -96,18 +105,27 @@ def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, 
     log(f"{len(graph.quantizers)} activation quantizers, ranges from {settings.calibration_method} calibration")
     for quantizer in graph.quantizers:
         quantizer.scale.requires_grad_(settings.learn_ranges)
-    reference = _predict(teacher, check_inputs).argmax(1)
+    reference = _predict(teacher, check_inputs)
     graph.set_mode("exact")
-    before = float(np.mean(_predict(graph.module.eval(), check_inputs).argmax(1) == reference))
+    before = _agreement(_predict(graph.module.eval(), check_inputs), reference, task)
     log(f"before training: INT8 agrees with the teacher on {100 * before:.2f}% of {len(check_inputs)} check inputs")
     graph.set_mode("quantize")
-    loss_fn = teacher_loss_fn(teacher, alpha=settings.alpha, temperature=settings.temperature,
-                              label_smoothing=settings.label_smoothing, match=settings.loss)
-    history = fit(graph.module, inputs=torch.from_numpy(train_inputs), labels=torch.from_numpy(train_labels),
+    classifier = not isinstance(train_labels, dict) and (task is None or task.metric.key == "top1") and len(reference) == 1
+    if classifier:
+        loss_fn = teacher_loss_fn(teacher, alpha=settings.alpha, temperature=settings.temperature,
+                                  label_smoothing=settings.label_smoothing, match=settings.loss)
+    else:
+        from edgepress.compress.distill import outputs_loss_fn
+
+        loss_fn = outputs_loss_fn(teacher, task=task, alpha=settings.alpha, temperature=settings.temperature,
+                                  label_smoothing=settings.label_smoothing)
+    labels = {k: torch.from_numpy(v) for k, v in train_labels.items()} if isinstance(train_labels, dict) else \
+        torch.from_numpy(train_labels)
+    history = fit(graph.module, inputs=torch.from_numpy(train_inputs), labels=labels,
                   settings=settings, loss_fn=loss_fn, resume_dir=resume_dir, key=key, log=log, label="qat")
     graph.module.cpu().eval()
     graph.set_mode("exact")
-    after = float(np.mean(_predict(graph.module, check_inputs).argmax(1) == reference))
+    after = _agreement(_predict(graph.module, check_inputs), reference, task)
     log(f"after training: INT8 agrees with the teacher on {100 * after:.2f}%")
     return graph, {"weight_bits": 7 if graph.weight_qmax == 64 else 8, "activation_quantizers": len(graph.quantizers),
                    "loss": settings.loss,
@@ -115,11 +133,12 @@ def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, 
                    "teacher_agreement_before": before, "teacher_agreement_after": after}
 
 
-def export(*, graph, input_shape: tuple[int, ...], out, parity_inputs: np.ndarray, settings: QatSettings, log) -> dict:
+def export(*, graph, input_shape: tuple[int, ...], out, parity_inputs: np.ndarray, settings: QatSettings, log,
+           task=None) -> dict:
     """QDQ ONNX with int8 weights; fails unless ONNX Runtime runs it on integer kernels and agrees with torch."""
     from edgepress.compress.qat_export import check_integer_kernels, int8_weights
     from edgepress.export.onnx_export import ExportSettings, export_onnx
-    from edgepress.runtime.session import open_session, predict
+    from edgepress.runtime.session import open_session, run_all
 
     graph.set_mode("quantize")
     fake_logits = _predict(graph.module, parity_inputs)
@@ -133,15 +152,17 @@ def export(*, graph, input_shape: tuple[int, ...], out, parity_inputs: np.ndarra
     kernels = check_integer_kernels(out, allowed_float=len(settings.fp32_layers))
     log(f"ONNX Runtime runs {kernels['integer_compute_nodes']} integer and {kernels['float_compute_nodes']} float "
         f"compute nodes: {kernels['op_counts']}")
-    ort_logits = predict(open_session(out, threads=1), parity_inputs, batch_size=200)
-    parity = float(np.mean(ort_logits.argmax(1) == exact_logits.argmax(1)))
-    fake_parity = float(np.mean(ort_logits.argmax(1) == fake_logits.argmax(1)))
-    max_abs_diff = float(np.max(np.abs(ort_logits - exact_logits)))
+    session = open_session(out, threads=1)
+    ort_logits = run_all(session, {session.get_inputs()[0].name: parity_inputs}, batch_size=200)
+    ort_logits = dict(zip(exact_logits, ort_logits.values()))  # the export names the outputs as torch does
+    parity = _agreement(ort_logits, exact_logits, task)
+    fake_parity = _agreement(ort_logits, fake_logits, task)
+    max_abs_diff = max(float(np.max(np.abs(ort_logits[k] - exact_logits[k]), initial=0.0)) for k in exact_logits)
     log(f"torch QAT vs ONNX Runtime INT8 on {len(parity_inputs)} inputs: top-1 agreement {parity:.4f} "
         f"(integer arithmetic), {fake_parity:.4f} (training's fake quantization); max |diff| {max_abs_diff:.3g}")
     if parity < settings.min_parity:
-        raise UserError(f"the ONNX model agrees with the torch QAT model on only {100 * parity:.2f}% of top-1 predictions "
-                        f"(minimum {100 * settings.min_parity:.2f}%)",
+        raise UserError(f"the ONNX model agrees with the torch QAT model on only {100 * parity:.2f}% "
+                        f"(top-1 predictions, or the worst output's cosine; minimum {100 * settings.min_parity:.2f}%)",
                         fix="report this model: its quantization placement does not match ONNX Runtime's kernels")
     return {"int8_weights": swapped, "onnxruntime_kernels": kernels,
             "parity": {"samples": int(len(parity_inputs)), "top1_agreement": parity,
@@ -163,14 +184,22 @@ def run(source: Artifact, settings: QatSettings, ctx: StageContext) -> StageOutp
                             fix=f"set teacher to one of {', '.join(done)}")
         teacher, _, _ = torch_artifact.load(teacher_artifact.path)
     parity_set = ctx.data.evaluation[0]
-    parity_inputs = parity_set.inputs[: settings.parity_samples]
+    for role, samples in (("evaluation", parity_set), ("calibration", ctx.data.calibration), ("training", ctx.data.training)):
+        if len(samples.feeds) != 1:
+            raise UserError(f"qat traces one-input models, and the {role} set {samples.name!r} feeds "
+                            f"{len(samples.feeds)} inputs", fix="use ptq (or accuracy_aware_ptq) for this model")
+    only = lambda samples: next(iter(samples.feeds.values()))  # noqa: E731
+    targets = ctx.data.training.targets or {}
+    train_labels = targets["labels"] if list(targets) == ["labels"] else targets
+    parity_inputs = only(parity_set)[: settings.parity_samples]
     ctx.log(f"calibration: {ctx.data.calibration.name}; training: {ctx.data.training.name}; checks on {parity_set.name}")
-    graph, trained = train(model=model, teacher=teacher, calibration=ctx.data.calibration.inputs,
-                           train_inputs=ctx.data.training.inputs, train_labels=ctx.data.training.labels,
+    graph, trained = train(model=model, teacher=teacher, calibration=only(ctx.data.calibration),
+                           train_inputs=only(ctx.data.training), train_labels=train_labels,
                            check_inputs=parity_inputs, settings=settings, log=ctx.log, resume_dir=ctx.resume_dir,
-                           key=resume_key(source_sha256=ctx.source_sha256, settings=settings))
+                           key=resume_key(source_sha256=ctx.source_sha256, settings=settings), task=ctx.task)
     out = ctx.output_path("onnx")
-    exported = export(graph=graph, input_shape=input_shape, out=out, parity_inputs=parity_inputs, settings=settings, log=ctx.log)
+    exported = export(graph=graph, input_shape=input_shape, out=out, parity_inputs=parity_inputs, settings=settings,
+                      log=ctx.log, task=ctx.task)
     exported["parity"]["set"] = parity_set.name
     precision = node_precision_map(out)
     return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={

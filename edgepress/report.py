@@ -130,7 +130,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"## Node precision: stage `{stage}`", ""]
         if search:
             lines += [f"Chosen: {search['chosen']}, {search['p50_vs_fp32']:.2f}x FP32 p50 on {search['target_isa']}, "
-                      f"agreement {100 * search['agreement']:.2f}% on {search['validation_samples']} validation images.", ""]
+                      + (f"agreement {100 * search['agreement']:.2f}%" if "agreement" in search else
+                         ", ".join(f"{k} {search[k]:.4g}" for k in search.get("goal", {}) if k in search))
+                      + f" on {search['validation_samples']} validation samples.", ""]
         lines += markdown_table(header, rows)
     return "\n".join(lines) + "\n"
 

@@ -106,8 +106,11 @@ def as_feed(session: ort.InferenceSession, sample: np.ndarray | dict[str, np.nda
     """The session's feed from one array (a one-input model) or from named arrays (the model's own
     inputs are picked, so text feeds may carry token_type_ids a model does not take), contiguous
     and of the types the model declares."""
+    inputs = session.get_inputs()
     if not isinstance(sample, dict):
         sample = {input_info(session).name: sample}
+    elif len(sample) == 1 and len(inputs) == 1 and inputs[0].name not in sample:  # one array: whatever its name
+        sample = {inputs[0].name: next(iter(sample.values()))}
     return {i.name: np.ascontiguousarray(sample[i.name], dtype=_NUMPY_TYPES.get(i.type))
             for i in session.get_inputs()}
 
