@@ -1,0 +1,1 @@
+"""Task scores beyond top-1: detection mAP (pycocotools)."""
