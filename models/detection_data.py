@@ -113,6 +113,8 @@ def paste_objects(images: np.ndarray, labels: np.ndarray, *, count: int, canvas:
     if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(labels) or not len(images):
         raise ValueError(f"images must be uint8 N x H x W with one label each, got {images.dtype} "
                          f"{list(images.shape)} and {len(labels)} labels")
+    if not images.any():
+        raise ValueError("every source image is blank: there is no object to paste")
     if count < 0 or max_objects < 1 or canvas < 1:
         raise ValueError(f"count, max_objects and canvas must be positive, got {count}, {max_objects}, {canvas}")
     rng = np.random.default_rng(seed)
