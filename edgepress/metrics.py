@@ -239,6 +239,44 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
            score=lambda out, t, chosen: segmentation.segmentation_scores(_classes(out, chosen), t["labels"])),
 )}
 
+DETECTION_OUTPUTS = ("boxes", "scores", "labels")  # padded N x K (x 4): what a model with its own decoding returns
+
+
+def _fits_detection(outputs, targets, chosen) -> str | None:
+    names = {o.name for o in outputs}
+    if chosen != "decoded" and not set(DETECTION_OUTPUTS) <= names:
+        return ("detection reads boxes: outputs 'boxes', 'scores' and 'labels' (padded N x K), or raw heads with "
+                "data.decode = 'package.module:function' turning them into per-image boxes")
+    if targets is not None and not ({"boxes", "labels"} <= set(targets) and targets["boxes"].ndim == 3):
+        return "detection needs target arrays 'boxes' (N x M x 4, xyxy pixels) and 'labels' (N x M, -1 pads)"
+    return None
+
+
+def detection_metric(decode: Callable[[Outputs], list[dict[str, np.ndarray]]] | None = None) -> Metric:
+    """COCO mAP of per-image boxes against the targets (pycocotools). `decode` turns the model's raw outputs
+    into per-image {'boxes', 'scores', 'labels'}; without it the model returns them itself, padded."""
+    from edgepress.scores import detection
+
+    def score(outputs: Outputs, targets: Targets, chosen: str | None) -> dict[str, float]:
+        found = decode(outputs) if decode is not None else detection.padded_detections(
+            *(outputs[name] for name in DETECTION_OUTPUTS))
+        truths = [{"boxes": b[l >= 0], "labels": l[l >= 0]} for b, l in zip(targets["boxes"], targets["labels"])]
+        scores = detection.mean_average_precision(found, truths)
+        return {key: scores[key] for key in ("map50", "map", "map75", "recall100")}
+
+    return Metric(key="detection", summary="detection: COCO mAP@0.5 and mAP@0.5:0.95 (pycocotools) of boxes, scores "
+                                           "and labels (the model's own, or data.decode's) against target boxes",
+                  needs="targets", fits=lambda o, t, c: _fits_detection(o, t, "decoded" if decode else c),
+                  values=(Value("map50", "mAP@0.5", True, "share",
+                                _budgets("map50", ("drop", POINTS), ("min", SHARE), points=True)),
+                          Value("map", "mAP@.5:.95", True, "share",
+                                _budgets("map", ("drop", POINTS), ("min", SHARE), points=True)),
+                          Value("map75", "mAP@0.75", True, "share"), Value("recall100", "AR@100", True, "share")),
+                  headline=("map50", "map"), score=score)
+
+
+METRICS["detection"] = detection_metric()
+
 # The artifact's own budgets: read from the file and the timings, not from the outputs.
 SIZE_AND_LATENCY = (
     Budget("size_bytes", "size_bytes", "max", Bounds(1, 2**40)),

@@ -102,6 +102,9 @@ class DataSpec:
     # higher_is_better), or "auto": top1 for class scores with labels, else fidelity to the reference stage.
     metric: str = "auto"
     output: str | None = None  # the model output a single-output metric reads (a multi-output model's logits)
+    # detection: "package.module:function(outputs) -> per-image {'boxes','scores','labels'}" for a model whose
+    # outputs are raw heads (its decoding runs on the host, on every stage's outputs alike)
+    decode: str | None = None
     higher_is_better: bool | None = None  # a user metric's direction: required for one, refused otherwise
     tokenizer: Path | None = None  # text: a tokenizer.json; default the zoo model's own
     batch_size: int = within(*BATCH, default=256)
@@ -122,6 +125,10 @@ class DataSpec:
         if not user and self.higher_is_better is not None:
             raise ValueError("higher_is_better is for a user metric ('package.module:function'); built-in metrics "
                              "know their direction")
+        if self.decode is not None and self.metric != "detection":
+            raise ValueError('decode turns a detector\'s outputs into boxes: set metric = "detection" too, or drop it')
+        if self.decode is not None and (":" not in self.decode or not self.decode.rpartition(":")[2].isidentifier()):
+            raise ValueError(f"decode {self.decode!r} must look like 'package.module:function'")
         if user and not self.metric.rpartition(":")[2].isidentifier():
             raise ValueError(f"metric {self.metric!r} must look like 'package.module:function'")
 

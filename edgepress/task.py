@@ -80,6 +80,8 @@ def resolve(recipe: Any, outputs: list[OutputInfo], targets: dict[str, np.ndarra
         metric = metrics.METRICS["top1" if "top1" in fitting else "fidelity"]
     elif ":" in spec.metric:
         metric = _user_metric(spec)
+    elif spec.metric == "detection" and spec.decode is not None:
+        metric = metrics.detection_metric(_decoder(spec.decode))
     else:
         metric = metrics.METRICS[spec.metric]
     problem = metric.fits(outputs, targets, spec.output)
@@ -91,6 +93,28 @@ def resolve(recipe: Any, outputs: list[OutputInfo], targets: dict[str, np.ndarra
                         fix=f"use metric = {' or '.join(map(repr, fitting))}" if fitting else
                         "give data whose targets the metric reads, or choose another metric")
     return Task(metric=metric, output=spec.output)
+
+
+def _decoder(entry: str) -> Callable[[Outputs], list[dict[str, np.ndarray]]]:
+    from edgepress.models.zoo import import_entry
+
+    function = import_entry(entry, role="decode")
+
+    def decode(outputs: Outputs) -> list[dict[str, np.ndarray]]:
+        try:
+            found = list(function(outputs))
+        except Exception as exc:  # the user's decoding failing: their bug, in one line
+            reason = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise UserError(f"decode {entry!r} failed: {type(exc).__name__}: {reason}",
+                            fix="make it take the model's outputs (a dict of N-first arrays) and return per-image "
+                                "{'boxes': K x 4, 'scores': K, 'labels': K}") from None
+        count = len(next(iter(outputs.values())))
+        if len(found) != count or not all(isinstance(d, dict) and {"boxes", "scores", "labels"} <= set(d) for d in found):
+            raise UserError(f"decode {entry!r} returned {len(found)} items for {count} samples, not one "
+                            "{'boxes', 'scores', 'labels'} dict per sample", fix="return one dict per sample")
+        return found
+
+    return decode
 
 
 def _user_metric(spec: Any) -> Metric:

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgepress.models import data
 
-__all__ = ["DetectionSet", "paste_objects", "load_fashion_mnist_boxes", "to_lists",
+__all__ = ["fashion_mnist_boxes", "DetectionSet", "paste_objects", "load_fashion_mnist_boxes", "to_lists",
            "MIN_SCALE", "MAX_SCALE", "MAX_IOU", "MAX_COVERED", "DEFAULT_COUNTS", "SEEDS"]
 
 MIN_SCALE, MAX_SCALE = 0.6, 1.4  # object size relative to the 28 x 28 source
@@ -140,6 +140,15 @@ def load_fashion_mnist_boxes(part: str, *, root: Path, count: int | None = None)
     images, labels = data._read_idx(image_file), data._read_idx(label_file).astype(np.int64)
     wanted = DEFAULT_COUNTS[part] if count is None else count
     return paste_objects(images, labels, count=wanted, seed=SEEDS[part])
+
+
+def fashion_mnist_boxes(part: str = "train", count: int | None = None) -> dict[str, np.ndarray]:
+    """A recipe's data entry: {'input': float32 N x 1 x H x W in [0, 1], 'boxes', 'labels'} from the shared
+    data folder (EDGEPRESS_DATA)."""
+    from edgepress.datapath import data_root
+
+    found = load_fashion_mnist_boxes(part, root=data_root(), count=count)
+    return {"input": (found.images[:, None].astype(np.float32) / 255.0), "boxes": found.boxes, "labels": found.labels}
 
 
 def to_lists(boxes: np.ndarray, labels: np.ndarray) -> list[dict[str, np.ndarray]]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["TinyCenterNet", "tiny_centernet", "detection_loss", "decode", "OUTPUT_STRIDE", "OUTPUT_NAMES"]
+__all__ = ["TinyCenterNet", "tiny_centernet", "detection_loss", "training_loss", "decode", "OUTPUT_STRIDE", "OUTPUT_NAMES"]
 
 OUTPUT_STRIDE = 4  # input pixels per output cell
 OUTPUT_NAMES = ("heatmap", "size", "offset")
@@ -125,6 +125,11 @@ def detection_loss(outputs: dict[str, torch.Tensor], boxes: torch.Tensor, labels
     size_loss = F.l1_loss(size_at, size_px[valid], reduction="sum") / (2 * objects)
     offset_loss = F.l1_loss(offset_at, offset[valid], reduction="sum") / (2 * objects)
     return _focal_loss(logits, heatmap) + _SIZE_WEIGHT * size_loss + _OFFSET_WEIGHT * offset_loss
+
+
+def training_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """detection_loss as a recipe's train stage calls a user loss: outputs and targets by name."""
+    return detection_loss(outputs, targets["boxes"], targets["labels"])
 
 
 # Decoding, numpy only.
