@@ -16,7 +16,8 @@ from edgepress.errors import UserError
 
 EXIT_OK, EXIT_BUDGET, EXIT_ERROR = 0, 1, 2
 # Commands with a module of their own: each has HELP, add_arguments(parser) and run(args) -> exit code.
-COMMAND_MODULES = {"bench": "edgepress.bench_cli", "gate": "edgepress.gate_cli", "target": "edgepress.target_cli"}
+COMMAND_MODULES = {"bench": "edgepress.bench_cli", "gate": "edgepress.gate_cli", "target": "edgepress.target_cli",
+                   "metrics": "edgepress.metrics_cli"}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -73,7 +73,7 @@ class Value:
     key: str
     label: str
     higher_is_better: bool
-    unit: Literal["share", "cosine", "dB", "target"]  # "target": the targets' own unit (a regressor's MAE)
+    unit: Literal["share", "cosine", "score", "dB", "target"]  # "target": the targets' own unit (a regressor's MAE)
     budgets: tuple[Budget, ...] = ()
 
     def show(self, number: float) -> str:
@@ -81,7 +81,7 @@ class Value:
             return f"{100 * number:.2f}%"
         if self.unit == "dB":
             return f"{number:.1f} dB"
-        return f"{number:.4f}" if self.unit == "cosine" else f"{number:.4g}"
+        return f"{number:.4f}" if self.unit in ("cosine", "score") else f"{number:.4g}"
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
            needs="targets", fits=_fits_regression,
            values=(Value("mae", "MAE", False, "target", _budgets("mae", ("max", POSITIVE), ("rise", POSITIVE))),
                    Value("rmse", "RMSE", False, "target", _budgets("rmse", ("max", POSITIVE), ("rise", POSITIVE))),
-                   Value("r2", "R2", True, "cosine", _budgets("r2", ("min", ANY_REAL), ("drop", POSITIVE)))),
+                   Value("r2", "R2", True, "score", _budgets("r2", ("min", ANY_REAL), ("drop", POSITIVE)))),
            score=lambda out, t, chosen: regression.regression_errors(_classes(out, chosen), t["targets"])),
     Metric(key="segmentation", summary="segmentation: mean IoU over classes and pixel accuracy on label masks",
            needs="labels", fits=_fits_segmentation,
