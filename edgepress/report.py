@@ -76,6 +76,16 @@ def _per_set_rows(report: dict[str, Any]) -> list[list[str]]:
             for stage in report["stages"] for name, values in stage["metrics"].get("evaluation", {}).items()]
 
 
+_OUTPUTS_HEADER = ["stage", "set", "output", "cosine", "SNR", "max error"]
+
+
+def _per_output_rows(report: dict[str, Any]) -> list[list[str]]:
+    """A model with several outputs: each output's fidelity to the reference, per stage and set."""
+    return [[stage["name"], name, output, f"{v['cosine']:.4f}", f"{v['snr_db']:.1f} dB", f"{v['max_abs_error']:.4g}"]
+            for stage in report["stages"] for name, values in stage["metrics"].get("evaluation", {}).items()
+            for output, v in values.get("outputs", {}).items()]
+
+
 def _against(report: dict[str, Any]) -> str:
     metric = metric_of_report(report)
     compared = [v.label for v in quality_values(report) if metric.needs == "reference" or v.key in
@@ -119,6 +129,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Stages", "", "Headline metrics: the primary target's.", ""]
     lines += markdown_table(columns(report), [_row(s, quality_values(report)) for s in report["stages"]])
     lines += ["", "## Every evaluation set", ""] + markdown_table(_per_set_header(report), _per_set_rows(report))
+    if _per_output_rows(report):
+        lines += ["", "## Every output", "", f"Against stage `{report['reference_stage']}`; the stage's figures are "
+                  "the worst output's.", ""] + markdown_table(_OUTPUTS_HEADER, _per_output_rows(report))
     for stage, sensitivity in _sensitivities(report):
         lines += ["", f"## Pruning sensitivity: stage `{stage}`", "",
                   f"Accuracy on the sensitivity subset with one layer pruned at a time "
@@ -230,6 +243,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f
 <h2>Stages</h2><p>Headline metrics: the primary target's.</p>
 {_html_table(columns(report), [_row(s, quality_values(report)) for s in report['stages']])}
 <h2>Every evaluation set</h2>{_html_table(_per_set_header(report), _per_set_rows(report))}
+{"<h2>Every output</h2>" + _html_table(_OUTPUTS_HEADER, _per_output_rows(report)) if _per_output_rows(report) else ""}
 {sensitivity_html}
 {precision_html}
 </body></html>

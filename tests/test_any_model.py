@@ -165,6 +165,8 @@ def test_a_multi_output_model_is_judged_per_output_and_a_user_metric_gates_by_na
     model = onnx.load(str(tmp_path / "out" / "02-ptq" / "model.onnx"))
     assert [o.name for o in model.graph.output] == ["score", "box"]
     assert {c["budget"] for c in report["gate"]["checks"]} == {"snr_db_min", "max_abs_error_max"}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Every output" in md and "| ptq | " in md and "| box |" in md
 
     user = dict(table, name="user-metric", stages=[{"kind": "export"}],
                 data=dict(table["data"], metric=f"{module}:within_20", higher_is_better=True, output="score"),
