@@ -48,9 +48,13 @@ def output_layers(model, example) -> list:
     from edgepress.torch_outputs import flatten
 
     produced: dict = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out: produced.setdefault(out.grad_fn, mod)
-                                     if isinstance(out, torch.Tensor) and out.grad_fn is not None else None)
-             for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+
+    def remember(module, args, out) -> None:  # returns None: a forward hook's return value replaces the output
+        if isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            produced.setdefault(out.grad_fn, module)
+
+    hooks = [m.register_forward_hook(remember) for m in model.modules()
+             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     was_training = model.training
     model.eval()
     try:

@@ -23,6 +23,9 @@ class DistillSettings(LoopSettings):
     hint_layers: tuple[str, ...] = ()  # student module names whose outputs follow the teacher's (feature loss)
     hint_teacher_layers: tuple[str, ...] = ()  # the teacher's module for each; empty = the same names
     hint_weight: float = within(0, 10**6, default=1.0)
+    # The (1 - alpha) part on the targets for a model whose metric has no loss of its own (a detector's heads):
+    # "package.module:function(outputs, targets) -> scalar tensor", as the train stage's loss.
+    loss: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,7 +85,7 @@ def teacher_loss_fn(teacher, *, alpha: float, temperature: float, label_smoothin
 
 
 def outputs_loss_fn(teacher, *, task, alpha: float, temperature: float, label_smoothing: float = 0.0,
-                    hints=None, hint_weight: float = 0.0):
+                    hints=None, hint_weight: float = 0.0, user_loss: str | None = None):
     """The fit() loss for any model: per output, KL at `temperature` on a classifier's class scores and the mean
     squared error to the teacher on every other output; (1 - alpha) of it the task's own loss on the targets."""
     import torch
@@ -93,7 +96,7 @@ def outputs_loss_fn(teacher, *, task, alpha: float, temperature: float, label_sm
 
     teacher.eval()
     classes = task.output or None if task is not None and task.metric.key == "top1" else None
-    hard_fn = task_loss_fn(task, label_smoothing=label_smoothing) if alpha < 1.0 else None
+    hard_fn = task_loss_fn(task, label_smoothing=label_smoothing, user_loss=user_loss) if alpha < 1.0 else None
 
     def loss_fn(net, batch, target):
         if hints is not None:
@@ -164,7 +167,8 @@ def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> Stage
                                   label_smoothing=settings.label_smoothing, hints=hints, hint_weight=settings.hint_weight)
     else:
         loss_fn = outputs_loss_fn(teacher, task=ctx.task, alpha=settings.alpha, temperature=settings.temperature,
-                                  label_smoothing=settings.label_smoothing, hints=hints, hint_weight=settings.hint_weight)
+                                  label_smoothing=settings.label_smoothing, hints=hints, hint_weight=settings.hint_weight,
+                                  user_loss=settings.loss)
 
     try:
         history = fit(student, inputs=inputs, labels=labels,

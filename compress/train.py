@@ -77,8 +77,9 @@ def task_loss_fn(task, *, label_smoothing: float = 0.0, user_loss: str | None = 
             return torch.nn.functional.cross_entropy(chosen(net, batch), labels.long(), ignore_index=255,
                                                      label_smoothing=label_smoothing), None
         return pixel_ce
-    raise UserError(f"the train stage has no loss for data.metric = {key!r}",
-                    fix='set loss = "package.module:function" in the train stage (outputs, targets -> loss)')
+    raise UserError(f"edgepress has no loss of its own for data.metric = {key!r}",
+                    fix='set loss = "package.module:function" (outputs, targets -> loss) in this stage, or, in a '
+                        'distill stage, alpha = 1 (the teacher alone)')
 
 
 def training_tensors(samples):

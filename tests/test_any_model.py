@@ -178,3 +178,21 @@ def test_a_multi_output_model_is_judged_per_output_and_a_user_metric_gates_by_na
     assert set(checks) == {"within_20_min", "within_20_drop_max"}
     assert 0.0 <= _stage(report, "export")["within_20"] <= 1.0
     assert checks["within_20_drop_max"]["value"] == pytest.approx(0.0, abs=1e-9)  # export keeps the answers
+
+
+def test_pruning_keeps_every_output_layer_of_a_multi_head_model_whole():
+    import torch
+
+    from edgepress.compress.channels import output_layers, prune_copy
+    from edgepress.compress.prune import PruneSettings
+    from edgepress.models.tiny_detector import tiny_centernet
+    from edgepress.torch_outputs import flatten
+
+    model = tiny_centernet(classes=10).eval()
+    example = torch.zeros(1, 1, 64, 64)
+    heads = output_layers(model, example)
+    assert sorted(h.out_channels for h in heads) == [2, 2, 10]  # size, offset, heatmap: not only the last layer
+    pruned = prune_copy(model, example=example, ratio=0.5, settings=PruneSettings(channel_ratio=0.5))
+    shapes = {k: tuple(v.shape) for k, v in flatten(pruned(example)).items()}
+    assert shapes == {"heatmap": (1, 10, 16, 16), "size": (1, 2, 16, 16), "offset": (1, 2, 16, 16)}
+    assert sum(p.numel() for p in pruned.parameters()) < 0.5 * sum(p.numel() for p in model.parameters())
