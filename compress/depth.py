@@ -2,7 +2,8 @@
 
 A block is removable when, without its branch, it is the identity (the model says which through
 a `removable_blocks()` method). A block's importance is how far the model's output moves, as
-KL divergence from the unpruned model's predictions on calibration images, when it is removed:
+KL divergence from the unpruned model's predictions on calibration images (for a model that is no classifier,
+the squared error of every output relative to its power), when it is removed:
 no labels needed, and it measures exactly what distillation must later recover. Greedy ranking
 re-scores the remaining blocks after each removal, because removing two neighbours hurts more
 than the sum of removing each (Veit et al. 2016 found single blocks nearly free to drop).
@@ -51,20 +52,37 @@ def removable_blocks(model, *, keep: tuple[str, ...] = ()) -> list[str]:
     return [n for n in names if n not in keep]
 
 
-def _output_shift(model, inputs, reference_log_probs, *, batch_size: int = 256) -> float:
-    """KL(reference || model) in nats per sample."""
+def _outputs(model, inputs, *, batch_size: int = 256) -> dict:
+    """Every output of `model` on `inputs` (a tensor, or a dict of a several-input model's), by name."""
     import torch
 
-    total = 0.0
+    from edgepress.compress.loop import _count, _take, call
+    from edgepress.torch_outputs import flatten
+
+    chunks = []
     with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            log_probs = torch.log_softmax(model(inputs[start:start + batch_size]), 1)
-            ref = reference_log_probs[start:start + batch_size]
-            total += float((ref.exp() * (ref - log_probs)).sum())
-    return total / len(inputs)
+        for start in range(0, _count(inputs), batch_size):
+            chunks.append(flatten(call(model, _take(inputs, slice(start, start + batch_size)))))
+    return {name: torch.cat([c[name] for c in chunks]) for name in chunks[0]}
 
 
-def remove_blocks(model, *, inputs, settings: DepthSettings, input_shape: tuple[int, ...], log=lambda m: None):
+def _output_shift(model, inputs, reference: dict, *, classes: bool) -> float:
+    """How far the outputs moved from `reference`: KL(reference || model) in nats per sample for a classifier's
+    class scores; for any other model, the squared error over every float output relative to its power."""
+    import torch
+
+    outputs = _outputs(model, inputs)
+    if classes:
+        (name, ref), = reference.items()
+        log_probs, ref_log = torch.log_softmax(outputs[name], 1), torch.log_softmax(ref, 1)
+        return float((ref_log.exp() * (ref_log - log_probs)).sum()) / len(ref)
+    floats = [k for k, v in reference.items() if v.is_floating_point()]
+    return float(sum(((outputs[k] - reference[k]) ** 2).sum() for k in floats)
+                 / max(sum((reference[k] ** 2).sum() for k in floats), 1e-12))
+
+
+def remove_blocks(model, *, inputs, settings: DepthSettings, input_shape: tuple[int, ...], log=lambda m: None,
+                  classes: bool = True, inputs_spec: dict | None = None):
     """(copy of `model` with blocks replaced by identity, removed names in order, score per step)."""
     import torch
 
@@ -74,9 +92,9 @@ def remove_blocks(model, *, inputs, settings: DepthSettings, input_shape: tuple[
     work = copy.deepcopy(model).eval()
     candidates = removable_blocks(work, keep=settings.keep)
     modules = dict(work.named_modules())
-    macs_before = torch_artifact.count_macs(work, input_shape)
-    with torch.no_grad():
-        reference = torch.log_softmax(work(inputs), 1)
+    macs_before = torch_artifact.count_macs(work, input_shape, inputs=inputs_spec)
+    reference = _outputs(work, inputs)
+    classes = classes and len(reference) == 1 and next(iter(reference.values())).dim() == 2
 
     def swap(name: str, module) -> None:
         parent, _, child = name.rpartition(".")
@@ -86,7 +104,7 @@ def remove_blocks(model, *, inputs, settings: DepthSettings, input_shape: tuple[
         out = {}
         for name in names:
             swap(name, torch.nn.Identity())
-            out[name] = _output_shift(work, inputs, reference)
+            out[name] = _output_shift(work, inputs, reference, classes=classes)
             swap(name, modules[name])
         return out
 
@@ -105,9 +123,10 @@ def remove_blocks(model, *, inputs, settings: DepthSettings, input_shape: tuple[
         current = ranked if ranked is not None else scores(remaining)
         name = min(remaining, key=lambda n: current[n])
         swap(name, torch.nn.Identity())
-        macs = torch_artifact.count_macs(work, input_shape)
-        removed.append({"block": name, "score_kl": round(current[name], 6), "macs_kept": macs / macs_before,
-                        "output_kl_after": round(_output_shift(work, inputs, reference), 6)})
+        macs = torch_artifact.count_macs(work, input_shape, inputs=inputs_spec)
+        shift = "kl" if classes else "relative_error"
+        removed.append({"block": name, f"score_{shift}": round(current[name], 6), "macs_kept": macs / macs_before,
+                        f"output_{shift}_after": round(_output_shift(work, inputs, reference, classes=classes), 6)})
         log(f"removed {name}: KL {current[name]:.5f}, MACs kept {macs / macs_before:.3f}")
         progress.update(len(removed), note=f"{name} MACs {macs / macs_before:.2f}")
         if limit is not None and macs <= limit:
@@ -125,10 +144,13 @@ def run(source: Artifact, settings: DepthSettings, ctx: StageContext) -> StageOu
     from edgepress import torch_artifact
 
     model, input_shape, builder = torch_artifact.load(source.path)
-    images = ctx.data.calibration.inputs[:settings.samples]
-    pruned, removed = remove_blocks(model, inputs=torch.from_numpy(images), settings=settings,
-                                    input_shape=input_shape, log=ctx.log)
-    before, after = torch_artifact.count_macs(model, input_shape), torch_artifact.count_macs(pruned, input_shape)
+    feeds = {k: torch.from_numpy(v[:settings.samples]) for k, v in ctx.data.calibration.feeds.items()}
+    inputs = next(iter(feeds.values())) if len(feeds) == 1 else feeds
+    spec = builder.get("inputs")
+    pruned, removed = remove_blocks(model, inputs=inputs, settings=settings, input_shape=input_shape, log=ctx.log,
+                                    classes=ctx.task is None or ctx.task.metric.key == "top1", inputs_spec=spec)
+    before = torch_artifact.count_macs(model, input_shape, inputs=spec)
+    after = torch_artifact.count_macs(pruned, input_shape, inputs=spec)
     out = ctx.output_path("torch")
     names = list(builder.get("removed_blocks", [])) + [r["block"] for r in removed]
     torch_artifact.save(out, model=pruned, builder={**builder, "removed_blocks": names}, input_shape=input_shape)

@@ -196,3 +196,40 @@ def test_pruning_keeps_every_output_layer_of_a_multi_head_model_whole():
     shapes = {k: tuple(v.shape) for k, v in flatten(pruned(example)).items()}
     assert shapes == {"heatmap": (1, 10, 16, 16), "size": (1, 2, 16, 16), "offset": (1, 2, 16, 16)}
     assert sum(p.numel() for p in pruned.parameters()) < 0.5 * sum(p.numel() for p in model.parameters())
+
+
+def test_depth_pruning_ranks_the_blocks_of_a_model_that_is_no_classifier_by_its_outputs():
+    import torch
+    from torch import nn
+
+    from edgepress.compress.depth import DepthSettings, remove_blocks
+
+    class Residual(nn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.branch = nn.Linear(8, 8)
+            with torch.no_grad():
+                self.branch.weight.mul_(scale)
+
+        def forward(self, x):
+            return x + self.branch(x)
+
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.blocks = nn.Sequential(Residual(1.0), Residual(0.01), Residual(1.0))
+            self.value, self.extra = nn.Linear(8, 1), nn.Linear(8, 3)
+
+        def removable_blocks(self):
+            return ["blocks.0", "blocks.1", "blocks.2"]
+
+        def forward(self, x):
+            h = self.blocks(x)
+            return {"value": self.value(h), "extra": self.extra(h)}
+
+    inputs = torch.randn(64, 8)
+    _, removed = remove_blocks(Heads(), inputs=inputs, settings=DepthSettings(blocks=1), input_shape=(8,),
+                               classes=False)
+    assert removed[0]["block"] == "blocks.1"  # the near-identity block moves the outputs least
+    assert removed[0]["score_relative_error"] < 0.05 and "score_kl" not in removed[0]
