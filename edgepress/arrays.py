@@ -95,6 +95,9 @@ def _check_lengths(arrays: dict[str, np.ndarray], *, source: str) -> None:
         if values.dtype.kind not in "biuf":
             raise UserError(f"data {source!r} array {key!r} holds {values.dtype}, not numbers",
                             fix="store inputs and targets as numeric arrays")
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            raise UserError(f"data {source!r} array {key!r} holds NaN or infinite values",
+                            fix="clean the data (or mark missing targets another way) before edgepress reads it")
     lengths = {key: len(values) for key, values in arrays.items()}
     if len(set(lengths.values())) > 1:
         raise UserError(f"data {source!r} arrays have different sample counts: {lengths}",

@@ -442,6 +442,9 @@ class Pipeline:
             "name": self.recipe.name,
             "reference_stage": self.recipe.reference_stage,
             "metric": self.task.metric.key,
+            # What each of the metric's values means, so a reader needs no table (a user metric's included).
+            "metric_values": [{"key": v.key, "label": v.label, "higher_is_better": v.higher_is_better, "unit": v.unit}
+                              for v in self.task.values],
             **({"metric_higher_is_better": self.recipe.data.higher_is_better} if self._user_metric() else {}),
             **({"metric_output": self.task.output} if self.task.output else {}),
             "target": {"name": self.recipe.target.name, "threads": self.recipe.target.threads},

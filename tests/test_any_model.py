@@ -48,6 +48,7 @@ def _stage(report: dict, name: str) -> dict:
 def test_a_regressor_is_judged_by_mae_and_its_int8_gated_on_the_mae_it_adds(tmp_path):
     report = _run(_recipe("diabetes-mlp-int8", tmp_path), tmp_path)
     assert report["metric"] == "regression"
+    assert {v["key"]: v["higher_is_better"] for v in report["metric_values"]}["mae"] is False
     untrained, trained, int8 = _stage(report, "model"), _stage(report, "train"), _stage(report, "ptq")
     for metrics in (trained, int8):
         assert "accuracy" not in metrics and "agreement" not in metrics  # argmax of one value means nothing
@@ -141,6 +142,9 @@ def test_data_entries_give_the_same_arrays_whether_arrays_batches_or_a_dataset(t
         np.testing.assert_array_equal(found.targets["targets"], truth["targets"], err_msg=form)
     limited = load_arrays(DatasetSpec(path=tmp_path / "named.npz", limit=7), input_names=("input",))
     assert len(limited) == 7 and len(limited.targets["targets"]) == 7
+    np.savez(tmp_path / "nan.npz", input=truth["input"], targets=np.full_like(truth["targets"], np.nan))
+    with pytest.raises(UserError, match="array 'targets' holds NaN or infinite values"):
+        load_arrays(DatasetSpec(path=tmp_path / "nan.npz"), input_names=("input",))
     np.savez(tmp_path / "wrong.npz", features=truth["input"])
     with pytest.raises(UserError, match="has arrays \\['features'\\] but the model's inputs are \\['audio', 'meta'\\]"):
         load_arrays(DatasetSpec(path=tmp_path / "wrong.npz"), input_names=("audio", "meta"))
