@@ -93,13 +93,13 @@ def decide_task(recipe: Recipe, data: DataProvider) -> Task:
     """How every stage will be judged, decided before any stage: the model is run once, on one sample, to learn
     its outputs; a metric that does not fit them, budgets of another metric, or labels past the model's classes
     are refused now."""
-    first = data.evaluation[0]
-    task = resolve(recipe, output_infos(recipe, first.sample()), first.targets)
     from edgepress.recipe import check_budgets
 
+    first = data.evaluation[0]
+    outputs = output_infos(recipe, first.sample())
+    task = resolve(recipe, outputs, first.targets)
     check_budgets(recipe, metric=task.metric)
     if task.metric.key == "top1":
-        outputs = output_infos(recipe, first.sample())
         chosen = next(o for o in outputs if o.name == (task.output or outputs[0].name))
         data.check_labels(chosen.shape[-1])
     return task
