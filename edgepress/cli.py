@@ -81,7 +81,11 @@ def _check(recipe_path: Path) -> int:
     stages = " -> ".join(["model"] + [s.name for s in recipe.stages])
     task = pipeline.task
     judged = task.metric.key + (f" on output {task.output!r}" if task.output else "")
-    print(f"recipe {recipe.name} is valid: {stages}; input shape {list(data.input_shape or [])}; "
+    sample = data.evaluation[0].sample()
+    shapes = (", ".join(f"{name} {list(v.shape)}" for name, v in sample.items()) if isinstance(sample, dict)
+              and len(sample) > 1 and recipe.data.modality != "text" else None)
+    shown = f"inputs {shapes}" if shapes else f"input shape {list(data.input_shape or [])}"
+    print(f"recipe {recipe.name} is valid: {stages}; {shown}; "
           f"evaluation on {', '.join(s.name for s in data.evaluation)}, judged by {judged}")
     return EXIT_OK
 
