@@ -193,5 +193,11 @@ def check_names(settings: DistillSettings, model) -> None:
     require_layers(model, settings.hint_layers, setting="hint_layers")
 
 
+def check_task(settings: DistillSettings, task) -> None:
+    from edgepress.compress.train import check_loss
+
+    check_loss(task, user_loss=settings.loss, needed=settings.alpha < 1.0)
+
+
 STAGE = StageDef(kind="distill", settings_type=DistillSettings, input_format="torch", output_format="torch", run=run,
-                 needs=("training",), check_names=check_names, summary="knowledge distillation from a teacher stage on [data.training]")
+                 needs=("training",), check_names=check_names, check_task=check_task, summary="knowledge distillation from a teacher stage on [data.training]")

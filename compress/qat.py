@@ -16,6 +16,7 @@ import numpy as np
 
 from edgepress.compress.distill import check_distillation
 from edgepress.compress.loop import LoopSettings, fit, resume_key
+from edgepress.compress.train import check_loss
 from edgepress.errors import UserError
 from edgepress.schema import SAMPLES, bounded, within
 from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
@@ -221,4 +222,5 @@ def check_names(settings: QatSettings, model) -> None:
 
 STAGE = StageDef(kind="qat", settings_type=QatSettings, input_format="torch", output_format="onnx", run=run,
                  needs=("calibration", "training"), check_names=check_names,
+                 check_task=lambda settings, task: check_loss(task, user_loss=None, needed=settings.alpha < 1.0),
                  summary="quantization-aware training distilled from FP32, exported as QDQ ONNX on ONNX Runtime's integer kernels")

@@ -82,6 +82,20 @@ def task_loss_fn(task, *, label_smoothing: float = 0.0, user_loss: str | None = 
                         'distill stage, alpha = 1 (the teacher alone)')
 
 
+BUILTIN_LOSSES = ("top1", "regression", "segmentation")  # the metrics task_loss_fn has a loss of its own for
+
+
+def check_loss(task, *, user_loss: str | None, needed: bool = True) -> None:
+    """Before any stage: a training stage needs the metric's loss or the user's."""
+    if not needed or user_loss is not None or task is None or task.metric.key in BUILTIN_LOSSES:
+        return
+    why = ("its outputs are not the N x K class scores top1's cross-entropy reads"
+           if task.metric.key == "fidelity" else f"edgepress has no loss of its own for {task.metric.key!r}")
+    raise UserError(f"a training stage cannot train this model on data.metric = {task.metric.key!r}: {why}",
+                    fix='set data.output to its class scores (with labels, metric "top1"), or loss = '
+                        '"package.module:function" (outputs, targets -> loss) in that stage')
+
+
 def training_tensors(samples):
     """(inputs, targets) for fit(): one input as a tensor (augmentation works on it), several as a dict; class
     labels alone as a tensor (accuracy and label checks apply), other targets as a dict."""
@@ -115,4 +129,4 @@ def run(source: Artifact, settings: TrainSettings, ctx: StageContext) -> StageOu
 
 
 STAGE = StageDef(kind="train", settings_type=TrainSettings, input_format="torch", output_format="torch", run=run,
-                 needs=("training",), summary="supervised training or fine-tuning on [data.training]")
+                 needs=("training",), check_task=lambda settings, task: check_loss(task, user_loss=settings.loss), summary="supervised training or fine-tuning on [data.training]")

@@ -90,7 +90,13 @@ def output_infos(recipe: Recipe, sample: np.ndarray | dict[str, np.ndarray]) -> 
         if len(session.get_inputs()) == 1 and len(feeds) == 1:
             feeds = {session.get_inputs()[0].name: next(iter(feeds.values()))}
         check_feeds(session, feeds, source="the evaluation data")
-        values = dict(zip([o.name for o in session.get_outputs()], session.run(None, as_feed(session, feeds))))
+        try:
+            values = dict(zip([o.name for o in session.get_outputs()], session.run(None, as_feed(session, feeds))))
+        except Exception as exc:  # ONNX Runtime's own exception types: a model that cannot run on its data
+            from edgepress.runtime.device_runner import ort_reason
+
+            raise UserError(f"the ONNX model does not run on one evaluation sample: {ort_reason(exc)}",
+                            fix="give data of the model's input shapes and types, or fix the model") from None
     else:
         values = _torch_outputs(recipe, batch if isinstance(batch, dict) else {"input": batch})
     return [OutputInfo(name, tuple(v.shape), bool(np.issubdtype(v.dtype, np.floating))) for name, v in values.items()]

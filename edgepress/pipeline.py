@@ -99,6 +99,13 @@ def decide_task(recipe: Recipe, data: DataProvider) -> Task:
     outputs = output_infos(recipe, first.sample())
     task = resolve(recipe, outputs, first.targets)
     check_budgets(recipe, metric=task.metric)
+    for spec in recipe.stages:
+        check = REGISTRY[spec.kind].check_task
+        if check is not None:
+            try:
+                check(spec.settings, task)
+            except UserError as exc:
+                raise UserError(f"stage {spec.name!r}: {exc.problem}", fix=exc.fix) from None
     if task.metric.key == "top1":
         chosen = next(o for o in outputs if o.name == (task.output or outputs[0].name))
         data.check_labels(chosen.shape[-1])

@@ -57,6 +57,9 @@ class StageDef:
     modalities: tuple[Literal["image", "text"], ...] = ("image",)
     # Checks layer names in the settings against the source model, before any stage runs.
     check_names: Callable[[Any, Any], None] | None = None
+    # Checks, before any stage runs, that the stage can work on the recipe's task (edgepress/task.py) with these
+    # settings: a training loss for its metric, one input where it traces one, ...
+    check_task: Callable[[Any, Any], None] | None = None
     # Whether, with these settings, its output depends on timings on the primary target (a search that keeps
     # the fastest candidate): then that target's threads are part of the stage's resume key.
     timed: Callable[[Any], bool] | None = None

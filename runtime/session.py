@@ -125,11 +125,18 @@ def check_feeds(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, 
                                 "token_type_ids)")
         given = feeds[model_input.name].shape
         expected = tuple(model_input.shape)
+        if expected and isinstance(expected[0], int) and expected[0] != given[0]:
+            raise UserError(f"the model's input {model_input.name!r} has a fixed batch size of {expected[0]}",
+                            fix="export with a dynamic batch axis")
         if len(given) != len(expected) or any(isinstance(e, int) and e != g for e, g in zip(expected[1:], given[1:])):
             shown = ["N" if not isinstance(e, int) else e for e in expected]
-            raise UserError(f"{source} gives {model_input.name!r} of shape {list(given[1:])} per sample but the "
-                            f"model takes {shown}",
-                            fix="set [model] input_shape = [sequence length] to the length the model was exported with")
+            text = model_input.name in ("input_ids", "attention_mask", "token_type_ids")
+            what = "inputs" if len(feeds) == 1 else repr(model_input.name)
+            raise UserError(f"{source} gives {what} of shape {list(given[1:])} per sample but the model's input "
+                            f"{model_input.name!r} takes {shown}",
+                            fix="set [model] input_shape = [sequence length] to the length the model was exported with"
+                            if text else "use data that matches the model, or set model.input_shape / preprocessing "
+                                         "to match")
 
 
 def run_all(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, batch_size: int,

@@ -259,7 +259,8 @@ def _entry_points(world: World) -> None:
 
 
 def _models(world: World) -> None:
-    """Models whose output top-1 cannot score: refused at check, not an internal error or a meaningless pass."""
+    """Models whose output top-1 cannot score: judged by fidelity (metric auto), and a recipe that trains them on
+    class labels is refused at check and before any stage, not an internal error or a meaningless pass."""
     for label, builder in (("two outputs (a tuple)", "two_heads"), ("one value per sample (a regressor)", "regressor")):
         world.check("models", f"a model with {label}", {'name = "small_cnn_8"\nkwargs = { width = 4 }':
                     f'entry = "user_models.nets:{builder}"\ninput_shape = [1, 8, 8]'}, fragment="class scores")
