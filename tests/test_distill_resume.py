@@ -143,3 +143,31 @@ def test_bf16_without_native_support_falls_back_to_fp32(tmp_path):
         log=messages.append)
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert any("no native bf16" in m for m in messages) == (not native)
+
+
+def test_batchnorm_recalibration_replaces_the_running_statistics():
+    """A few steps at torchvision MobileNetV3's BatchNorm momentum (0.01) leave the running mean near its
+    initial 0; recalibration makes it the plain mean over the chosen training samples."""
+    from edgepress.compress.loop import LoopSettings, fit
+    from edgepress.compress.train import cross_entropy_loss_fn
+
+    inputs = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 + 3
+    labels = torch.arange(64) % 3
+
+    def trained(samples: int):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.01), torch.nn.ReLU(),
+                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        logs: list[str] = []
+        fit(model, inputs=inputs, labels=labels, settings=LoopSettings(epochs=1, batch_size=16, batchnorm_recalibration=samples),
+            loss_fn=cross_entropy_loss_fn(), resume_dir=None, key="k", log=logs.append)
+        with torch.no_grad():
+            batch_mean = model[0](inputs).mean(dim=(0, 2, 3))
+        return model[1], batch_mean, logs
+
+    norm, batch_mean, _ = trained(0)
+    assert not torch.allclose(norm.running_mean, batch_mean, atol=0.1)
+    norm, batch_mean, logs = trained(64)
+    assert torch.allclose(norm.running_mean, batch_mean, atol=1e-4)
+    assert norm.momentum == 0.01  # what the model trains with later is left as it was
+    assert "running statistics of 1 BatchNorm layers recomputed on 64 training samples" in logs[-1]
