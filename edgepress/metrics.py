@@ -21,7 +21,8 @@ from edgepress.schema import Bounds
 from edgepress.scores import classification, fidelity, regression, segmentation, text
 
 __all__ = ["Budget", "Value", "Metric", "OutputInfo", "METRICS", "FIDELITY", "SIZE_AND_LATENCY", "BUILTIN_BUDGETS",
-           "budget_named", "value_named", "user_metric", "fitting_metrics"]
+           "budget_named", "value_named", "user_metric", "fitting_metrics", "chosen_output", "detection_metric",
+           "per_output_fidelity", "pick_output"]
 
 Rule = Literal["min", "max", "drop", "rise"]
 Outputs = dict[str, np.ndarray]  # output name -> N x ...
@@ -188,7 +189,8 @@ def _fits_segmentation(outputs, targets, chosen) -> str | None:
     return None
 
 
-def _classes(outputs: Outputs, chosen: str | None) -> np.ndarray:
+def chosen_output(outputs: Outputs, chosen: str | None) -> np.ndarray:
+    """The output a one-output metric reads (data.output, else the only one)."""
     return outputs[pick_output(outputs, chosen)]
 
 
@@ -215,28 +217,28 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
                          _budgets("top5_accuracy", ("drop", POINTS), ("min", SHARE), points=True)),
                    Value("agreement", "agreement", True, "share", _budgets("agreement", ("min", SHARE)))),
            headline=("accuracy", "agreement"),
-           score=lambda out, t, chosen: classification.accuracy(_classes(out, chosen), t["labels"]),
-           compare=lambda out, ref, chosen: classification.agreement(_classes(out, chosen), _classes(ref, chosen))),
+           score=lambda out, t, chosen: classification.accuracy(chosen_output(out, chosen), t["labels"]),
+           compare=lambda out, ref, chosen: classification.agreement(chosen_output(out, chosen), chosen_output(ref, chosen))),
     Metric(key="cosine", summary="text embeddings: cosine with the reference's (mean, min, 5th percentile), "
                                  "top-5 neighbour agreement", needs="reference", fits=_fits_float,
            values=(FIDELITY_VALUES[0],
                    Value("cosine_min", "cosine min", True, "cosine"), Value("cosine_p5", "cosine p5", True, "cosine"),
                    Value("top5_agreement", "top-5 agreement", True, "share", _budgets("top5_agreement", ("min", SHARE)))),
            headline=("cosine", "cosine_min", "top5_agreement"),
-           compare=lambda out, ref, chosen: text.embedding_similarity(_classes(out, chosen), _classes(ref, chosen))),
+           compare=lambda out, ref, chosen: text.embedding_similarity(chosen_output(out, chosen), chosen_output(ref, chosen))),
     FIDELITY,
     Metric(key="regression", summary="regression: MAE, RMSE (targets' unit) and R2 on the set's targets",
            needs="targets", fits=_fits_regression,
            values=(Value("mae", "MAE", False, "target", _budgets("mae", ("max", POSITIVE), ("rise", POSITIVE))),
                    Value("rmse", "RMSE", False, "target", _budgets("rmse", ("max", POSITIVE), ("rise", POSITIVE))),
                    Value("r2", "R2", True, "score", _budgets("r2", ("min", ANY_REAL), ("drop", POSITIVE)))),
-           score=lambda out, t, chosen: regression.regression_errors(_classes(out, chosen), t["targets"])),
+           score=lambda out, t, chosen: regression.regression_errors(chosen_output(out, chosen), t["targets"])),
     Metric(key="segmentation", summary="segmentation: mean IoU over classes and pixel accuracy on label masks",
            needs="labels", fits=_fits_segmentation,
            values=(Value("miou", "mIoU", True, "share", _budgets("miou", ("drop", POINTS), ("min", SHARE), points=True)),
                    Value("pixel_accuracy", "pixel accuracy", True, "share",
                          _budgets("pixel_accuracy", ("drop", POINTS), ("min", SHARE), points=True))),
-           score=lambda out, t, chosen: segmentation.segmentation_scores(_classes(out, chosen), t["labels"])),
+           score=lambda out, t, chosen: segmentation.segmentation_scores(chosen_output(out, chosen), t["labels"])),
 )}
 
 DETECTION_OUTPUTS = ("boxes", "scores", "labels")  # padded N x K (x 4): what a model with its own decoding returns

@@ -112,6 +112,8 @@ class DataSpec:
     def __post_init__(self) -> None:
         if not self.evaluation:
             raise ValueError("at least one [[data.evaluation]] set is needed")
+        if self.training == ():
+            raise ValueError("training lists no sets: give one set, a list of sets, or drop the key")
         if self.tokenizer is not None and self.metric != "cosine":
             raise ValueError('tokenizer is for text models: set metric = "cosine" too, or drop it')
         user = ":" in self.metric

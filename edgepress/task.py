@@ -52,8 +52,8 @@ class Task:
         classifier, else the worst output's mean cosine."""
         host = aligned(outputs, host)
         if self.metric.key == "top1":
-            return metrics.classification.agreement(metrics._classes(outputs, self.output),
-                                                    metrics._classes(host, self.output))["agreement"]
+            return metrics.classification.agreement(metrics.chosen_output(outputs, self.output),
+                                                    metrics.chosen_output(host, self.output))["agreement"]
         found = metrics.per_output_fidelity(outputs, host)
         if not found:  # integer outputs only: the share of samples whose outputs are all equal
             return float(np.mean([np.all(outputs[k] == host[k], axis=tuple(range(1, outputs[k].ndim)))
