@@ -194,3 +194,23 @@ def test_stage_in_a_recipe_reports_every_node_precision(tmp_path):
     assert report["stages"][-1]["metrics"]["agreement"] >= 0.95  # on test_raw_1017, which the search never saw
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "## Node precision: stage `accuracy_aware_ptq`" in markdown and "Chosen: u8s8" in markdown
+
+
+def test_any_model_searches_against_a_goal_of_its_metrics_budgets(outlier_onnx, tmp_path):
+    """No labels, no top-1: the goal is a fidelity budget (snr_db_min), met on held-out samples by falling back
+    the outlier conv, exactly as an agreement goal would be."""
+    from edgepress.metrics import METRICS
+    from edgepress.task import Task
+
+    calibration = images(600)
+    log: list[str] = []
+    done = search(source=outlier_onnx, out=tmp_path / "int8.onnx", calibration={"input": calibration},
+                  validation_labels=None, task=Task(METRICS["fidelity"]), log=log.append, threads=1, isa=local_isa(),
+                  settings=settings(min_agreement=None, goal={"snr_db_min": 25.0}))
+    found = done["search"]
+    assert found["goal"]["snr_db_min"] == 25.0 and found["snr_db_min"] >= 25.0 and "agreement" not in found
+    assert any(t["snr_db_min"] < 25.0 for t in found["trials"] if t["fp32_nodes"] == 0), found["trials"]
+    assert done["fp32_fallback"] and found["p50_vs_fp32"] < 1.0
+    assert any("snr_db_min" in line for line in log)
+    with pytest.raises(ValueError, match="goal names 'snr_min', no budget of a metric: did you mean 'snr_db_min'"):
+        settings(goal={"snr_min": 25.0})
