@@ -151,6 +151,9 @@ def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> Stage
         raise UserError(f"teacher {teacher_stage!r} outputs {shown[0]} per sample but the student "
                         f"outputs {shown[1]}", fix="choose a teacher trained on the same classes")
     hints = None
+    if settings.hint_layers and isinstance(probe, dict):
+        raise UserError(f"hint_layers (feature distillation) probe one input, and this model takes {len(probe)}",
+                        fix="drop hint_layers from this distill stage: every output is still distilled")
     if settings.hint_layers:
         hints = FeatureHints(student=student, teacher=teacher, student_layers=settings.hint_layers,
                              teacher_layers=settings.hint_teacher_layers or settings.hint_layers, probe=probe,

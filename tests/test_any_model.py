@@ -238,3 +238,14 @@ def test_depth_pruning_ranks_the_blocks_of_a_model_that_is_no_classifier_by_its_
                                classes=False)
     assert removed[0]["block"] == "blocks.1"  # the near-identity block moves the outputs least
     assert removed[0]["score_relative_error"] < 0.05 and "score_kl" not in removed[0]
+
+
+def test_feature_hints_on_a_model_with_two_inputs_are_refused_in_one_line(tmp_path):
+    recipe = _recipe("diabetes-two-inputs-int8", tmp_path, epochs=1)
+    table = {"name": "hints", "reference_stage": "train", "model": {"entry": recipe.model.entry},
+             "data": {"metric": "regression", "training": {"entry": recipe.data.evaluation[0].entry},
+                      "evaluation": [{"entry": recipe.data.evaluation[0].entry, "kwargs": {"part": "test"}}]},
+             "stages": [{"kind": "train", "epochs": 1}, {"kind": "distill", "epochs": 1, "hint_layers": ["head.0"]}],
+             "target": {"name": "local", "latency": False}}
+    with pytest.raises(UserError, match="hint_layers \\(feature distillation\\) probe one input, and this model takes 2"):
+        Pipeline(from_table(table, path=tmp_path / "h.toml"), out_dir=tmp_path / "out").run()
