@@ -156,11 +156,4 @@ def run_all(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, batc
 def predict_feeds(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, batch_size: int,
                   on_batch=None) -> np.ndarray:
     """The first output for all samples of `feeds` (named arrays of equal length), batch by batch."""
-    total = len(next(iter(feeds.values())))
-    outputs = []
-    for start in range(0, total, batch_size):
-        chunk = as_feed(session, {name: values[start:start + batch_size] for name, values in feeds.items()})
-        outputs.append(session.run(None, chunk)[0])
-        if on_batch is not None:
-            on_batch(min(start + batch_size, total))
-    return np.concatenate(outputs, axis=0)
+    return next(iter(run_all(session, feeds, batch_size=batch_size, on_batch=on_batch).values()))

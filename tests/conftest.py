@@ -23,6 +23,18 @@ requires_shared_data = pytest.mark.skipif(
     reason=f"shared data folder {data_root()} is absent (set EDGEPRESS_DATA to the folder of ../shared/data)",
 )
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small CPU batches run fastest on one thread; several spin-wait badly on a shared machine. Restored
+    afterwards for other test files."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY_RECIPE = """
 name = "tiny"
 reference_stage = "train"

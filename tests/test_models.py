@@ -24,14 +24,7 @@ needs_real_data = pytest.mark.skipif(
     reason=f"shared data not found at {data_root()} (set EDGEPRESS_DATA to the shared data folder)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These small CPU batches run fastest on one thread; several threads spin-wait badly
-    # when the test machine is shared. Restored afterwards for other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # The image classifiers; the text encoder (minilm_l6) has its own tests in test_minilm.py.

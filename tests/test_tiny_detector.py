@@ -21,13 +21,7 @@ needs_fashion_mnist = pytest.mark.skipif(not FASHION.is_dir(), reason=f"Fashion-
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small CPU batches run fastest on one thread; several spin-wait badly on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(("exporter", "opset"), [("torchscript", 17), ("dynamo", 18)])
