@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -31,6 +32,9 @@ BOOTSTRAP_RESAMPLES = 2000
 SETTLE_WINDOW_RUNS = 10
 SETTLE_TOLERANCE = 0.03  # warm-up ends when two consecutive windows' medians differ by less than this share
 SETTLE_MAX_RUNS = 1000
+ROUND_BLOCK_MS = 2.0  # an interleaved round's block of runs of one model lasts about this long
+DEFAULT_EPOCHS = 12  # fresh session pairs per bench; 12 medians give a sign-test 95% interval of ranks 3 and 10
+EPOCH_WARMUP_MS = 20.0  # untimed runs of each fresh session, about this long (2 to 50 runs)
 RANDOM_INPUT_LIMIT = 1 << 30  # bytes of random inputs at most: a model's declared shapes may be hostile
 # Seconds between progress lines: what a device that dies mid-run loses at most. Each line carries only the new
 # timings (every timing once in all), so the output grows with the runs, not with their square.
@@ -64,37 +68,20 @@ def percentile_summary(np, samples_ms) -> dict:
             "min": float(samples_ms.min()), "max": float(samples_ms.max()), "cv": std / mean if mean > 0 else 0.0}
 
 
-def bootstrap_medians(np, samples_ms, *, rng, resamples: int = BOOTSTRAP_RESAMPLES):
-    """Medians of `resamples` bootstrap resamples, drawn in chunks so memory stays small on a device."""
-    n = samples_ms.size
-    medians = np.empty(resamples)
-    chunk = max(1, min(resamples, 2_000_000 // max(n, 1)))
-    for start in range(0, resamples, chunk):
-        count = min(chunk, resamples - start)
-        medians[start:start + count] = np.median(samples_ms[rng.integers(0, n, size=(count, n))], axis=1)
-    return medians
-
-
-def paired_round_ratios(np, first_ms, second_ms, *, round_runs: int, rng, resamples: int = BOOTSTRAP_RESAMPLES):
-    """Ratios of medians over resamples of whole interleaved rounds: a round of one model and the adjacent
-    round of the other saw the same machine, so rounds are resampled as pairs (a block bootstrap). Resampling
-    single runs would treat a slow spell's runs as independent and give too narrow an interval."""
-    rounds = min(first_ms.size, second_ms.size) // round_runs
-    first = first_ms[:rounds * round_runs].reshape(rounds, round_runs)
-    second = second_ms[:rounds * round_runs].reshape(rounds, round_runs)
-    ratios = np.empty(resamples)
-    chunk = max(1, min(resamples, 2_000_000 // max(first.size, 1)))
-    for start in range(0, resamples, chunk):
-        count = min(chunk, resamples - start)
-        picked = rng.integers(0, rounds, size=(count, rounds))
-        ratios[start:start + count] = (np.median(first[picked].reshape(count, -1), axis=1)
-                                       / np.median(second[picked].reshape(count, -1), axis=1))
-    return ratios
-
-
-def ci95(np, values) -> list:
-    low, high = np.percentile(values, [2.5, 97.5])
-    return [float(low), float(high)]
+def median_ci95(np, values) -> list:
+    """A distribution-free 95% interval of the median of independent values: the order statistics at the ranks a
+    sign test allows (binomial(n, 1/2) tails of at most 2.5% each), so it covers at least 95% whatever the
+    values' distribution. With fewer than 6 values no such ranks exist: their range (covering 1 - 2^(1-n))."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    n = ordered.size
+    k, tail = 0, 0.0  # k: how many values each end may drop
+    while k < n // 2:
+        tail += math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2.0))
+        if tail > 0.025:
+            break
+        k += 1
+    low_rank = max(k - 1, 0)
+    return [float(ordered[low_rank]), float(ordered[n - 1 - low_rank])]
 
 
 # ---------------------------------------------------------------- inputs
@@ -269,31 +256,156 @@ def warm_up(np, sessions, feeds, warmup: str) -> int:
     return done
 
 
-def timed_runs(sessions, feeds, *, runs: int, duration_s: float, round_runs: int, seed: int, progress=None):
-    """Per-run ms for each session. With two, they alternate in rounds of `round_runs` in a shuffled order, so
-    slow spells of a noisy machine fall on both alike. Stops after `runs` runs each, or after `duration_s`.
-    `progress(new_samples, count)` is called between whole rounds, at most every PROGRESS_INTERVAL_S, with the
-    timings since its previous call (never inside a round, so the interleaved rounds stay whole)."""
-    samples = [[] for _ in sessions]
-    order = list(range(len(sessions)))
-    rng = random.Random(seed)
+def round_runs_for(np, sessions, feeds, *, runs: int, epochs: int) -> int:
+    """Runs per block of an interleaved round: a block lasts about ROUND_BLOCK_MS, so a slow spell of the machine
+    falls on both models of a round alike, yet every epoch gets at least one whole round."""
+    slowest_ms = max(float(np.median([run_once_ms(s, f) for _ in range(3)])) for s, f in zip(sessions, feeds))
+    by_time = int(ROUND_BLOCK_MS / max(slowest_ms, 1e-6)) or 1
+    by_epochs = max(1, runs // (2 * epochs))
+    return max(1, min(by_time, by_epochs))
+
+
+def round_order(count: int, round_index: int) -> list:
+    """The blocks of one round: ABBA, then BAAB in the next round. Each model runs first after a switch as often
+    as the other, and a drift within a round (a machine warming, a neighbour starting) cancels to first order."""
+    if count == 1:
+        return [0]
+    return [0, 1, 1, 0] if round_index % 2 == 0 else [1, 0, 0, 1]
+
+
+def timed_epochs(open_pair, first_pair, *, runs: int, duration_s: float, round_runs: int, epochs: int,
+                 epoch_warmup_runs: int, refill_runs: int = 0, progress=None):
+    """Per-run ms of each model, per epoch: [[model 0's epoch 0 runs, epoch 1 runs, ...], [model 1's ...]].
+
+    Each epoch times fresh sessions (`open_pair()`; the first epoch `first_pair`, already warm) in rounds
+    (round_order) of blocks of `round_runs` runs. Fresh sessions, because where a session's buffers land in memory
+    moves its speed: two sessions of one 0.015 ms model differed by up to 10 %, steadily, in every process. An
+    epoch is the unit of the interval, so that spread is inside it rather than mistaken for a difference of the
+    models. Every model gets exactly `runs` runs, shared among min(epochs, runs) epochs; with `duration_s`,
+    epochs of that size go on until the time is up. `progress(new_epochs, epochs_done)` is called after an epoch,
+    at most every PROGRESS_INTERVAL_S, with the epochs since its previous call. With two models, each block
+    starts with `refill_runs` untimed runs: the other model's block has just evicted this one's weights from the
+    caches (an INT8 MLP of 0.03 ms took 0.07 ms when timed from cold caches after its FP32 twin), and a model
+    used alone runs warm."""
+    models = len(first_pair[0])
+    epochs = min(epochs, runs)
+    found = [[] for _ in range(models)]
     deadline = time.perf_counter() + duration_s if duration_s else None
     reported, next_report = 0, time.perf_counter() + PROGRESS_INTERVAL_S
+    epoch = 0
     while True:
-        rng.shuffle(order)
-        for index in order:
-            for _ in range(round_runs):
-                samples[index].append(run_once_ms(sessions[index], feeds[index]))
-        count = len(samples[0])
-        if (deadline is None and count >= runs) or (deadline is not None and time.perf_counter() >= deadline
-                                                     and count >= 10):
-            return [s[:runs] if deadline is None else s for s in samples]
+        quota = runs * (epoch % epochs + 1) // epochs - runs * (epoch % epochs) // epochs
+        sessions, feeds = first_pair if epoch == 0 else open_pair()
+        if epoch > 0:
+            for _ in range(epoch_warmup_runs):
+                for index in round_order(models, epoch)[:models]:
+                    sessions[index].run(None, feeds[index])
+        samples = [[] for _ in range(models)]
+        round_index = 0
+        # Whole ABBA + BAAB pairs while they fit; the epoch's last runs alternate one by one.
+        block = round_runs
+        while len(samples[0]) < quota:
+            if round_index % 2 == 0:  # a pair's block size is decided at its start, so both halves match
+                block = round_runs if quota - len(samples[0]) >= (4 if models > 1 else 1) * round_runs else 1
+            previous = None
+            for index in round_order(models, round_index):
+                if models > 1 and index != previous:
+                    for _ in range(refill_runs):
+                        sessions[index].run(None, feeds[index])
+                previous = index
+                for _ in range(block):
+                    samples[index].append(run_once_ms(sessions[index], feeds[index]))
+            round_index += 1
+        for kept, more in zip(found, samples):
+            kept.append(more[:quota])
+        epoch += 1
+        if (deadline is None and epoch >= epochs) or (deadline is not None and time.perf_counter() >= deadline
+                                                      and epoch >= 2):
+            return found
         if progress is not None and time.perf_counter() >= next_report:
-            progress([s[reported:] for s in samples], count)
-            reported, next_report = count, time.perf_counter() + PROGRESS_INTERVAL_S
+            progress([f[reported:] for f in found], epoch)
+            reported, next_report = epoch, time.perf_counter() + PROGRESS_INTERVAL_S
 
 
-def peak_rss_bytes() -> int:
+class FreshSessions:
+    """Each call: a new session of every model, placed elsewhere in memory than the last. The sessions are opened
+    in a random order after a random-size gap is taken from both the heap and the mapped region (a layout
+    randomisation in the spirit of Stabilizer, Curtsinger and Berger, ASPLOS 2013), with copies of the inputs,
+    while the previous epoch's are still alive: a session freed and then opened again would otherwise land where
+    it was."""
+
+    def __init__(self, open_one, paths, feeds, *, seed: int) -> None:
+        self.open_one, self.paths, self.feeds = open_one, paths, feeds
+        self.rng = random.Random(seed)
+        self.previous = None
+
+    def __call__(self):
+        gap = (bytearray(self.rng.randrange(64, 64 * 1024)), bytearray(self.rng.randrange(1, 256) * 4096 + 256 * 1024))
+        order = list(range(len(self.paths)))
+        self.rng.shuffle(order)
+        opened = {}
+        for index in order:
+            opened[index] = self.open_one(self.paths[index])
+            opened[index].run(None, self.feeds[index])
+        pair = [opened[index] for index in range(len(self.paths))]
+        # The inputs move too: an input buffer's alignment is part of a tiny model's speed.
+        feeds = [{name: value.copy() for name, value in feed.items()} for feed in self.feeds]
+        self.previous = (pair, feeds, gap)  # the epoch before's are freed only now
+        return pair, feeds
+
+
+def _proc_status_bytes(field: str):
+    """A VmRSS/VmHWM figure of this process from /proc/self/status in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Linux 4.0+: writing 5 to clear_refs sets this process's VmHWM to its VmRSS, so the next peak is measured
+    from here on."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class MemoryMeter:
+    """Peak resident memory of each model's session on top of the runner's own baseline. The peak is the
+    kernel's high-water mark of this process's own address space (VmHWM), which exec starts afresh:
+    getrusage's ru_maxrss is not, since Linux folds the parent's peak at fork into it, so a runner started by
+    an edgepress that holds torch reported 460 MB for a 31 KB model."""
+
+    def __init__(self, np) -> None:
+        # What the runner itself loads on the way, loaded before the baseline: numpy.random alone (random inputs)
+        # is 6 MB, which would otherwise count as the model's under `bench` and not under a recipe's --inputs.
+        np.random.default_rng(0).standard_normal(1)
+        self.resettable = _proc_status_bytes("VmHWM") is not None and _reset_peak()
+        self.baseline_bytes = _proc_status_bytes("VmRSS") if self.resettable else None
+        self.method = "VmHWM" if self.resettable else "ru_maxrss"
+
+    def start(self) -> None:
+        if self.resettable:
+            _reset_peak()
+            self._before = _proc_status_bytes("VmRSS")
+
+    def model_peak_bytes(self):
+        """The runner's peak as if this model's session were its only one: baseline plus what the session
+        added at its peak since start(). Without a resettable peak (not Linux): the process's peak so far,
+        which is right only for the first model."""
+        if not self.resettable:
+            return ru_maxrss_bytes()
+        return self.baseline_bytes + max(0, _proc_status_bytes("VmHWM") - self._before)
+
+
+def ru_maxrss_bytes() -> int:
     try:
         import resource
     except ImportError:  # Windows
@@ -310,36 +422,38 @@ def cpu_affinity():
     return sorted(os.sched_getaffinity(0))
 
 
-def summarize(np, header: dict, samples_ms, *, peak_rss: int) -> dict:
-    """The bench result from the timings of each model (the first, then --compare's) and the header that
-    bench() makes before timing. The host calls it too, on the timings a runner streamed before it died."""
-    samples = [np.asarray(s, dtype=np.float64) for s in samples_ms]
-    rng = np.random.default_rng(header["seed"])
-    medians = [bootstrap_medians(np, s, rng=rng) for s in samples]
+def summarize(np, header: dict, epochs_ms) -> dict:
+    """The bench result from each model's timings per epoch (the first model, then --compare's; see timed_epochs)
+    and the header that bench() makes before timing. The host calls it too, on the epochs a runner streamed
+    before it died. Intervals are over epochs, each a fresh pair of sessions: see timed_epochs."""
+    epochs = [[np.asarray(e, dtype=np.float64) for e in model if len(e)] for model in epochs_ms]
+    flat = [np.concatenate(model) for model in epochs]
 
     def one(index: int) -> dict:
-        return dict({"runs": int(samples[index].size), "latency_ms": percentile_summary(np, samples[index]),
-                     "p50_ci95_ms": ci95(np, medians[index])}, **header["models"][index])
+        medians = [float(np.median(e)) for e in epochs[index]]
+        return dict({"runs": int(flat[index].size), "latency_ms": percentile_summary(np, flat[index]),
+                     "p50_ci95_ms": median_ci95(np, medians)}, **header["models"][index])
 
     result = one(0)
     result.update(header["common"])
-    result.update(peak_rss_bytes=peak_rss,
-                  samples_ms=[round(float(v), 5) for v in samples[0]] if header["keep_samples"] else None)
-    if len(samples) > 1:
-        # p50 ratio of the first model over the second; its interval from resampled pairs of interleaved rounds.
-        round_runs = header["round_runs"]
-        ratios = paired_round_ratios(np, samples[0], samples[1], round_runs=round_runs, rng=rng)
-        result["compare"] = dict(one(1), p50_ratio=float(np.median(samples[0]) / np.median(samples[1])),
-                                 p50_ratio_ci95=ci95(np, ratios), interleaved_rounds=int(samples[0].size // round_runs))
+    result.update(epochs=len(epochs[0]),
+                  samples_ms=[round(float(v), 5) for v in flat[0]] if header["keep_samples"] else None)
+    if len(epochs) > 1:
+        # The first model's p50 over the second's: the median of the epochs' ratios, and its interval.
+        ratios = [float(np.median(a) / np.median(b)) for a, b in zip(epochs[0], epochs[1])]
+        compare = one(1)
+        compare.pop("peak_memory_bytes", None)  # measured beside the first model's session: not its own figure
+        result["compare"] = dict(compare, p50_ratio=float(np.median(ratios)), p50_ratio_ci95=median_ci95(np, ratios),
+                                 epoch_ratios=[round(r, 5) for r in ratios], round_runs=header["round_runs"])
         if header["keep_samples"]:
-            result["compare"]["samples_ms"] = [round(float(v), 5) for v in samples[1]]
+            result["compare"]["samples_ms"] = [round(float(v), 5) for v in flat[1]]
     return result
 
 
-def print_progress(header: dict, new_samples, count: int) -> None:
-    line = {"partial": True, "runs": count, "peak_rss_bytes": peak_rss_bytes(),
-            "new_samples_ms": [[round(float(v), 5) for v in s] for s in new_samples]}
-    if len(new_samples[0]) == count:  # the first line: the host needs the header once
+def print_progress(header: dict, new_epochs, epochs_done: int) -> None:
+    line = {"partial": True, "epochs": epochs_done,
+            "new_epochs_ms": [[[round(float(v), 5) for v in e] for e in model] for model in new_epochs]}
+    if len(new_epochs[0]) == epochs_done:  # the first line: the host needs the header once
         line["header"] = header
     print(json.dumps(line), flush=True)
 
@@ -355,17 +469,30 @@ def bench(args) -> dict:
             raise BadInput(f"--cpus {','.join(map(str, sorted(args.cpus)))} names no CPU this process may run on",
                            f"pick from the device's CPUs {sorted(os.sched_getaffinity(0))}") from None
     paths = [args.model] + ([args.compare] if args.compare else [])
+    memory = MemoryMeter(np)
     sessions, models, feeds = [], [], []
     for index, path in enumerate(paths):
+        memory.start()
         session, created = open_session(ort, path, args)
         feed = (npz_feed(np, session, args.inputs) if args.inputs
                 else random_feed(np, session, dims=args.dims, seed=args.seed + index))
         sessions.append(session), feeds.append(feed)
-        models.append({"session_create_ms": created, "first_run_ms": first_run(session, feed),
-                       "size_bytes": os.path.getsize(path), "model": os.path.basename(path)})
+        first_ms = first_run(session, feed)
+        for _ in range(2):  # a few more runs: some kernels allocate their scratch on a later run
+            session.run(None, feed)
+        models.append({"session_create_ms": created, "first_run_ms": first_ms, "size_bytes": os.path.getsize(path),
+                       "model": os.path.basename(path), "peak_memory_bytes": memory.model_peak_bytes()})
     warmup_runs = warm_up(np, sessions, feeds, args.warmup)
+    round_runs = (round_runs_for(np, sessions, feeds, runs=args.runs, epochs=args.epochs)
+                  if args.round_runs == "auto" else int(args.round_runs))
+    slowest_ms = max(float(np.median([run_once_ms(s, f) for _ in range(3)])) for s, f in zip(sessions, feeds))
+    epoch_warmup_runs = max(2, min(50, int(EPOCH_WARMUP_MS / max(slowest_ms, 1e-6))))
+    refill_runs = 1 if slowest_ms < ROUND_BLOCK_MS else 0  # a slower model's cache refill is lost in its run time
+
+    open_pair = FreshSessions(lambda path: open_session(ort, path, args)[0], paths, feeds, seed=args.seed)
     print(f"runner: warm-up {warmup_runs} runs; timing", file=sys.stderr, flush=True)
-    header = {"seed": args.seed, "round_runs": args.round_runs, "keep_samples": bool(args.samples), "models": models,
+    header = {"seed": args.seed, "round_runs": round_runs, "epoch_warmup_runs": epoch_warmup_runs,
+              "refill_runs": refill_runs, "keep_samples": bool(args.samples), "models": models,
               "common": {
                   "warmup_runs": warmup_runs, "threads": args.threads,
                   "thread_settings": {"intra_op": args.threads, "inter_op": args.inter_op_threads,
@@ -373,15 +500,18 @@ def bench(args) -> dict:
                                       "pinned": sorted(args.cpus) if args.cpus else None,
                                       "interleaved": len(paths) > 1},
                   "session_settings": session_settings(args),
+                  "runner_baseline_bytes": memory.baseline_bytes, "memory_method": memory.method,
                   "inputs": {name: {"shape": list(value.shape), "dtype": str(value.dtype)}
                              for name, value in feeds[0].items()},
                   "input_source": args.inputs or "random",
                   "device": {"machine": platform.machine(), "system": platform.system(),
                              "python": platform.python_version(), "onnxruntime": ort.__version__,
                              "numpy": np.__version__, "cpu_count": os.cpu_count()}}}
-    samples = timed_runs(sessions, feeds, runs=args.runs, duration_s=args.duration, round_runs=args.round_runs,
-                         seed=args.seed, progress=lambda new, count: print_progress(header, new, count))
-    return dict(summarize(np, header, samples, peak_rss=peak_rss_bytes()), complete=True)
+    epochs = timed_epochs(open_pair, (sessions, feeds), runs=args.runs, duration_s=args.duration,
+                          round_runs=round_runs, epochs=args.epochs, epoch_warmup_runs=epoch_warmup_runs,
+                          refill_runs=refill_runs,
+                          progress=lambda new, done: print_progress(header, new, done))
+    return dict(summarize(np, header, epochs), complete=True)
 
 
 def predict(args) -> dict:
@@ -436,7 +566,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--runs", type=int, default=200)
             p.add_argument("--duration", type=float, default=0.0, help="seconds of timed runs (replaces --runs)")
             p.add_argument("--warmup", default="auto", help="untimed runs before timing, or 'auto'")
-            p.add_argument("--round-runs", type=int, default=5, help="runs per model per interleaved round")
+            p.add_argument("--round-runs", default="auto",
+                           help="runs per block of an interleaved ABBA round, or 'auto' (blocks of about 2 ms)")
+            p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                           help="fresh sessions this many times; the intervals are over epochs (at least 6)")
             p.add_argument("--dim", action="append", dest="dim_pairs", help="NAME=SIZE for a free dimension")
             p.add_argument("--cpus", help="pin the process to these CPUs, e.g. 0,1 (Linux)")
             p.add_argument("--seed", type=int, default=0)
@@ -478,7 +611,13 @@ def main(argv=None) -> int:
         if args.threads <= 0 or args.inter_op_threads <= 0:
             raise BadInput("thread counts must be positive", "pass --threads 1 or more")
         if args.command == "bench":
-            if args.runs <= 0 or args.duration < 0 or args.round_runs <= 0:
+            if args.round_runs != "auto" and not (args.round_runs.isdigit() and int(args.round_runs) > 0):
+                raise BadInput(f"--round-runs {args.round_runs!r} is neither a positive count nor 'auto'",
+                               "pass e.g. --round-runs 5, or leave it out")
+            if args.epochs < 6:
+                raise BadInput(f"--epochs {args.epochs} is under 6: no 95% interval of a median exists for fewer",
+                               "pass --epochs 6 or more, or leave it out (12)")
+            if args.runs <= 0 or args.duration < 0:
                 raise BadInput("--runs and --round-runs must be positive, --duration not negative", "fix the flags")
             if args.warmup != "auto" and not args.warmup.isdigit():
                 raise BadInput(f"--warmup {args.warmup!r} is neither a count nor 'auto'", "pass e.g. --warmup 50")

@@ -202,9 +202,9 @@ def _remote_folders() -> set[Path]:
 def _check_compare(result: dict, target: str, model: str, other: str) -> None:
     assert result["target"] == target and result["emulated"] is False and result["model"] == model
     assert set(result["latency_ms"]) >= {"p50", "p90", "p95", "p99", "mean", "std", "min", "max"}
-    for key in ("p50_ci95_ms", "session_create_ms", "first_run_ms", "peak_rss_bytes", "size_bytes"):
+    for key in ("p50_ci95_ms", "session_create_ms", "first_run_ms", "peak_memory_bytes", "size_bytes"):
         assert key in result, key
-    assert result["runs"] == 20 and result["size_bytes"] > 0 and result["peak_rss_bytes"] > 0
+    assert result["runs"] == 20 and result["size_bytes"] > 0 and result["peak_memory_bytes"] > 0
     assert result["latency_ms"]["min"] <= result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
     compare = result["compare"]
     assert compare["model"] == other and compare["p50_ratio"] > 0

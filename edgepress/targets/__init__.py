@@ -99,30 +99,29 @@ def _json_lines(stdout: str) -> list[dict[str, Any]]:
 
 
 def partial_result(stdout: str) -> dict[str, Any] | None:
-    """The statistics of the timed runs a bench runner streamed in its progress lines before it stopped (see
+    """The statistics of the timed epochs a bench runner streamed in its progress lines before it stopped (see
     runtime/device_runner.py), computed by the runner's own summarize(); None when none arrived."""
-    header, samples, peak_rss = None, None, 0
+    header, epochs = None, None
     for line in _json_lines(stdout):
         if line.get("partial") is not True:
             continue
-        new = line.get("new_samples_ms")
+        new = line.get("new_epochs_ms")
         header = line.get("header", header)
         if not isinstance(header, dict) or not isinstance(new, list) or len(new) != len(header.get("models", ())):
             break  # not the stream this runner writes: keep what came before
-        samples = samples or [[] for _ in new]
-        for kept, more in zip(samples, new):
+        epochs = epochs or [[] for _ in new]
+        for kept, more in zip(epochs, new):
             kept.extend(more)
-        peak_rss = max(peak_rss, int(line.get("peak_rss_bytes") or 0))
-        if len(samples[0]) != line.get("runs"):
+        if len(epochs[0]) != line.get("epochs"):
             break
-    if header is None or not samples or not samples[0]:
+    if header is None or not epochs or not epochs[0]:
         return None
     import numpy as np
 
     from edgepress.runtime import device_runner
 
     try:
-        return dict(device_runner.summarize(np, header, samples, peak_rss=peak_rss), complete=False)
+        return dict(device_runner.summarize(np, header, epochs), complete=False)
     except (KeyError, TypeError, ValueError):  # a runner of another version: its lines are not ours to read
         return None
 
