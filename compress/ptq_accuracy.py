@@ -61,8 +61,8 @@ class AccuracyAwarePtqSettings:
                              "limit, ...} (any metric): the goal the search must meet")
         for name, limit in self.goal.items():
             budget = metrics.BUILTIN_BUDGETS.get(name)
-            if budget is None or name in ("size_bytes", "latency_p90_ms"):
-                guess = closest(name, [n for n in metrics.BUILTIN_BUDGETS if n not in ("size_bytes", "latency_p90_ms")])
+            if budget is None or name in metrics.ARTIFACT_BUDGETS:
+                guess = closest(name, [n for n in metrics.BUILTIN_BUDGETS if n not in metrics.ARTIFACT_BUDGETS])
                 raise ValueError(f"goal names {name!r}, no budget of a metric" + (f": did you mean {guess!r}?" if guess else ""))
             if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not budget.bounds.holds(limit):
                 raise ValueError(f"goal {name} = {limit!r} must be a number in {budget.bounds}")

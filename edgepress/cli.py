@@ -107,9 +107,13 @@ def _run(recipe_path: Path, out: Path | None, *, force: bool = False, rerun_from
     if result is None:
         return EXIT_OK  # a rank other than 0: rank 0 reports for all
     gate = result.report["gate"]
-    for violation in gate["violations"]:
-        print(f"edgepress: budget violated: {violation['budget']} = {violation['value']:.4g} "
-              f"(limit {violation['limit']:g})", file=sys.stderr)
+    for check in gate["checks"]:
+        note = f" ({check['note']})" if check.get("note") else ""
+        if not check["passed"]:
+            print(f"edgepress: budget violated: {check['budget']} = {check['value']:.4g} (limit {check['limit']:g})"
+                  + note, file=sys.stderr)
+        elif note:
+            print(f"edgepress: budget held: {check['budget']}{note}", file=sys.stderr)
     verdict = "passed" if gate["passed"] else "FAILED"
     print(f"gate {verdict}; report: {result.out_dir / 'report.md'} and report.html, machine-readable report.json")
     return EXIT_OK if gate["passed"] else EXIT_BUDGET

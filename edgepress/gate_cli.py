@@ -74,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
         if o.status == "failed" and o.check == "p50 growth":
             print(f"edgepress: p50 regression: stage {o.stage} on {o.target}: {o.message}", file=sys.stderr)
         elif o.status == "failed":
-            print(f"edgepress: budget violated: {o.check} = {o.value:.4g} (limit {o.limit:g}) on {o.target}",
-                  file=sys.stderr)
+            print(f"edgepress: budget violated: {o.check} = {o.value:.4g} (limit {o.limit:g}) on {o.target}"
+                  + (f" ({o.note})" if o.note else ""), file=sys.stderr)
+        elif o.note:
+            print(f"edgepress: budget held: {o.check} on {o.target} ({o.note})", file=sys.stderr)
         elif o.status == "inconclusive":
             print(f"edgepress: p50 inconclusive (not failing): stage {o.stage} on {o.target}: {o.message}",
                   file=sys.stderr)

@@ -29,16 +29,22 @@ def _ci(interval: tuple[float, float] | None) -> str:
     return f" [{interval[0]:.3f}–{interval[1]:.3f}]" if interval else ""
 
 
+def _timing(change, value: float) -> str:
+    return f"{value:.3f}x {change.against}" if change.against else f"{value:.3f} ms"
+
+
 def _comparison_lines(comparison: Comparison, *, baseline_label: str) -> list[str]:
     lines = ["", f"### Against the baseline ({baseline_label})", ""]
     if comparison.p50:
         limit = comparison.p50[0].max_growth_percent
         lines += [f"p50 may grow by {limit:g}% at most; a regression is declared only when the new p50's 95% "
                   f"interval lies wholly above {1 + limit / 100:g} x the baseline's (overlapping intervals: "
-                  "inconclusive).", ""]
-        rows = [[c.stage, c.target, f"{c.baseline_p50_ms:.3f}{_ci(c.baseline_ci95_ms)}", f"{c.p50_ms:.3f}{_ci(c.ci95_ms)}",
-                 f"{c.growth_percent:+.1f}%", c.verdict] for c in comparison.p50]
-        lines += report.markdown_table(["stage", "target", "baseline p50 ms [95% CI]", "p50 ms [95% CI]", "change",
+                  "inconclusive). A stage timed against the ONNX reference in both runs is judged on its p50 ratio "
+                  "to it (x), which carries over between machines; the others on p50 ms.", ""]
+        rows = [[c.stage, c.target, f"{_timing(c, c.baseline_p50_ms)}{_ci(c.baseline_ci95_ms)}",
+                 f"{_timing(c, c.p50_ms)}{_ci(c.ci95_ms)}", f"{c.growth_percent:+.1f}%", c.verdict]
+                for c in comparison.p50]
+        lines += report.markdown_table(["stage", "target", "baseline p50 [95% CI]", "p50 [95% CI]", "change",
                                         "verdict"], rows)
     if comparison.emulated:
         lines += ["", "Not compared (timed under emulation, not latency): "

@@ -20,7 +20,8 @@ import numpy as np
 from edgepress.schema import Bounds
 from edgepress.scores import classification, fidelity, regression, segmentation, text
 
-__all__ = ["Budget", "Value", "Metric", "OutputInfo", "METRICS", "FIDELITY", "SIZE_AND_LATENCY", "BUILTIN_BUDGETS",
+__all__ = ["Budget", "Value", "Metric", "OutputInfo", "METRICS", "FIDELITY", "SIZE_AND_LATENCY", "ARTIFACT_BUDGETS",
+           "TIMED_BUDGETS", "RELATIVE_BUDGETS", "BUILTIN_BUDGETS",
            "budget_named", "value_named", "user_metric", "fitting_metrics", "chosen_output", "detection_metric",
            "per_output_fidelity", "pick_output"]
 
@@ -279,11 +280,19 @@ def detection_metric(decode: Callable[[Outputs], list[dict[str, np.ndarray]]] | 
 
 METRICS["detection"] = detection_metric()
 
-# The artifact's own budgets: read from the file and the timings, not from the outputs.
+# The artifact's own budgets: read from the file, the timings and the runner's memory, not from the outputs.
+# The ratios are to the run's ONNX reference (recipe.onnx_reference_stage): latency_ratio is judged at its 95%
+# interval's upper end (interleaved in one runner, so it holds on a noisy machine); size_ratio is exact.
 SIZE_AND_LATENCY = (
     Budget("size_bytes", "size_bytes", "max", Bounds(1, 2**40)),
+    Budget("size_ratio_max", "size_ratio", "max", Bounds(0, 1000, low_open=True)),
     Budget("latency_p90_ms", "latency_p90_ms", "max", Bounds(0, 3_600_000, low_open=True)),
+    Budget("latency_ratio_max", "latency_ratio", "max", Bounds(0, 1000, low_open=True)),
+    Budget("peak_memory_bytes", "peak_memory_bytes", "max", Bounds(1, 2**50)),
 )
+ARTIFACT_BUDGETS = tuple(b.name for b in SIZE_AND_LATENCY)
+TIMED_BUDGETS = ("latency_p90_ms", "latency_ratio_max", "peak_memory_bytes")  # measured by a target's runner
+RELATIVE_BUDGETS = ("latency_ratio_max", "size_ratio_max")  # against the ONNX reference
 
 
 def _all_values() -> dict[str, Value]:

@@ -3,6 +3,7 @@ there when the target asks for it (ARM kernels may answer differently from x86 o
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from edgepress.targets import PartialMeasurement, Target, TargetOptions, open_ta
 
 # What a target entry keeps of the runner's bench JSON.
 _TIMING_KEYS = ("latency_ms", "p50_ci95_ms", "runs", "warmup_runs", "session_create_ms", "first_run_ms",
-                "peak_rss_bytes", "thread_settings", "session_settings", "device", "samples_ms", "complete",
+                "peak_memory_bytes", "runner_baseline_bytes", "memory_method", "epochs", "thread_settings", "session_settings", "device", "samples_ms", "complete",
                 "incomplete")
 
 
@@ -45,22 +46,34 @@ def _save_inputs(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> None
 
 
 def time_on(target: Target, artifact: Artifact, sample: np.ndarray | dict[str, np.ndarray], *, spec: TargetSpec,
-            bench: BenchSpec) -> dict[str, Any]:
-    """The runner's timing of the artifact on one input repeated to the bench batch. A runner that stopped
-    after some timed runs raises PartialMeasurement whose result is already such an entry."""
+            bench: BenchSpec, reference: Artifact | None = None, reference_stage: str | None = None) -> dict[str, Any]:
+    """The runner's timing of the artifact on one input repeated to the bench batch; with a `reference` (the
+    run's ONNX reference), timed interleaved with it in the same runner, and their p50 ratio with its 95%
+    interval kept as "latency_ratio". A runner that stopped after some timed runs raises PartialMeasurement whose
+    result is already such an entry."""
     batch = ({name: np.repeat(values[None], bench.batch, axis=0) for name, values in sample.items()}
              if isinstance(sample, dict) else np.repeat(sample[None], bench.batch, axis=0))
     with tempfile.TemporaryDirectory(prefix="edgepress-bench-") as scratch:
         inputs = Path(scratch) / "bench_inputs.npz"
         _save_inputs(inputs, batch)
+        files, compare = [artifact.path, inputs], []
+        if reference is not None:
+            # The runner names files by base name: the reference goes in under a name of its own.
+            named = Path(scratch) / f"reference-{reference.path.name}"
+            try:
+                named.hardlink_to(reference.path)
+            except OSError:  # another file system
+                shutil.copyfile(reference.path, named)
+            files.append(named)
+            compare = ["--compare", named.name]
         try:
-            found = target.run(files=[artifact.path, inputs], timeout_s=1800.0, args=[
-                "bench", artifact.path.name, "--inputs", inputs.name, "--threads", str(spec.threads),
+            found = target.run(files=files, timeout_s=1800.0, args=[
+                "bench", artifact.path.name, *compare, "--inputs", inputs.name, "--threads", str(spec.threads),
                 "--runs", str(bench.runs), "--warmup", str(bench.warmup_runs), "--samples", *session_flags(spec)])
         except PartialMeasurement as exc:
-            exc.result = _timing_entry(exc.result, spec=spec, bench=bench)
+            exc.result = _timing_entry(exc.result, spec=spec, bench=bench, reference_stage=reference_stage)
             raise
-    return _timing_entry(found, spec=spec, bench=bench)
+    return _timing_entry(found, spec=spec, bench=bench, reference_stage=reference_stage)
 
 
 def session_flags(spec: TargetSpec) -> list[str]:
@@ -71,9 +84,16 @@ def session_flags(spec: TargetSpec) -> list[str]:
     return flags
 
 
-def _timing_entry(found: dict[str, Any], *, spec: TargetSpec, bench: BenchSpec) -> dict[str, Any]:
+def _timing_entry(found: dict[str, Any], *, spec: TargetSpec, bench: BenchSpec,
+                  reference_stage: str | None) -> dict[str, Any]:
     entry = {key: found[key] for key in _TIMING_KEYS if key in found}
     entry.update(threads=spec.threads, batch=bench.batch)
+    compare = found.get("compare")
+    if compare is not None and reference_stage is not None:
+        entry["latency_ratio"] = {"p50": compare["p50_ratio"], "ci95": compare["p50_ratio_ci95"],
+                                  "epochs": len(compare["epoch_ratios"]), "reference_stage": reference_stage,
+                                  "reference_p50_ms": compare["latency_ms"]["p50"],
+                                  "reference_p50_ci95_ms": compare["p50_ci95_ms"]}
     return entry
 
 

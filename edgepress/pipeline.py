@@ -153,6 +153,7 @@ class Pipeline:
         self.reference_outputs: list[dict[str, np.ndarray]] | None = None  # every output by name, per set
         self.task: Task | None = None
         self.reference_metrics: dict[str, Any] | None = None
+        self.onnx_reference_metrics: dict[str, Any] | None = None  # of recipe.onnx_reference_stage, once measured
         self.targets: dict[str, Any] = {}
 
     def prepare(self, *, probe_targets: bool = True) -> DataProvider:
@@ -306,6 +307,7 @@ class Pipeline:
         if record["name"] == self.recipe.reference_stage:
             self.reference_outputs = produced
             self.reference_metrics = record["metrics"]
+        self._size_ratio(record["name"], record["metrics"])
         self.records.append(record)
 
     def _measure(self, *, name: str, kind: str, output: StageOutput, data: DataProvider, folder: Path,
@@ -327,6 +329,7 @@ class Pipeline:
         metrics.update(output.metrics)
         if name == self.recipe.reference_stage:
             self.reference_metrics = metrics
+        self._size_ratio(name, metrics)
         record = {
             "name": name,
             "kind": kind,
@@ -341,6 +344,19 @@ class Pipeline:
         log(f"metrics: {json.dumps(metrics)}")
         return record, produced, target_keys
 
+    def _size_ratio(self, name: str, metrics: dict[str, Any]) -> None:
+        """A stage after the ONNX reference gets its size over the reference's; the reference remembers its own."""
+        if name == self.recipe.onnx_reference_stage:
+            self.onnx_reference_metrics = metrics
+        elif self.onnx_reference_metrics is not None and "size_bytes" in metrics:
+            metrics["size_ratio"] = metrics["size_bytes"] / self.onnx_reference_metrics["size_bytes"]
+
+    def _latency_reference(self, name: str) -> Artifact | None:
+        """The artifact a stage's ONNX model is timed against: the ONNX reference, for the stages after it."""
+        if self.onnx_reference_metrics is None or name == self.recipe.onnx_reference_stage:
+            return None
+        return self.artifacts.get(self.recipe.onnx_reference_stage)
+
     def _time_on_targets(self, record: dict[str, Any], *, artifact: Artifact, stage_key: str, data: DataProvider,
                          produced: list[dict[str, np.ndarray]], folder: Path,
                          measured_under: dict[str, str]) -> tuple[dict[str, str], list[str]]:
@@ -351,7 +367,10 @@ class Pipeline:
             return {}, []
         metrics, name = record["metrics"], record["name"]
         listed = [spec for spec in self.recipe.targets if not spec.stages or name in spec.stages]
-        keys = {spec.name: resume.target_key(stage_key, target=spec, bench=self.recipe.bench) for spec in listed}
+        reference = self._latency_reference(name)
+        reference_sha256 = resume.file_sha256(reference.path) if reference else None
+        keys = {spec.name: resume.target_key(stage_key, target=spec, bench=self.recipe.bench,
+                                             reference_sha256=reference_sha256) for spec in listed}
         previous = metrics.get("targets", {})
         stale = [spec for spec in listed if spec.name not in previous or measured_under.get(spec.name) != keys[spec.name]]
         references = self.reference_outputs or [None] * len(produced)
@@ -359,11 +378,15 @@ class Pipeline:
                                  references=references, host_outputs=produced,
                                  kept_in=self.out_dir / f"{folder.name}{INCOMPLETE_TARGETS}") if stale else {}
         metrics["targets"] = {spec.name: found.get(spec.name, previous.get(spec.name)) for spec in listed}
-        metrics.pop("latency_ms", None)
+        for key in ("latency_ms", "latency_ratio", "peak_memory_bytes"):
+            metrics.pop(key, None)
         primary = metrics["targets"][self.recipe.target.name]
         if "latency_ms" in primary and not self.recipe.target.emulated:
             metrics["latency_ms"] = dict(primary["latency_ms"], runs=primary["runs"], threads=primary["threads"],
                                          batch=primary["batch"], target=self.recipe.target.name)
+            for key in ("latency_ratio", "peak_memory_bytes"):
+                if primary.get(key) is not None:
+                    metrics[key] = primary[key]
         return keys, [spec.name for spec in stale]
 
     def _on_targets(self, artifact: Artifact, *, stage: str, targets: list, data: DataProvider,
@@ -379,7 +402,7 @@ class Pipeline:
             target = self.targets[spec.name] if spec.name in self.targets else on_target.open_target(spec.name)
             entry: dict[str, Any] = {"emulated": target.emulated}
             try:
-                self._on_target(target, spec, index, entry, artifact=artifact, data=data, host_metrics=host_metrics,
+                self._on_target(target, spec, index, entry, artifact=artifact, stage=stage, data=data, host_metrics=host_metrics,
                                 references=references, host_outputs=host_outputs)
             except UserError as exc:
                 if isinstance(exc, PartialMeasurement):
@@ -392,13 +415,14 @@ class Pipeline:
         kept_in.unlink(missing_ok=True)  # an earlier run's, now measured in full
         return found
 
-    def _on_target(self, target, spec, index: int, entry: dict[str, Any], *, artifact: Artifact,
+    def _on_target(self, target, spec, index: int, entry: dict[str, Any], *, artifact: Artifact, stage: str,
                    data: DataProvider, host_metrics: dict[str, Any], references: list[dict[str, np.ndarray] | None],
                    host_outputs: list[dict[str, np.ndarray]]) -> None:
         """One target's timing and quality of an ONNX artifact, added to `entry` as they arrive."""
         if spec.latency:
             entry.update(on_target.time_on(target, artifact, data.evaluation[0].sample(), spec=spec,
-                                           bench=self.recipe.bench))
+                                           bench=self.recipe.bench, reference=self._latency_reference(stage),
+                                           reference_stage=self.recipe.onnx_reference_stage))
         if spec.evaluate:
             per_set = {}
             for labeled, reference, host in zip(data.evaluation, references, host_outputs):
@@ -448,6 +472,8 @@ class Pipeline:
             "recipe": str(self.recipe.path),
             "name": self.recipe.name,
             "reference_stage": self.recipe.reference_stage,
+            # every later ONNX model is timed interleaved with this one (latency_ratio) and sized against it
+            "onnx_reference_stage": self.recipe.onnx_reference_stage,
             "metric": self.task.metric.key,
             # What each of the metric's values means, so a reader needs no table (a user metric's included).
             "metric_values": [{"key": v.key, "label": v.label, "higher_is_better": v.higher_is_better, "unit": v.unit}
@@ -487,6 +513,10 @@ def _one_line_metrics(metrics: dict[str, Any], task: Task) -> str:
     parts.append(f"size {metrics['size_bytes'] / 1024:.1f} KiB")
     if "latency_ms" in metrics:
         parts.append(f"p50 {metrics['latency_ms']['p50']:.3f} ms, p90 {metrics['latency_ms']['p90']:.3f} ms")
+    if "latency_ratio" in metrics:
+        ratio = metrics["latency_ratio"]
+        parts.append(f"{ratio['p50']:.2f}x {ratio['reference_stage']}'s p50 [95% CI {ratio['ci95'][0]:.2f}-"
+                     f"{ratio['ci95'][1]:.2f}]")
     return ", ".join(parts)
 
 

@@ -157,7 +157,7 @@ def _budget_fields() -> list[tuple[str, Any, Any]]:
     """[budgets] keys: one per budget of the metric table (edgepress/metrics.py), each with its range."""
     found = []
     for budget in metrics.BUILTIN_BUDGETS.values():
-        kind = int | None if budget.name == "size_bytes" else float | None
+        kind = int | None if budget.name.endswith("_bytes") else float | None
         found.append((budget.name, kind, within(budget.bounds.low, budget.bounds.high, default=None,
                                                 low_open=budget.bounds.low_open)))
     # A user metric's budgets (<name>_min, ...): their names are known only once the recipe's metric is.
@@ -228,8 +228,10 @@ class TargetSpec:
             if not name.isidentifier():
                 raise ValueError(f"disabled_optimizers: {name!r} is not an ONNX Runtime transformer name "
                                  "(e.g. SkipLayerNormFusion)")
-        if self.emulated and self.budgets.latency_p90_ms is not None:
-            raise ValueError(f"{self.name} is emulated: its timings are not latency, so latency_p90_ms cannot gate it")
+        timed = [name for name in metrics.TIMED_BUDGETS if name in self.budgets.limits()]
+        if self.emulated and timed:
+            raise ValueError(f"{self.name} is emulated: its timings are not latency nor its memory the device's, so "
+                             f"{timed[0]} cannot gate it")
 
     @property
     def emulated(self) -> bool:
@@ -263,6 +265,18 @@ class Recipe:
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    @property
+    def onnx_reference_stage(self) -> str | None:
+        """The stage every later ONNX model is timed against, interleaved, and whose size `size_ratio` divides
+        by: the reference stage if it produces ONNX, else the first ONNX stage after it (its export: what the
+        reference model costs as ONNX). None when no ONNX stage follows it."""
+        from edgepress.stages import REGISTRY
+
+        current = "onnx" if self.model.onnx is not None else "torch"
+        steps = [("model", current)] + [(s.name, REGISTRY[s.kind].output_format) for s in self.stages]
+        names = [name for name, _ in steps]
+        return next((name for name, fmt in steps[names.index(self.reference_stage):] if fmt == "onnx"), None)
 
 
 NAME_MAX_CHARS = 100
@@ -426,7 +440,7 @@ def _target(table: Any, *, where: str, resolve, user: metrics.Metric | None) -> 
 
 def usable_budgets(metric: metrics.Metric) -> list[str]:
     """The budgets a recipe judged by `metric` may set: size and latency, the metric's, and fidelity's."""
-    names = [b.name for b in metrics.SIZE_AND_LATENCY]
+    names = list(metrics.ARTIFACT_BUDGETS)
     for value in metric.values + metrics.FIDELITY.values:
         names += [b.name for b in value.budgets if b.name not in names]
     return names
@@ -442,8 +456,8 @@ def check_budgets(recipe: Recipe, *, metric: metrics.Metric) -> None:
                 owners = [m.key for m in metrics.METRICS.values() if name in usable_budgets(m)]
                 raise SchemaError(f"budgets.{name} needs data.metric = {' or '.join(map(repr, owners))}, but this "
                                   f"recipe's is {metric.key!r}",
-                                  fix=f"use {', '.join(n for n in usable if n not in ('size_bytes', 'latency_p90_ms'))} "
-                                      "(or size_bytes, latency_p90_ms)")
+                                  fix=f"use {', '.join(n for n in usable if n not in metrics.ARTIFACT_BUDGETS)} "
+                                      f"(or {', '.join(metrics.ARTIFACT_BUDGETS)})")
 
 
 def _all_budgets(recipe: Recipe) -> list[Budgets]:
@@ -468,6 +482,15 @@ def _check_formats(recipe: Recipe) -> None:
             raise SchemaError(f"stage {stage.name!r} ({stage.kind}) takes a {wanted} model but gets a {current} one",
                               fix="reorder the stages (export turns a torch model into ONNX)")
         current = REGISTRY[stage.kind].output_format
-    if current != "onnx" and any(b.latency_p90_ms is not None for b in _all_budgets(recipe)):
-        raise SchemaError("budgets.latency_p90_ms needs the last stage to produce an ONNX model",
+    timed = [name for b in _all_budgets(recipe) for name in metrics.TIMED_BUDGETS if name in b.limits()]
+    if current != "onnx" and timed:
+        raise SchemaError(f"budgets.{timed[0]} needs the last stage to produce an ONNX model",
                           fix="add an export stage (and ptq) after the torch stages")
+    relative = [name for b in _all_budgets(recipe) for name in metrics.RELATIVE_BUDGETS if name in b.limits()]
+    last = recipe.stages[-1].name if recipe.stages else "model"
+    if relative and recipe.onnx_reference_stage in (None, last):
+        raise SchemaError(f"budgets.{relative[0]} compares the last stage with the ONNX reference (the reference "
+                          f"stage {recipe.reference_stage!r}, or the first ONNX stage after it), and this recipe has "
+                          "no ONNX stage between them",
+                          fix="set reference_stage to the stage before the one you ship (e.g. the export of the "
+                              "FP32 model), or add an export stage before it")

@@ -9,6 +9,11 @@ The p50 rule, with limit f = 1 + max_p50_growth_percent / 100, per stage and tar
   quieter machine, narrow the intervals and decide.
 - pass: the new p50 is within f * baseline p50.
 
+A stage timed against the run's ONNX reference in both reports (latency_ratio, see recipe.onnx_reference_stage)
+is judged by the same rule on its p50 ratio to the reference and that ratio's interval, not on its p50: the ratio
+was timed interleaved in one runner, so it carries over between a busy CI machine and a quiet one, or two CI
+machines of different speeds, where absolute p50s do not. The reference stage itself is judged on its p50.
+
 A side without an interval (a report from before intervals were recorded) cannot show a regression: above the
 limit it is inconclusive. Timings under emulation are never compared (skipped). Size is compared and reported
 per stage, without a limit.
@@ -47,6 +52,7 @@ class P50Change:
     ci95_ms: tuple[float, float] | None
     max_growth_percent: float
     verdict: P50Verdict
+    against: str | None = None  # the reference stage when the numbers are p50 ratios to it, else None (p50 ms)
 
     @property
     def growth_percent(self) -> float:
@@ -59,8 +65,9 @@ class P50Change:
         why = {"pass": "within the limit",
                "regression": "its interval lies wholly above the allowed growth of the baseline's: a regression",
                "inconclusive": "above the limit, but the intervals overlap: inconclusive (not failing)"}[self.verdict]
-        return (f"p50 {self.baseline_p50_ms:.4g} -> {self.p50_ms:.4g} ms ({self.growth_percent:+.1f}%, limit "
-                f"+{self.max_growth_percent:g}%), 95% CI {ci(self.baseline_ci95_ms)} -> {ci(self.ci95_ms)} ms: {why}")
+        what, unit = (f"p50 ratio to {self.against}", "") if self.against else ("p50", " ms")
+        return (f"{what} {self.baseline_p50_ms:.4g} -> {self.p50_ms:.4g}{unit} ({self.growth_percent:+.1f}%, limit "
+                f"+{self.max_growth_percent:g}%), 95% CI {ci(self.baseline_ci95_ms)} -> {ci(self.ci95_ms)}{unit}: {why}")
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,17 @@ class Comparison:
 def _interval(entry: dict[str, Any]) -> tuple[float, float] | None:
     ci = entry.get("p50_ci95_ms")
     return (float(ci[0]), float(ci[1])) if ci else None
+
+
+def _judged_numbers(base: dict[str, Any], entry: dict[str, Any]):
+    """(reference stage or None, (baseline p50, interval), (p50, interval)): p50 ratios to the same ONNX reference
+    where both entries have one, p50 ms otherwise."""
+    old, new = base.get("latency_ratio"), entry.get("latency_ratio")
+    if isinstance(old, dict) and isinstance(new, dict) and old.get("reference_stage") == new.get("reference_stage"):
+        return (new["reference_stage"], (float(old["p50"]), tuple(map(float, old["ci95"]))),
+                (float(new["p50"]), tuple(map(float, new["ci95"]))))
+    return (None, (float(base["latency_ms"]["p50"]), _interval(base)),
+            (float(entry["latency_ms"]["p50"]), _interval(entry)))
 
 
 def _setting(entry: dict[str, Any], key: str) -> Any:
@@ -124,12 +142,12 @@ def compare(report: dict[str, Any], baseline: dict[str, Any], *, max_growth_perc
                     raise UserError(f"stage {stage['name']!r} on {target} was timed with {key} = "
                                     f"{_setting(entry, key)}, its baseline with {_setting(base, key)}: their p50s "
                                     "do not compare", fix=f"rerun the baseline with the same {key}")
-            baseline_p50, p50 = float(base["latency_ms"]["p50"]), float(entry["latency_ms"]["p50"])
-            verdict = judge(baseline_p50_ms=baseline_p50, baseline_ci95_ms=_interval(base), p50_ms=p50,
-                            ci95_ms=_interval(entry), max_growth_percent=max_growth_percent)
+            against, (baseline_p50, baseline_ci), (p50, ci) = _judged_numbers(base, entry)
+            verdict = judge(baseline_p50_ms=baseline_p50, baseline_ci95_ms=baseline_ci, p50_ms=p50, ci95_ms=ci,
+                            max_growth_percent=max_growth_percent)
             changes.append(P50Change(stage=stage["name"], target=target, baseline_p50_ms=baseline_p50, p50_ms=p50,
-                                     baseline_ci95_ms=_interval(base), ci95_ms=_interval(entry),
-                                     max_growth_percent=max_growth_percent, verdict=verdict))
+                                     baseline_ci95_ms=baseline_ci, ci95_ms=ci, max_growth_percent=max_growth_percent,
+                                     verdict=verdict, against=against))
     if not changes and not emulated:
         raise UserError("the baseline has no stage timed on a target that the report also timed",
                         fix="pass a baseline report of the same recipe whose ONNX stages were timed")

@@ -98,7 +98,8 @@ def _gate_rows(report: dict[str, Any]) -> list[list[str]]:
     """The run's budget checks; a check without a target is on the primary target."""
     primary = report_view.primary_target(report)
     return [[c.get("target", primary), c["budget"], f"{c['limit']:g}", f"{c['value']:.4g}",
-             "ok" if c["passed"] else "VIOLATED"] for c in report["gate"]["checks"]]
+             ("ok" if c["passed"] else "VIOLATED") + (f" ({c['note']})" if c.get("note") else "")]
+            for c in report["gate"]["checks"]]
 
 
 _GATE_HEADER = ["target", "budget", "limit", "value", "result"]

@@ -118,11 +118,15 @@ def next_key(previous_key: str, *, source_sha256: str, name: str, kind: str, set
                   "settings": _plain(settings), "timing_threads": timing_threads})
 
 
-def target_key(stage_key: str, *, target: Any, bench: Any) -> str:
-    """What one target's numbers for a stage depend on; its budgets only gate them."""
+def target_key(stage_key: str, *, target: Any, bench: Any, reference_sha256: str | None = None) -> str:
+    """What one target's numbers for a stage depend on: the stage, the target, [bench], and the ONNX reference
+    it is timed against (a changed reference is a changed ratio); its budgets only gate them."""
     settings = _plain(target)
     settings.pop("budgets", None)
-    return _hash({"stage": stage_key, "target": settings, "bench": _plain(bench)})
+    key = {"stage": stage_key, "target": settings, "bench": _plain(bench)}
+    if reference_sha256 is not None:
+        key["latency_reference"] = reference_sha256
+    return _hash(key)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ class Outcome:
     message: str
     limit: float | None = None
     value: float | None = None
+    note: str | None = None  # a budget read from a noisy run says so (gate.noise_note)
 
     @property
     def name(self) -> str:
@@ -44,10 +45,9 @@ def budget_outcomes(report: dict[str, Any], policy: Policy) -> list[Outcome]:
         entry = measured.get(target, {})  # a target not measured on this stage may only hold empty budgets
         for check in gate.evaluate(budgets, final=entry, reference=_reference(report, entry),
                                    stage=f"{final['name']} on {target}", user=policy.user):
-            verdict = "ok" if check.passed else "violated"
             found.append(Outcome(target=target, stage=final["name"], check=check.budget,
                                  status="passed" if check.passed else "failed", limit=check.limit, value=check.value,
-                                 message=f"{check.budget} = {check.value:.6g} (limit {check.limit:g}): {verdict}"))
+                                 message=check.line(), note=check.note))
     return found
 
 

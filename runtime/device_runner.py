@@ -273,12 +273,14 @@ def round_order(count: int, round_index: int) -> list:
     return [0, 1, 1, 0] if round_index % 2 == 0 else [1, 0, 0, 1]
 
 
-def timed_epochs(open_pair, first_pair, *, runs: int, duration_s: float, round_runs: int, epochs: int,
+def timed_epochs(open_pair, *, models: int, runs: int, duration_s: float, round_runs: int, epochs: int,
                  epoch_warmup_runs: int, refill_runs: int = 0, progress=None):
     """Per-run ms of each model, per epoch: [[model 0's epoch 0 runs, epoch 1 runs, ...], [model 1's ...]].
 
-    Each epoch times fresh sessions (`open_pair()`; the first epoch `first_pair`, already warm) in rounds
-    (round_order) of blocks of `round_runs` runs. Fresh sessions, because where a session's buffers land in memory
+    Each epoch times fresh sessions (`open_pair()`, warmed by `epoch_warmup_runs` runs each) in rounds
+    (round_order) of blocks of `round_runs` runs. The sessions bench() opened first are never timed: the first
+    model's was opened first, measured for memory and warmed first, and was 0.3 % slower over 40 self-compares
+    of a 5 us model. Fresh sessions, because where a session's buffers land in memory
     moves its speed: two sessions of one 0.015 ms model differed by up to 10 %, steadily, in every process. An
     epoch is the unit of the interval, so that spread is inside it rather than mistaken for a difference of the
     models. Every model gets exactly `runs` runs, shared among min(epochs, runs) epochs; with `duration_s`,
@@ -287,7 +289,6 @@ def timed_epochs(open_pair, first_pair, *, runs: int, duration_s: float, round_r
     starts with `refill_runs` untimed runs: the other model's block has just evicted this one's weights from the
     caches (an INT8 MLP of 0.03 ms took 0.07 ms when timed from cold caches after its FP32 twin), and a model
     used alone runs warm."""
-    models = len(first_pair[0])
     epochs = min(epochs, runs)
     found = [[] for _ in range(models)]
     deadline = time.perf_counter() + duration_s if duration_s else None
@@ -295,11 +296,10 @@ def timed_epochs(open_pair, first_pair, *, runs: int, duration_s: float, round_r
     epoch = 0
     while True:
         quota = runs * (epoch % epochs + 1) // epochs - runs * (epoch % epochs) // epochs
-        sessions, feeds = first_pair if epoch == 0 else open_pair()
-        if epoch > 0:
-            for _ in range(epoch_warmup_runs):
-                for index in round_order(models, epoch)[:models]:
-                    sessions[index].run(None, feeds[index])
+        sessions, feeds = open_pair()
+        for _ in range(epoch_warmup_runs):
+            for index in round_order(models, epoch)[:models]:
+                sessions[index].run(None, feeds[index])
         samples = [[] for _ in range(models)]
         round_index = 0
         # Whole ABBA + BAAB pairs while they fit; the epoch's last runs alternate one by one.
@@ -334,10 +334,10 @@ class FreshSessions:
     while the previous epoch's are still alive: a session freed and then opened again would otherwise land where
     it was."""
 
-    def __init__(self, open_one, paths, feeds, *, seed: int) -> None:
+    def __init__(self, open_one, paths, feeds, *, seed: int, first) -> None:
         self.open_one, self.paths, self.feeds = open_one, paths, feeds
         self.rng = random.Random(seed)
-        self.previous = None
+        self.previous = first  # the sessions bench() opened, freed once the first epoch's are open
 
     def __call__(self):
         gap = (bytearray(self.rng.randrange(64, 64 * 1024)), bytearray(self.rng.randrange(1, 256) * 4096 + 256 * 1024))
@@ -489,7 +489,9 @@ def bench(args) -> dict:
     epoch_warmup_runs = max(2, min(50, int(EPOCH_WARMUP_MS / max(slowest_ms, 1e-6))))
     refill_runs = 1 if slowest_ms < ROUND_BLOCK_MS else 0  # a slower model's cache refill is lost in its run time
 
-    open_pair = FreshSessions(lambda path: open_session(ort, path, args)[0], paths, feeds, seed=args.seed)
+    open_pair = FreshSessions(lambda path: open_session(ort, path, args)[0], paths, feeds, seed=args.seed,
+                              first=sessions)
+    del sessions
     print(f"runner: warm-up {warmup_runs} runs; timing", file=sys.stderr, flush=True)
     header = {"seed": args.seed, "round_runs": round_runs, "epoch_warmup_runs": epoch_warmup_runs,
               "refill_runs": refill_runs, "keep_samples": bool(args.samples), "models": models,
@@ -507,7 +509,7 @@ def bench(args) -> dict:
                   "device": {"machine": platform.machine(), "system": platform.system(),
                              "python": platform.python_version(), "onnxruntime": ort.__version__,
                              "numpy": np.__version__, "cpu_count": os.cpu_count()}}}
-    epochs = timed_epochs(open_pair, (sessions, feeds), runs=args.runs, duration_s=args.duration,
+    epochs = timed_epochs(open_pair, models=len(paths), runs=args.runs, duration_s=args.duration,
                           round_runs=round_runs, epochs=args.epochs, epoch_warmup_runs=epoch_warmup_runs,
                           refill_runs=refill_runs,
                           progress=lambda new, done: print_progress(header, new, done))

@@ -3,7 +3,6 @@ time through the device runner (device_runner.py)."""
 
 from __future__ import annotations
 
-import random
 import time
 
 import numpy as np
@@ -30,8 +29,9 @@ def time_runs(session: ort.InferenceSession, sample: np.ndarray | dict[str, np.n
 def interleaved_latency(paths: dict, sample: np.ndarray | dict[str, np.ndarray], *, threads: int, rounds: int,
                         runs_per_round: int, warmup_runs: int, denormals: str = "keep",
                         disabled_optimizers: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Per-run ms for each model, timed in shuffled alternating rounds in one process, so that a
-    machine's slow spells fall on every model alike and their ratio stays honest. Every model gets the
+    """Per-run ms for each model, timed in alternating rounds in one process, so that a machine's slow spells fall
+    on every model alike and their ratio stays honest: each round runs the models forward then backward (ABBA
+    for two), so that none is favoured by following another (device_runner.round_order). Every model gets the
     same session settings: flushing denormals is a CPU flag of the calling thread, which ONNX Runtime
     (1.32) sets from the first session a process opens, so settings cannot be mixed in one process."""
     from edgepress.runtime.session import open_session
@@ -41,10 +41,10 @@ def interleaved_latency(paths: dict, sample: np.ndarray | dict[str, np.ndarray],
     for session in sessions.values():
         time_runs(session, sample, warmup_runs=warmup_runs, runs=1)
     times: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
-    order = list(sessions)
-    rng = random.Random(0)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            times[name].append(time_runs(sessions[name], sample, warmup_runs=2, runs=runs_per_round))
+    names = list(sessions)
+    half = max(1, runs_per_round // 2)
+    for round_index in range(rounds):
+        forward = names if round_index % 2 == 0 else names[::-1]
+        for name in forward + forward[::-1]:
+            times[name].append(time_runs(sessions[name], sample, warmup_runs=1, runs=half))
     return {name: np.concatenate(chunks) for name, chunks in times.items()}

@@ -17,7 +17,8 @@ STAGE_KEYS = {"name", "kind", "artifact", "format", "sha256", "seconds", "metric
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
-    recipe = write_recipe(folder, budgets="size_bytes = 1000000\naccuracy_drop_points = 5.0\nagreement_min = 0.9")
+    recipe = write_recipe(folder, budgets="size_bytes = 1000000\naccuracy_drop_points = 5.0\nagreement_min = 0.9\n"
+                                          "latency_ratio_max = 20.0\nsize_ratio_max = 0.9\npeak_memory_bytes = 2000000000")
     proc = run_cli("run", str(recipe), "--out", str(folder / "out"))
     return folder, proc
 
@@ -60,7 +61,46 @@ def test_report_follows_the_contract(tiny_run):
     assert ptq["metrics"]["size_bytes"] < export["metrics"]["size_bytes"]
     assert ptq["metrics"]["quantization"]["int8_nodes"] > 0
     assert report["gate"] == {**report["gate"], "passed": True, "violations": []}
-    assert {c["budget"] for c in report["gate"]["checks"]} == {"size_bytes", "accuracy_drop_points", "agreement_min"}
+    assert {c["budget"] for c in report["gate"]["checks"]} == {
+        "size_bytes", "accuracy_drop_points", "agreement_min", "latency_ratio_max", "size_ratio_max",
+        "peak_memory_bytes"}
+
+
+def test_every_onnx_stage_after_the_reference_is_timed_against_it(tiny_run):
+    """reference_stage = train (torch): its export is the ONNX reference; ptq is timed interleaved with it in one
+    runner, and its ratio, interval and size ratio are gated, the ratio at its interval's upper end."""
+    folder, _ = tiny_run
+    report = json.loads((folder / "out" / "report.json").read_text())
+    assert report["onnx_reference_stage"] == "export"
+    stages = {s["name"]: s["metrics"] for s in report["stages"]}
+    assert "latency_ratio" not in stages["export"] and "size_ratio" not in stages["export"]
+    ratio = stages["ptq"]["latency_ratio"]
+    assert ratio["reference_stage"] == "export" and ratio["epochs"] == 12
+    low, high = ratio["ci95"]
+    assert 0 < low <= ratio["p50"] <= high
+    # the reference's p50 as timed beside ptq agrees with its own stage's timing, alone, within a factor 2
+    assert 0.5 < ratio["reference_p50_ms"] / stages["export"]["latency_ms"]["p50"] < 2.0
+    assert stages["ptq"]["size_ratio"] == pytest.approx(stages["ptq"]["size_bytes"] / stages["export"]["size_bytes"])
+    checks = {c["budget"]: c for c in report["gate"]["checks"]}
+    assert checks["latency_ratio_max"]["value"] == high
+    assert checks["size_ratio_max"]["value"] == stages["ptq"]["size_ratio"]
+    assert checks["peak_memory_bytes"]["value"] == stages["ptq"]["peak_memory_bytes"]
+
+
+def test_peak_memory_under_run_is_the_models_own_as_under_bench(tiny_run, capsys):
+    """The run's runner is a child of an edgepress holding torch (hundreds of MB): its figure must be the
+    model's session over the runner's baseline, as `edgepress bench` of the same file measures it."""
+    from edgepress.cli import main
+
+    folder, _ = tiny_run
+    report = json.loads((folder / "out" / "report.json").read_text())
+    ptq = next(s for s in report["stages"] if s["name"] == "ptq")["metrics"]["targets"]["local"]
+    assert ptq["memory_method"] == "VmHWM"
+    capsys.readouterr()
+    assert main(["bench", str(folder / "out" / "03-ptq" / "model.onnx"), "--runs", "20"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert ptq["peak_memory_bytes"] == pytest.approx(alone["peak_memory_bytes"], rel=0.10)
+    assert ptq["runner_baseline_bytes"] < ptq["peak_memory_bytes"] < 400 * 2**20
 
 
 def test_export_parity_tolerance_grows_with_the_logits():

@@ -105,6 +105,21 @@ def test_latency_budget_needs_an_onnx_final_stage(tmp_path):
         load_text(tmp_path, text)
 
 
+@pytest.mark.parametrize("budget", ["latency_ratio_max = 0.7", "size_ratio_max = 0.3"])
+def test_relative_budgets_need_an_onnx_reference_before_the_last_stage(tmp_path, budget):
+    """The ONNX reference is the reference stage's ONNX model, or the first after it; the tiny recipe's reference
+    stage is train (torch), so its export is the reference and ptq is gated against it."""
+    fine = load_text(tmp_path, tiny(tmp_path, **{"[budgets]\n": f"[budgets]\n{budget}\n"}))
+    assert fine.onnx_reference_stage == "export"
+    for reference in ("ptq", "export"):  # the reference is the last stage, or the ONNX model after it is
+        text = tiny(tmp_path, **{"[budgets]\n": f"[budgets]\n{budget}\n",
+                                 'reference_stage = "train"': f'reference_stage = "{reference}"'})
+        if reference == "export":
+            text = text.replace('[[stages]]\nkind = "ptq"\n', "")
+        with pytest.raises(UserError, match=f"{budget.split()[0]} compares the last stage with the ONNX reference"):
+            load_text(tmp_path, text)
+
+
 def test_repo_recipes_are_valid():
     root = Path(__file__).resolve().parents[1]
     for path in sorted((root / "recipes").glob("*.toml")) + [root / "edgepress" / "builtin" / "demo.toml"]:
