@@ -1,4 +1,4 @@
-"""Does `--compare`'s 95 % interval cover? Self-compares of models from ~0.01 ms to ~50 ms.
+"""Does `--compare`'s 95 % interval cover? Self-compares of models from ~0.005 ms to ~50 ms.
 
 For each model, `tries` runs of the device runner (`bench A --compare A'`, A' a copy of A under another name, a
 fresh process each time, as `edgepress bench --compare` and every recipe's timing do): the true ratio is 1, so a
@@ -13,7 +13,7 @@ rounds, with a sign-test interval):
 
     python bench/latency_coverage.py [--tries 100] [--threads 1] [--json bench/results-latency-coverage.json]
 
-Takes about 15 minutes on two cores. Run it on a machine doing nothing else that you control: other work of
+Takes about 40 minutes on two cores (`--only NAME` runs the models whose name holds NAME). Run it on a machine doing nothing else that you control: other work of
 yours is part of the noise, which is the point, but a benchmark should say what it ran beside.
 """
 
@@ -80,6 +80,7 @@ def models(work: Path) -> dict[str, Path]:
         "conv 8x32ch 32x32": conv_stack(work / "conv32.onnx", channels=32, side=32, layers=8),
         "conv 8x64ch 56x56": conv_stack(work / "conv56.onnx", channels=64, side=56, layers=8),
         "conv 24x64ch 56x56": conv_stack(work / "conv56x24.onnx", channels=64, side=56, layers=24),
+        "conv 44x64ch 56x56": conv_stack(work / "conv56x44.onnx", channels=64, side=56, layers=44),
     }
 
 

@@ -162,7 +162,9 @@ def summary_line(result: dict[str, Any]) -> str:
     lat, ci = result["latency_ms"], result["p50_ci95_ms"]
     line = (f"{result['model']} on {result['target']}{' (emulated)' if result['emulated'] else ''}: "
             f"p50 {lat['p50']:.3f} ms [95% CI {ci[0]:.3f}-{ci[1]:.3f}], p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}, "
-            f"cv {100 * lat['cv']:.1f}% over {result['runs']} runs")
+            f"cv {100 * lat['cv']:.1f}% over {result['runs']} runs in {result.get('epochs', 1)} epochs")
+    if result.get("peak_memory_bytes"):
+        line += f", peak memory {result['peak_memory_bytes'] / 2**20:.1f} MiB"
     if "compare" in result:
         c = result["compare"]
         line += (f"; vs {c['model']}: p50 {c['latency_ms']['p50']:.3f} ms, ratio {c['p50_ratio']:.3f} "

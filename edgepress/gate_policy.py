@@ -26,13 +26,13 @@ from edgepress.recipe import Budgets, _no_paths, parse_budgets
 from edgepress.task import metric_of_report
 from edgepress.schema import SchemaError, closest, parse, read_toml
 
-LATENCY_BUDGETS = ("latency_p90_ms",)
+LATENCY_BUDGETS = metrics.TIMED_BUDGETS  # read from a target's runner: never from an emulated one
 
 
 def _needs(budget: str, user: metrics.Metric | None) -> str:
     """Which number of a target's entry a budget reads (the metric table says)."""
     found = metrics.budget_named(budget, user)
-    return "latency_ms" if budget in LATENCY_BUDGETS else found.value if found else budget
+    return "latency_ms" if budget == "latency_p90_ms" else found.value if found else budget
 
 
 @dataclass(frozen=True)
@@ -124,9 +124,11 @@ def check_against(policy: Policy, report: dict[str, Any]) -> None:
             key = _needs(budget, policy.user)
             if budget in LATENCY_BUDGETS and entry["emulated"]:
                 raise UserError(f"{policy.source}: {where} set {budget}, but {target} is emulated: its timings "
-                                "are not latency", fix=f"drop {budget} there; gate latency on a real device")
+                                "are not latency nor its memory the device's",
+                                fix=f"drop {budget} there; gate latency and memory on a real device")
             if key not in entry:
-                how = ("set evaluate = true for that target in the recipe" if key not in ("size_bytes", "latency_ms")
-                       else "time the models there (latency = true), or drop that budget")
+                how = ("set evaluate = true for that target in the recipe"
+                       if key not in ("size_bytes", "size_ratio", "latency_ms", "latency_ratio", "peak_memory_bytes")
+                       else "time the models there (latency = true) after the ONNX reference, or drop that budget")
                 raise UserError(f"{policy.source}: {where} set {budget}, but stage {final['name']!r} has no "
                                 f"{key} on {target}", fix=how)

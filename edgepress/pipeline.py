@@ -453,7 +453,8 @@ class Pipeline:
             measured = final["metrics"].get("targets", {}).get(spec.name)
             if measured is None or not spec.budgets.limits():
                 continue
-            measured = {"size_bytes": final["metrics"]["size_bytes"], **measured}  # the file is the same everywhere
+            shared = {k: final["metrics"][k] for k in ("size_bytes", "size_ratio") if k in final["metrics"]}
+            measured = {**shared, **measured}  # the file is the same everywhere
             reference = gate.reference_for(self.reference_metrics or {}, measured)
             for check in gate.evaluate(spec.budgets, final=measured, reference=reference,
                                        stage=f"{final['name']} on {spec.name}", user=self._user_metric()):

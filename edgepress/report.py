@@ -41,16 +41,21 @@ def _row(stage: dict[str, Any], metric: tuple[metrics.Value, ...]) -> list[str]:
 
 
 def target_header(report: dict[str, Any]) -> list[str]:
-    return ["stage", "target"] + [v.label for v in quality_values(report)] + ["size", "p50 ms [95% CI]", "p90 ms"]
+    reference = report.get("onnx_reference_stage")
+    return (["stage", "target"] + [v.label for v in quality_values(report)]
+            + ["size", "p50 ms [95% CI]", "p90 ms", f"p50 vs {reference or 'reference'} [95% CI]", "peak memory"])
 
 
 def _latency_cells(entry: dict[str, Any]) -> list[str]:
     if entry.get("latency_ms") is None:
-        return ["–", "–"]
+        return ["–"] * 4
     if entry["emulated"]:
-        return ["emulated", "emulated"]  # timings under emulation are not latency: never shown as such
+        return ["emulated"] * 4  # timings under emulation are not latency: never shown as such
     lat, ci = entry["latency_ms"], entry.get("p50_ci95_ms")
-    return [f"{lat['p50']:.3f}" + (f" [{ci[0]:.3f}–{ci[1]:.3f}]" if ci else ""), f"{lat['p90']:.3f}"]
+    ratio, memory = entry.get("latency_ratio"), entry.get("peak_memory_bytes")
+    return [f"{lat['p50']:.3f}" + (f" [{ci[0]:.3f}–{ci[1]:.3f}]" if ci else ""), f"{lat['p90']:.3f}",
+            f"{ratio['p50']:.2f}x [{ratio['ci95'][0]:.2f}–{ratio['ci95'][1]:.2f}]" if ratio else "–",
+            f"{memory / 2**20:.1f} MiB" if memory else "–"]
 
 
 def target_rows(report: dict[str, Any]) -> list[list[str]]:

@@ -18,10 +18,11 @@ from edgepress.metrics import VALUES
 SCHEMA_PREFIX = "edgepress.report/"
 SUPPORTED_SCHEMA = f"{SCHEMA_PREFIX}1"
 # The artifact's own numbers: the same file ships to every target.
-ARTIFACT_KEYS = ("size_bytes", "size_gzip_bytes", "params", "macs")
+ARTIFACT_KEYS = ("size_bytes", "size_ratio", "size_gzip_bytes", "params", "macs")
 # Every value of the metric table (edgepress/metrics.py): a user metric's are read as any other number.
 QUALITY_KEYS = tuple(VALUES) + ("same_as_host",)
-TIMING_KEYS = ("latency_ms", "p50_ci95_ms", "samples_ms", "runs", "threads", "batch")
+TIMING_KEYS = ("latency_ms", "p50_ci95_ms", "samples_ms", "runs", "threads", "batch", "latency_ratio",
+               "peak_memory_bytes")
 
 
 def load_report(path: Path, *, role: str = "report") -> dict[str, Any]:

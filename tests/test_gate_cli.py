@@ -158,6 +158,22 @@ def test_recorded_budget_violated_exits_1(runs, tmp_path):
     assert md.startswith("## edgepress gate: tiny: FAILED") and "**Failed:**" in md
 
 
+def test_relative_budgets_from_a_file_read_the_ratio_interval_and_the_size_ratio(runs, tmp_path):
+    ptq = _stage(runs["report"], "ptq")["metrics"]
+    low, high = ptq["targets"]["local"]["latency_ratio"]["ci95"]
+    budgets = _budgets(runs, f"latency_ratio_max = {(low + high) / 2}\nsize_ratio_max = {ptq['size_ratio'] * 2}\n"
+                             f"peak_memory_bytes = {ptq['targets']['local']['peak_memory_bytes'] * 2}\n")
+    proc = run_cli("gate", str(runs["two"]), "--budgets", str(budgets), "--junit", str(tmp_path / "j.xml"))
+    assert proc.returncode == 1, proc.stderr  # the limit lies inside the interval: not surely fast enough
+    assert f"budget violated: latency_ratio_max = {high:.4g}" in proc.stderr
+    suites = _junit(tmp_path / "j.xml")
+    assert {n for n, c in suites["local"].items() if c.find("failure") is not None} == {"latency_ratio_max [ptq]"}
+    assert set(suites["local"]) == {"latency_ratio_max [ptq]", "size_ratio_max [ptq]", "peak_memory_bytes [ptq]"}
+    emulated = _budgets(runs, f'[targets."{QEMU}"]\nlatency_ratio_max = 5.0\n')
+    assert_one_line_error(run_cli("gate", str(runs["two"]), "--budgets", str(emulated)), "latency_ratio_max",
+                          "emulated")
+
+
 def test_per_target_budgets_from_a_file(runs, tmp_path):
     qemu_agreement = _stage(runs["report"], "ptq")["metrics"]["targets"][QEMU]["agreement"]
     local_p90 = _stage(runs["report"], "ptq")["metrics"]["targets"]["local"]["latency_ms"]["p90"]

@@ -50,7 +50,8 @@ def deterministic(report: dict) -> dict:
     """What must not depend on when or whether a run was interrupted: everything but timings."""
     stages = []
     for stage in report["stages"]:
-        metrics = {k: v for k, v in stage["metrics"].items() if k not in ("latency_ms", "targets")}
+        metrics = {k: v for k, v in stage["metrics"].items()
+                   if k not in ("latency_ms", "latency_ratio", "peak_memory_bytes", "targets")}
         stages.append({**{k: v for k, v in stage.items() if k != "seconds"}, "metrics": metrics})
     return {**report, "stages": stages}
 
