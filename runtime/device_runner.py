@@ -32,6 +32,7 @@ BOOTSTRAP_RESAMPLES = 2000
 SETTLE_WINDOW_RUNS = 10
 SETTLE_TOLERANCE = 0.03  # warm-up ends when two consecutive windows' medians differ by less than this share
 SETTLE_MAX_RUNS = 1000
+SETTLE_MAX_S = 3.0  # ...or this long: a 50 ms model on a busy machine may never settle within 3 %
 ROUND_BLOCK_MS = 2.0  # an interleaved round's block of runs of one model lasts about this long
 DEFAULT_EPOCHS = 12  # fresh session pairs per bench; 12 medians give a sign-test 95% interval of ranks 3 and 10
 EPOCH_WARMUP_MS = 20.0  # untimed runs of each fresh session, about this long (2 to 50 runs)
@@ -240,14 +241,16 @@ def first_run(session, feed) -> float:
 
 
 def warm_up(np, sessions, feeds, warmup: str) -> int:
-    """Untimed runs: a fixed count, or ('auto') windows until two in a row agree on their median."""
+    """Untimed runs: a fixed count, or ('auto') windows until two in a row agree on their median (at most
+    SETTLE_MAX_RUNS runs or SETTLE_MAX_S seconds: every epoch warms its own sessions again anyway)."""
     if warmup != "auto":
         for _ in range(int(warmup)):
             for session, feed in zip(sessions, feeds):
                 session.run(None, feed)
         return int(warmup)
     done, previous = 0, None
-    while done < SETTLE_MAX_RUNS:
+    deadline = time.perf_counter() + SETTLE_MAX_S
+    while done < SETTLE_MAX_RUNS and time.perf_counter() < deadline:
         window = [np.median([run_once_ms(s, f) for _ in range(SETTLE_WINDOW_RUNS)]) for s, f in zip(sessions, feeds)]
         done += SETTLE_WINDOW_RUNS
         if previous is not None and all(abs(w - p) <= SETTLE_TOLERANCE * p for w, p in zip(window, previous)):

@@ -184,3 +184,16 @@ def test_the_users_data_redoes_everything(project):
 def test_edgepress_code_redoes_everything(project, monkeypatch):
     monkeypatch.setattr(resume, "code_version", lambda: "another edgepress")
     assert project.run() == everything("rebuilt")
+
+
+def test_timings_against_the_onnx_reference_are_keyed_by_its_file():
+    """A stage timed against the ONNX reference is re-timed when the reference's file changed, even when the stage
+    itself did not (its ratio is to that file)."""
+    from edgepress import resume
+    from edgepress.recipe import BenchSpec, TargetSpec
+
+    def key(reference):
+        return resume.target_key("stage-key", target=TargetSpec(), bench=BenchSpec(), reference_sha256=reference)
+
+    assert key("a" * 64) == key("a" * 64)
+    assert len({key(None), key("a" * 64), key("b" * 64)}) == 3
