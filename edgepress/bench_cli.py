@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="size of a free input dimension, e.g. batch=1 or sequence=128 (default 1)")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the JSON here")
     parser.add_argument("--samples", action="store_true", help="keep every timing in the JSON")
+    parser.add_argument("--profile", action="store_true",
+                        help="ONNX Runtime's per-operator profile of each model too: ms per op type and per node")
     parser.add_argument("--python", help="the device's Python (default: python3 on ssh, this one locally)")
     parser.add_argument("--identity-file", type=Path, help="ssh: private key")
     parser.add_argument("--workdir", help="ssh: folder on the device for the temporary working folder")
@@ -66,6 +68,8 @@ def runner_args(args: argparse.Namespace) -> list[str]:
         out += ["--disable-optimizer", name]
     if args.samples:
         out.append("--samples")
+    if args.profile:
+        out.append("--profile")
     return out
 
 
@@ -158,6 +162,10 @@ def _labelled(result: dict[str, Any], target) -> dict[str, Any]:
     return result
 
 
+def _top_op_types(profile: dict[str, Any], count: int = 4) -> str:
+    return ", ".join(f"{row['op_type']} {100 * row['share']:.0f}%" for row in profile["by_op_type"][:count])
+
+
 def summary_line(result: dict[str, Any]) -> str:
     lat, ci = result["latency_ms"], result["p50_ci95_ms"]
     line = (f"{result['model']} on {result['target']}{' (emulated)' if result['emulated'] else ''}: "
@@ -165,10 +173,14 @@ def summary_line(result: dict[str, Any]) -> str:
             f"cv {100 * lat['cv']:.1f}% over {result['runs']} runs in {result.get('epochs', 1)} epochs")
     if result.get("peak_memory_bytes"):
         line += f", peak memory {result['peak_memory_bytes'] / 2**20:.1f} MiB"
+    if "profile" in result:
+        line += "; time by op type: " + _top_op_types(result["profile"])
     if "compare" in result:
         c = result["compare"]
         line += (f"; vs {c['model']}: p50 {c['latency_ms']['p50']:.3f} ms, ratio {c['p50_ratio']:.3f} "
                  f"[95% CI {c['p50_ratio_ci95'][0]:.3f}-{c['p50_ratio_ci95'][1]:.3f}]")
+        if "profile" in c:
+            line += f"; its time by op type: {_top_op_types(c['profile'])}"
     return line
 
 

@@ -107,6 +107,8 @@ def _run(recipe_path: Path, out: Path | None, *, force: bool = False, rerun_from
     if result is None:
         return EXIT_OK  # a rank other than 0: rank 0 reports for all
     gate = result.report["gate"]
+    for line in result.report.get("warnings", []):
+        print(f"edgepress: warning: {line}", file=sys.stderr)
     for check in gate["checks"]:
         note = f" ({check['note']})" if check.get("note") else ""
         if not check["passed"]:

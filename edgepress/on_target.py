@@ -17,7 +17,7 @@ from edgepress.targets import PartialMeasurement, Target, TargetOptions, open_ta
 
 # What a target entry keeps of the runner's bench JSON.
 _TIMING_KEYS = ("latency_ms", "p50_ci95_ms", "runs", "warmup_runs", "session_create_ms", "first_run_ms",
-                "peak_memory_bytes", "runner_baseline_bytes", "memory_method", "epochs", "thread_settings", "session_settings", "device", "samples_ms", "complete",
+                "peak_memory_bytes", "runner_baseline_bytes", "memory_method", "epochs", "profile", "thread_settings", "session_settings", "device", "samples_ms", "complete",
                 "incomplete")
 
 
@@ -69,7 +69,9 @@ def time_on(target: Target, artifact: Artifact, sample: np.ndarray | dict[str, n
         try:
             found = target.run(files=files, timeout_s=1800.0, args=[
                 "bench", artifact.path.name, *compare, "--inputs", inputs.name, "--threads", str(spec.threads),
-                "--runs", str(bench.runs), "--warmup", str(bench.warmup_runs), "--samples", *session_flags(spec)])
+                "--runs", str(bench.runs), "--warmup", str(bench.warmup_runs), "--samples",
+                # where the time goes; emulated kernels are not worth profiling, and slow to run
+                *([] if target.emulated else ["--profile"]), *session_flags(spec)])
         except PartialMeasurement as exc:
             exc.result = _timing_entry(exc.result, spec=spec, bench=bench, reference_stage=reference_stage)
             raise

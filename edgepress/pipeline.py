@@ -387,6 +387,12 @@ class Pipeline:
             for key in ("latency_ratio", "peak_memory_bytes"):
                 if primary.get(key) is not None:
                     metrics[key] = primary[key]
+        metrics.pop("warnings", None)
+        warnings = slower_than_reference(metrics["targets"])
+        if warnings:
+            metrics["warnings"] = warnings
+            for line in warnings:
+                say(f"    warning: {line}")
         return keys, [spec.name for spec in stale]
 
     def _on_targets(self, artifact: Artifact, *, stage: str, targets: list, data: DataProvider,
@@ -489,6 +495,7 @@ class Pipeline:
                         for t in self.recipe.targets],
             "budgets": self.recipe.budgets.limits(),
             "stages": self.records,
+            "warnings": [f"stage {r['name']}: {line}" for r in self.records for line in r["metrics"].get("warnings", [])],
             "gate": gate.summary(checks, stage=final["name"]),
         }
         per_target = self._target_checks(final)
@@ -504,6 +511,21 @@ class Pipeline:
             self._raise_if_full(exc, self.out_dir, doing="the report was written")
             raise
         return RunResult(report=result, out_dir=self.out_dir)
+
+
+def slower_than_reference(targets: dict[str, Any]) -> list[str]:
+    """A warning for each (real) target where the stage's model is surely slower than the ONNX reference, its
+    p50 ratio's whole interval above 1: an INT8 model slower than its FP32 source ships only knowingly."""
+    found = []
+    for name, entry in targets.items():
+        ratio = (entry or {}).get("latency_ratio")
+        if entry.get("emulated") or not isinstance(ratio, dict) or ratio["ci95"][0] <= 1.0:
+            continue
+        found.append(f"on {name} this model is slower than {ratio['reference_stage']}'s: p50 {ratio['p50']:.2f}x "
+                     f"[95% CI {ratio['ci95'][0]:.2f}-{ratio['ci95'][1]:.2f}]; see where the time goes with "
+                     "`edgepress bench --compare`, keep the slow nodes in float (nodes_to_exclude), or gate it with "
+                     "latency_ratio_max")
+    return found
 
 
 def _one_line_metrics(metrics: dict[str, Any], task: Task) -> str:

@@ -113,6 +113,8 @@ _GATE_HEADER = ["target", "budget", "limit", "value", "result"]
 def _gate_lines(report: dict[str, Any]) -> list[str]:
     g = report["gate"]
     lines = [f"**Gate on stage `{g['stage']}`: {'PASSED' if g['passed'] else 'FAILED'}**", ""]
+    if report.get("warnings"):
+        lines += ["**Warnings:**", ""] + [f"- {line}" for line in report["warnings"]] + [""]
     rows = _gate_rows(report)
     return lines + (markdown_table(_GATE_HEADER, rows) if rows else ["No budgets were set."])
 
@@ -224,6 +226,12 @@ def _html_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> s
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _warnings_html(report: dict[str, Any]) -> str:
+    listed = report.get("warnings") or []
+    return ("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in listed) + "</ul>"
+            if listed else "")
+
+
 def html_page(report: dict[str, Any]) -> str:
     g = report["gate"]
     verdict = "PASSED" if g["passed"] else "FAILED"
@@ -241,11 +249,13 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f
 <h1>edgepress report: {html.escape(report['name'])}</h1>
 <h2>Gate on stage <code>{html.escape(g['stage'])}</code>: <span class="{verdict}">{verdict}</span></h2>
 {_html_table(_GATE_HEADER, gate_rows) if gate_rows else "<p>No budgets were set.</p>"}
+{_warnings_html(report)}
 <p>{html.escape(_targets_line(report))} {html.escape(_against(report).replace("`", ""))}</p>
 <h2>On each target</h2>{_html_table(target_header(report), target_rows(report))}
 <h2>Plots</h2>
 <div class="plots">{report_plots.size_svg(report)}{report_plots.quality_svg(report)}</div>
 {report_plots.latency_svg(report)}
+{report_plots.profile_svg(report)}
 <h2>Stages</h2><p>Headline metrics: the primary target's.</p>
 {_html_table(columns(report), [_row(s, quality_values(report)) for s in report['stages']])}
 <h2>Every evaluation set</h2>{_html_table(_per_set_header(report), _per_set_rows(report))}

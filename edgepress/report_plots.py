@@ -76,6 +76,44 @@ def size_svg(report: dict[str, Any]) -> str:
     return figure_svg(fig, plt)
 
 
+PROFILE_OP_TYPES = 7  # op types drawn apart in the profile plot; the rest are "other"
+
+
+def profile_svg(report: dict[str, Any]) -> str:
+    """Each profiled ONNX stage's kernel time per run on the primary target, stacked by op type: where an INT8
+    model spends what its FP32 reference did not (quantize/dequantize, reorders) shows beside the GEMMs."""
+    primary = report_view.primary_target(report)
+    rows = [(stage["name"], entry["profile"]) for stage in report["stages"]
+            for target, entry in report_view.stage_targets(stage, report=report).items()
+            if target == primary and not entry.get("emulated") and isinstance(entry.get("profile"), dict)]
+    if not rows:
+        return ""
+    plt = pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
+    totals: dict[str, float] = {}
+    for _, profile in rows:
+        for row in profile["by_op_type"]:
+            totals[row["op_type"]] = totals.get(row["op_type"], 0.0) + row["ms"]
+    named = sorted(totals, key=lambda op: -totals[op])[:PROFILE_OP_TYPES]
+    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.5 * len(rows)))
+    left = np.zeros(len(rows))
+    for index, op in enumerate(named + ["other"]):
+        widths = np.array([sum(r["ms"] for r in profile["by_op_type"]
+                               if (r["op_type"] == op if op != "other" else r["op_type"] not in named))
+                           for _, profile in rows])
+        bars = ax.barh([name for name, _ in rows], widths, left=left, label=op, color=COLORS[index % len(COLORS)])
+        for bar, (name, _) in zip(bars, rows):
+            bar.set_gid(plot_id(f"profile-{op}", name, primary))
+        left += widths
+    ax.invert_yaxis()
+    ax.set_xlabel(f"kernel time per run on {primary} (ms, ONNX Runtime's profiler)")
+    ax.set_title("where the time goes, by op type")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return figure_svg(fig, plt)
+
+
 def _timed(report: dict[str, Any]) -> tuple[list[tuple[str, str, dict[str, Any]]], list[str]]:
     """(stage, target, entry) timed on a real device, and the targets whose timings were emulated."""
     rows, emulated = [], []

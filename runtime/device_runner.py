@@ -1,6 +1,6 @@
 """edgepress device runner: one file, copied to the device and run there; needs Python 3.8+, onnxruntime, numpy.
 
-    python3 device_runner.py bench MODEL.onnx [--compare OTHER.onnx] [--threads N] [--runs N | --duration S]
+    python3 device_runner.py bench MODEL.onnx [--compare OTHER.onnx] [--threads N] [--runs N | --duration S] [--profile]
                                              [--warmup N|auto] [--inputs X.npz] [--dim NAME=SIZE ...]
                                              [--denormals keep|zero] [--disable-optimizer NAME ...]
     python3 device_runner.py predict MODEL.onnx --inputs X.npz --out Y.npz [--threads N] [--batch-size N]
@@ -199,7 +199,7 @@ def set_denormals(options, denormals: str) -> None:
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
 
 
-def open_session(ort, path: str, args):
+def open_session(ort, path: str, args, *, profile_prefix=None):
     if not os.path.isfile(path):
         raise BadInput(f"model {path!r} does not exist on the device", "check the path, or the copy to the device")
     options = ort.SessionOptions()
@@ -211,6 +211,9 @@ def open_session(ort, path: str, args):
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if args.spinning == "on" else "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "1" if args.spinning == "on" else "0")
     set_denormals(options, args.denormals)
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     started = time.perf_counter()
     try:
         session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"],
@@ -311,7 +314,9 @@ def timed_epochs(open_pair, *, models: int, runs: int, duration_s: float, round_
             if round_index % 2 == 0:  # a pair's block size is decided at its start, so both halves match
                 block = round_runs if quota - len(samples[0]) >= (4 if models > 1 else 1) * round_runs else 1
             previous = None
-            for index in round_order(models, round_index):
+            # Odd epochs start with BAAB: an epoch's first timed runs, on sessions just warmed, would otherwise
+            # be model A's in every epoch (a 50 ms model has 3 runs an epoch; 7 of 100 self-compares missed 1.0).
+            for index in round_order(models, round_index + epoch):
                 if models > 1 and index != previous:
                     for _ in range(refill_runs):
                         sessions[index].run(None, feeds[index])
@@ -455,6 +460,52 @@ def summarize(np, header: dict, epochs_ms) -> dict:
     return result
 
 
+PROFILE_RUNS = 50  # profiled runs per model, after PROFILE_SKIP_RUNS that fill the caches and the arena
+PROFILE_SKIP_RUNS = 5
+PROFILE_TOP_NODES = 15
+
+
+def profile(np, ort, path: str, feed: dict, args) -> dict:
+    """Where a model's time goes: ONNX Runtime's profiler on a session of its own (profiling slows every run, so
+    these runs are never the timed ones). Per op type and per node (the slowest PROFILE_TOP_NODES): ms per run of
+    the kernels, and their share of all kernels' time. Kernel names are ONNX Runtime's after its graph
+    optimisations: fused nodes (Conv with its Relu, QLinearConv from Q/DQ) show as what actually ran."""
+    session, _ = open_session(ort, path, args, profile_prefix="edgepress-profile-" + os.path.basename(path))
+    for _ in range(PROFILE_SKIP_RUNS + PROFILE_RUNS):
+        session.run(None, feed)
+    written = session.end_profiling()
+    try:
+        with open(written) as events_file:
+            events = json.load(events_file)
+    finally:
+        os.remove(written)
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    start = runs[PROFILE_SKIP_RUNS][0] if len(runs) > PROFILE_SKIP_RUNS else 0
+    kernels = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+               and e["ts"] >= start]
+    counted = max(1, len(runs) - PROFILE_SKIP_RUNS)
+    total_us = float(sum(e["dur"] for e in kernels)) or 1.0
+    by_type, by_node = {}, {}
+    for event in kernels:
+        op_type = event.get("args", {}).get("op_name", "?")
+        node = event["name"][:-len("_kernel_time")]
+        by_type.setdefault(op_type, [0.0, set()])
+        by_type[op_type][0] += event["dur"]
+        by_type[op_type][1].add(node)
+        by_node.setdefault(node, [0.0, op_type])
+        by_node[node][0] += event["dur"]
+    model_runs_ms = [(end - begin) / 1e3 for begin, end in runs[PROFILE_SKIP_RUNS:]]
+    return {
+        "runs": counted,
+        "kernels_ms": total_us / counted / 1e3,
+        "model_run_p50_ms": float(np.median(model_runs_ms)) if model_runs_ms else None,
+        "by_op_type": [{"op_type": op, "ms": us / counted / 1e3, "share": us / total_us, "nodes": len(nodes)}
+                       for op, (us, nodes) in sorted(by_type.items(), key=lambda item: -item[1][0])],
+        "by_node": [{"node": node, "op_type": op, "ms": us / counted / 1e3, "share": us / total_us}
+                    for node, (us, op) in sorted(by_node.items(), key=lambda item: -item[1][0])[:PROFILE_TOP_NODES]],
+    }
+
+
 def print_progress(header: dict, new_epochs, epochs_done: int) -> None:
     line = {"partial": True, "epochs": epochs_done,
             "new_epochs_ms": [[[round(float(v), 5) for v in e] for e in model] for model in new_epochs]}
@@ -518,7 +569,12 @@ def bench(args) -> dict:
                           round_runs=round_runs, epochs=args.epochs, epoch_warmup_runs=epoch_warmup_runs,
                           refill_runs=refill_runs,
                           progress=lambda new, done: print_progress(header, new, done))
-    return dict(summarize(np, header, epochs), complete=True)
+    result = dict(summarize(np, header, epochs), complete=True)
+    if args.profile:
+        result["profile"] = profile(np, ort, paths[0], feeds[0], args)
+        if len(paths) > 1:
+            result["compare"]["profile"] = profile(np, ort, paths[1], feeds[1], args)
+    return result
 
 
 def predict(args) -> dict:
@@ -581,6 +637,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--cpus", help="pin the process to these CPUs, e.g. 0,1 (Linux)")
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--samples", action="store_true", help="include every timing in the JSON")
+            p.add_argument("--profile", action="store_true",
+                           help="after timing, ONNX Runtime's per-operator profile of each model (its own session)")
         else:
             p.add_argument("--out")
             p.add_argument("--batch-size", type=int, default=64)

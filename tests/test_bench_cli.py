@@ -79,6 +79,20 @@ def test_compare_interleaves_two_models_and_the_ratio_interval_excludes_one(mode
     assert low > 1.5, "four 512x512 matmuls against four 64x64 ones: the larger must be clearly slower"
 
 
+def test_profile_says_where_each_models_time_goes(models):
+    small, large = models
+    proc = run_cli("bench", str(large), "--compare", str(small), "--runs", "50", "--warmup", "5", "--profile")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for profile in (result["profile"], result["compare"]["profile"]):
+        assert [row["op_type"] for row in profile["by_op_type"]] == ["MatMul"]  # four MatMuls, nothing else
+        assert profile["by_op_type"][0]["nodes"] == 4 and len(profile["by_node"]) == 4
+        assert profile["by_op_type"][0]["share"] == pytest.approx(1.0)
+    # four 512x512 MatMuls take far longer per run than four 64x64 ones, in the profiler's clock too
+    assert result["profile"]["kernels_ms"] > 3 * result["compare"]["profile"]["kernels_ms"]
+    assert "time by op type: MatMul 100%" in proc.stderr
+
+
 def test_inputs_from_npz_and_duration(models, tmp_path):
     small, _ = models
     inputs = tmp_path / "inputs.npz"

@@ -87,6 +87,42 @@ def test_every_onnx_stage_after_the_reference_is_timed_against_it(tiny_run):
     assert checks["peak_memory_bytes"]["value"] == stages["ptq"]["peak_memory_bytes"]
 
 
+def test_a_stage_surely_slower_than_its_reference_warns_in_every_report(tiny_run):
+    """The tiny CNN's INT8 model (8 channels on 8x8 images) is all quantize/dequantize overhead: slower than FP32.
+    Whichever way it measures, the warning is there exactly when the ratio's interval lies above 1."""
+    from edgepress.pipeline import slower_than_reference
+
+    folder, proc = tiny_run
+    report = json.loads((folder / "out" / "report.json").read_text())
+    ptq = next(s for s in report["stages"] if s["name"] == "ptq")["metrics"]
+    slower = ptq["targets"]["local"]["latency_ratio"]["ci95"][0] > 1.0
+    assert bool(ptq.get("warnings")) is slower and bool(report["warnings"]) is slower
+    if slower:
+        assert report["warnings"][0].startswith("stage ptq: on local this model is slower than export's: p50 ")
+        assert f"edgepress: warning: {report['warnings'][0]}" in proc.stderr
+        assert "**Warnings:**" in (folder / "out" / "report.md").read_text()
+    entry = {"latency_ratio": {"p50": 1.4, "ci95": [1.37, 1.41], "reference_stage": "export"}, "emulated": False}
+    assert len(slower_than_reference({"local": entry, "qemu-aarch64": dict(entry, emulated=True)})) == 1
+    unsure = dict(entry, latency_ratio=dict(entry["latency_ratio"], ci95=[0.99, 1.41]))
+    assert slower_than_reference({"local": unsure, "other": {"latency_ms": {}}}) == []
+
+
+def test_every_timed_stage_has_a_per_operator_profile_and_its_plot(tiny_run):
+    folder, _ = tiny_run
+    report = json.loads((folder / "out" / "report.json").read_text())
+    stages = {s["name"]: s["metrics"]["targets"]["local"] for s in report["stages"] if s["format"] == "onnx"}
+    for name, entry in stages.items():
+        profile = entry["profile"]
+        assert profile["runs"] == 50 and profile["kernels_ms"] > 0
+        assert sum(row["share"] for row in profile["by_op_type"]) == pytest.approx(1.0)
+        assert sum(row["ms"] for row in profile["by_op_type"]) == pytest.approx(profile["kernels_ms"])
+        assert profile["by_node"][0]["ms"] >= profile["by_node"][-1]["ms"] > 0
+    int8_ops = {row["op_type"] for row in stages["ptq"]["profile"]["by_op_type"]}
+    assert "QuantizeLinear" in int8_ops and not int8_ops & {"Conv", "FusedConv"}  # INT8 convolutions ran
+    html = (folder / "out" / "report.html").read_text()
+    assert f'id="{report_plots.plot_id("profile-QuantizeLinear", "ptq", "local")}"' in html
+
+
 def test_peak_memory_under_run_is_the_models_own_as_under_bench(tiny_run, capsys):
     """The run's runner is a child of an edgepress holding torch (hundreds of MB): its figure must be the
     model's session over the runner's baseline, as `edgepress bench` of the same file measures it."""
