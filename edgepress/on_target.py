@@ -3,7 +3,6 @@ there when the target asks for it (ARM kernels may answer differently from x86 o
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,12 @@ import numpy as np
 from edgepress.progress import say
 from edgepress.recipe import BenchSpec, Recipe, TargetSpec
 from edgepress.stage import Artifact
-from edgepress.targets import PartialMeasurement, Target, TargetOptions, open_target
+from edgepress.targets import PartialMeasurement, Target, TargetOptions, link_or_copy, open_target
 
 # What a target entry keeps of the runner's bench JSON.
 _TIMING_KEYS = ("latency_ms", "p50_ci95_ms", "runs", "warmup_runs", "session_create_ms", "first_run_ms",
-                "peak_memory_bytes", "runner_baseline_bytes", "memory_method", "epochs", "profile", "thread_settings", "session_settings", "device", "samples_ms", "complete",
+                "peak_memory_bytes", "runner_baseline_bytes", "memory_method", "epochs", "profile",
+                "thread_settings", "session_settings", "device", "samples_ms", "complete",
                 "incomplete")
 
 
@@ -60,10 +60,7 @@ def time_on(target: Target, artifact: Artifact, sample: np.ndarray | dict[str, n
         if reference is not None:
             # The runner names files by base name: the reference goes in under a name of its own.
             named = Path(scratch) / f"reference-{reference.path.name}"
-            try:
-                named.hardlink_to(reference.path)
-            except OSError:  # another file system
-                shutil.copyfile(reference.path, named)
+            link_or_copy(reference.path, named)
             files.append(named)
             compare = ["--compare", named.name]
         try:

@@ -28,7 +28,6 @@ import time
 import zipfile
 
 EXIT_ERROR = 2
-BOOTSTRAP_RESAMPLES = 2000
 SETTLE_WINDOW_RUNS = 10
 SETTLE_TOLERANCE = 0.03  # warm-up ends when two consecutive windows' medians differ by less than this share
 SETTLE_MAX_RUNS = 1000
@@ -262,10 +261,9 @@ def warm_up(np, sessions, feeds, warmup: str) -> int:
     return done
 
 
-def round_runs_for(np, sessions, feeds, *, runs: int, epochs: int) -> int:
+def round_runs_for(slowest_ms: float, *, runs: int, epochs: int) -> int:
     """Runs per block of an interleaved round: a block lasts about ROUND_BLOCK_MS, so a slow spell of the machine
     falls on both models of a round alike, yet every epoch gets at least one whole round."""
-    slowest_ms = max(float(np.median([run_once_ms(s, f) for _ in range(3)])) for s, f in zip(sessions, feeds))
     by_time = int(ROUND_BLOCK_MS / max(slowest_ms, 1e-6)) or 1
     by_epochs = max(1, runs // (2 * epochs))
     return max(1, min(by_time, by_epochs))
@@ -400,6 +398,7 @@ class MemoryMeter:
         self.method = "VmHWM" if self.resettable else "ru_maxrss"
 
     def start(self) -> None:
+        """From here on, what a session adds counts as its own."""
         if self.resettable:
             _reset_peak()
             self._before = _proc_status_bytes("VmRSS")
@@ -451,9 +450,7 @@ def summarize(np, header: dict, epochs_ms) -> dict:
     if len(epochs) > 1:
         # The first model's p50 over the second's: the median of the epochs' ratios, and its interval.
         ratios = [float(np.median(a) / np.median(b)) for a, b in zip(epochs[0], epochs[1])]
-        compare = one(1)
-        compare.pop("peak_memory_bytes", None)  # measured beside the first model's session: not its own figure
-        result["compare"] = dict(compare, p50_ratio=float(np.median(ratios)), p50_ratio_ci95=median_ci95(np, ratios),
+        result["compare"] = dict(one(1), p50_ratio=float(np.median(ratios)), p50_ratio_ci95=median_ci95(np, ratios),
                                  epoch_ratios=[round(r, 5) for r in ratios], round_runs=header["round_runs"])
         if header["keep_samples"]:
             result["compare"]["samples_ms"] = [round(float(v), 5) for v in flat[1]]
@@ -528,7 +525,8 @@ def bench(args) -> dict:
     memory = MemoryMeter(np)
     sessions, models, feeds = [], [], []
     for index, path in enumerate(paths):
-        memory.start()
+        if index == 0:  # the first model's session alone: --compare's would be measured beside it
+            memory.start()
         session, created = open_session(ort, path, args)
         feed = (npz_feed(np, session, args.inputs) if args.inputs
                 else random_feed(np, session, dims=args.dims, seed=args.seed + index))
@@ -537,11 +535,13 @@ def bench(args) -> dict:
         for _ in range(2):  # a few more runs: some kernels allocate their scratch on a later run
             session.run(None, feed)
         models.append({"session_create_ms": created, "first_run_ms": first_ms, "size_bytes": os.path.getsize(path),
-                       "model": os.path.basename(path), "peak_memory_bytes": memory.model_peak_bytes()})
+                       "model": os.path.basename(path)})
+        if index == 0:
+            models[0]["peak_memory_bytes"] = memory.model_peak_bytes()
     warmup_runs = warm_up(np, sessions, feeds, args.warmup)
-    round_runs = (round_runs_for(np, sessions, feeds, runs=args.runs, epochs=args.epochs)
-                  if args.round_runs == "auto" else int(args.round_runs))
     slowest_ms = max(float(np.median([run_once_ms(s, f) for _ in range(3)])) for s, f in zip(sessions, feeds))
+    round_runs = (round_runs_for(slowest_ms, runs=args.runs, epochs=args.epochs)
+                  if args.round_runs == "auto" else int(args.round_runs))
     epoch_warmup_runs = max(2, min(50, int(EPOCH_WARMUP_MS / max(slowest_ms, 1e-6))))
     refill_runs = 1 if slowest_ms < ROUND_BLOCK_MS else 0  # a slower model's cache refill is lost in its run time
 
@@ -683,7 +683,7 @@ def main(argv=None) -> int:
                 raise BadInput(f"--epochs {args.epochs} is under 6: no 95% interval of a median exists for fewer",
                                "pass --epochs 6 or more, or leave it out (12)")
             if args.runs <= 0 or args.duration < 0:
-                raise BadInput("--runs and --round-runs must be positive, --duration not negative", "fix the flags")
+                raise BadInput("--runs must be positive and --duration not negative", "fix the flags")
             if args.warmup != "auto" and not args.warmup.isdigit():
                 raise BadInput(f"--warmup {args.warmup!r} is neither a count nor 'auto'", "pass e.g. --warmup 50")
             args.dims = parse_dims(args.dim_pairs)

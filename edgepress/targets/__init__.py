@@ -58,6 +58,16 @@ def _factories() -> dict[str, Factory]:
     return {"local": local.LocalTarget.from_name, "ssh": ssh.from_name, "qemu-aarch64": qemu.from_name}
 
 
+def link_or_copy(source: Path, destination: Path) -> None:
+    """A hard link costs nothing for a large model; another file system needs a copy."""
+    import shutil
+
+    try:
+        destination.hardlink_to(source.resolve())
+    except OSError:
+        shutil.copy2(source, destination)
+
+
 def scheme_of(name: str) -> str:
     if name.startswith("ssh://"):
         return "ssh"

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 from edgepress import children
 from edgepress.errors import UserError
-from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, runner_stopped
+from edgepress.targets import (RUNNER, TargetOptions, link_or_copy, output_so_far, parse_runner_output,
+                               runner_stopped)
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class LocalTarget:
             work = Path(folder)
             shutil.copy2(RUNNER, work / RUNNER.name)
             for path in files:
-                _link_or_copy(Path(path), work / Path(path).name)
+                link_or_copy(Path(path), work / Path(path).name)
             try:
                 done = children.run([self.python, RUNNER.name, *args], cwd=work, capture_output=True, text=True,
                                       timeout=timeout_s)
@@ -47,11 +48,3 @@ class LocalTarget:
             for name in fetch:
                 shutil.copy2(work / name, Path(into or ".") / name)
         return result
-
-
-def _link_or_copy(source: Path, destination: Path) -> None:
-    """A hard link costs nothing for a large model; another file system needs a copy."""
-    try:
-        destination.hardlink_to(source.resolve())
-    except OSError:
-        shutil.copy2(source, destination)

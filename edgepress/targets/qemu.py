@@ -30,8 +30,8 @@ from typing import Any, Sequence
 
 from edgepress import children
 from edgepress.errors import UserError
-from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, runner_stopped
-from edgepress.targets.local import _link_or_copy
+from edgepress.targets import (RUNNER, TargetOptions, link_or_copy, output_so_far, parse_runner_output,
+                               runner_stopped)
 
 SCHEME = "qemu-aarch64"
 DEFAULT_CPU = "cortex-a53"  # no dot product: the most common small ARM core (Raspberry Pi 3, many boards)
@@ -225,7 +225,7 @@ class QemuTarget:
             work.mkdir()
             shutil.copy2(RUNNER, work / RUNNER.name)
             for path in files:
-                _link_or_copy(Path(path), work / Path(path).name)
+                link_or_copy(Path(path), work / Path(path).name)
             try:
                 done = children.run(self.command(setup, root, RUNNER.name, *args), cwd=work, capture_output=True,
                                       text=True, timeout=timeout_s, env=guest_env(setup.site_packages))
