@@ -211,8 +211,10 @@ class Pipeline:
                 source_sha256 = resume.file_sha256(current.path) if current else ""
                 if spec is not None:
                     timed = REGISTRY[kind].timed is not None and REGISTRY[kind].timed(spec.settings)
+                    reads_targets = REGISTRY[kind].reads_targets is not None and REGISTRY[kind].reads_targets(spec.settings)
                     key = resume.next_key(key, source_sha256=source_sha256, name=name, kind=kind,
-                                          settings=spec.settings, timing_threads=recipe.target.threads if timed else None)
+                                          settings=spec.settings, timing_threads=recipe.target.threads if timed else None,
+                                          target_names=tuple(t.name for t in recipe.targets) if reads_targets else None)
                 kept = resume.reusable(folder, key=key) if index < redo_from else None
             redo = distributed.from_main(kept is None)  # the other ranks train along only what rank 0 redoes
             if not main:

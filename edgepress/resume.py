@@ -112,10 +112,14 @@ def first_key(recipe, data: DataProvider) -> str:
 
 
 def next_key(previous_key: str, *, source_sha256: str, name: str, kind: str, settings: Any,
-             timing_threads: int | None = None) -> str:
-    """`timing_threads`: the primary target's threads, for a stage whose output depends on timings there."""
-    return _hash({"previous": previous_key, "source": source_sha256, "name": name, "kind": kind,
-                  "settings": _plain(settings), "timing_threads": timing_threads})
+             timing_threads: int | None = None, target_names: tuple[str, ...] | None = None) -> str:
+    """`timing_threads`: the primary target's threads, for a stage whose output depends on timings there;
+    `target_names`: the recipe's targets, for a stage whose output depends on their CPUs."""
+    key = {"previous": previous_key, "source": source_sha256, "name": name, "kind": kind,
+           "settings": _plain(settings), "timing_threads": timing_threads}
+    if target_names is not None:  # absent otherwise, so earlier runs' keys still match
+        key["targets"] = list(target_names)
+    return _hash(key)
 
 
 def target_key(stage_key: str, *, target: Any, bench: Any, reference_sha256: str | None = None) -> str:

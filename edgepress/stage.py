@@ -63,3 +63,6 @@ class StageDef:
     # Whether, with these settings, its output depends on timings on the primary target (a search that keeps
     # the fastest candidate): then that target's threads are part of the stage's resume key.
     timed: Callable[[Any], bool] | None = None
+    # Whether, with these settings, its output depends on which CPUs the recipe's targets are (ptq's automatic
+    # saturation guard): then the targets' names are part of the stage's resume key.
+    reads_targets: Callable[[Any], bool] | None = None

@@ -43,6 +43,17 @@ def parse_cpuinfo(text: str, *, machine: str) -> Isa:
     return Isa(arch="x86_64", vnni=bool(flags & {"avx512_vnni", "avx_vnni"}))
 
 
+def saturation_guard_for(isas: "list[Isa | None]") -> tuple[bool, str]:
+    """(guard needed, why) for a model that runs on these CPUs; None is a CPU not known here (a device over ssh),
+    which may be x86 without VNNI."""
+    risky = [isa.describe() if isa else "a device whose CPU is not known before it is reached" for isa in isas
+             if isa is None or isa.u8s8_saturates]
+    if risky:
+        return True, f"U8S8 kernels may add products in int16 and saturate on {', '.join(dict.fromkeys(risky))}"
+    shown = ", ".join(dict.fromkeys(isa.describe() for isa in isas if isa))
+    return False, f"every target's U8S8 kernels add products in int32 ({shown}): nothing saturates"
+
+
 def local_isa() -> Isa:
     cpuinfo = Path("/proc/cpuinfo")
     text = cpuinfo.read_text() if cpuinfo.is_file() else ""

@@ -11,11 +11,12 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from edgepress.compress.ptq import PtqSettings, quantize
+from edgepress.compress.ptq import PtqSettings, quantize, resolve_guard
 from edgepress.compress.saturation import signed_input_nodes
 from edgepress.errors import UserError
 from edgepress.export.onnx_export import ExportSettings, export_onnx
 from edgepress.onnx_stats import count_params_and_macs
+from edgepress.runtime.isa import Isa
 from tests.conftest import one_node_model
 
 
@@ -104,8 +105,34 @@ def test_default_quantizes_every_conv_to_integer_kernels_with_parity(tmp_path):
 
 def test_uint8_weights_guard_gives_the_first_conv_uint8_weights(tmp_path):
     out = tmp_path / "q.onnx"
-    quantize(source=export(tmp_path), out=out, calibration=inputs(32), settings=PtqSettings())
+    quantize(source=export(tmp_path), out=out, calibration=inputs(32), settings=PtqSettings(saturation_guard="uint8_weights"))
     assert conv_weight_dtypes(out) == [onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.INT8]
+
+
+AVX2 = Isa(arch="x86_64", vnni=False)
+VNNI = Isa(arch="x86_64", vnni=True)
+ARM = Isa(arch="aarch64")
+
+
+@pytest.mark.parametrize(("isas", "guard"), [
+    ((AVX2,), "uint8_weights"), ((VNNI,), "off"), ((ARM,), "off"), ((VNNI, ARM), "off"),
+    ((VNNI, AVX2), "uint8_weights"), ((None,), "uint8_weights"), ((ARM, None), "uint8_weights")])
+def test_automatic_guard_follows_the_targets_cpus(isas, guard):
+    applied, why = resolve_guard("auto", scheme="u8s8", target_isas=isas)
+    assert applied == guard
+    assert ("saturate on" in why) == (guard != "off")
+    assert resolve_guard("fp32", scheme="u8s8", target_isas=isas)[0] == "fp32"  # an explicit setting wins
+    assert resolve_guard("auto", scheme="s8s8", target_isas=isas)[0] == "off"  # no U8S8 kernel to saturate
+
+
+def test_automatic_guard_guards_only_for_cpus_that_saturate(tmp_path):
+    source = export(tmp_path)
+    for isas, first_conv in (((AVX2,), onnx.TensorProto.UINT8), ((VNNI, ARM), onnx.TensorProto.INT8)):
+        out = tmp_path / f"q-{first_conv}.onnx"
+        done = quantize(source=source, out=out, calibration=inputs(32), settings=PtqSettings(), target_isas=isas)
+        assert conv_weight_dtypes(out)[0] == first_conv
+        assert done["saturation_guard"] == ("uint8_weights" if first_conv == onnx.TensorProto.UINT8 else "off")
+        assert done["saturation_guard_reason"]
 
 
 def test_fp32_guard_keeps_signed_input_convs_in_float(tmp_path):
@@ -125,6 +152,21 @@ def test_guard_off_and_s8s8_quantize_everything_int8(tmp_path):
         assert done["guarded_nodes"] == []
     zero_points = [numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer if i.name.endswith("zero_point") and "bias" not in i.name]
     assert zero_points and all(z.dtype == np.int8 for z in zero_points)
+
+
+def test_a_float_node_between_integer_neighbours_stays_float_in_the_session(tmp_path):
+    """ONNX Runtime's WeightBiasQuantization would quantize it at load time (compress/keep_float.py)."""
+    source = export(tmp_path)
+    middle = [n.name for n in onnx.load(str(source)).graph.node if n.op_type == "Conv"][1]
+    out = tmp_path / "q.onnx"
+    done = quantize(source=source, out=out, calibration=inputs(32),
+                    settings=PtqSettings(nodes_to_exclude=(middle,), saturation_guard="off"))
+    assert done["node_precision"][middle] == "fp32" and done["transforms"]["float_nodes_pinned"] == [middle]
+    optimized = optimized_ops(out, tmp_path)
+    assert optimized.count("QLinearConv") == 2 and optimized.count("Conv") == 1
+    x = inputs(64, seed=3)
+    fp32, int8 = run(source, x), run(out, x)
+    assert np.mean(fp32.argmax(1) == int8.argmax(1)) >= 0.9
 
 
 def test_excluded_node_stays_float_and_unknown_name_is_an_error(tmp_path):

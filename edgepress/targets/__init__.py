@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from edgepress.errors import UserError
 
 import edgepress.runtime as _runtime_package
+
+if TYPE_CHECKING:
+    from edgepress.runtime.isa import Isa
 
 # Installed, runtime/ is edgepress.runtime wherever it lies; the runner ships inside it.
 RUNNER = Path(_runtime_package.__file__).resolve().parent / "device_runner.py"
@@ -72,6 +75,19 @@ def scheme_of(name: str) -> str:
     if name.startswith("ssh://"):
         return "ssh"
     return name.split(":", 1)[0]
+
+
+def known_isa(name: str) -> "Isa | None":
+    """The instruction set a target's kernels run on, where it is known without reaching the device: this
+    machine's for local, aarch64 under qemu-aarch64; None for a device over ssh."""
+    from edgepress.runtime.isa import Isa, local_isa
+
+    scheme = scheme_of(name)
+    if scheme == "local":
+        return local_isa()
+    if scheme == "qemu-aarch64":
+        return Isa(arch="aarch64")
+    return None
 
 
 def open_target(name: str, *, options: TargetOptions = TargetOptions()) -> Target:
