@@ -76,6 +76,10 @@ def bench_model(model_name: str, *, work: Path, sets: dict, calibration: np.ndar
         plain_quantize(paths["fp32"], paths[name], calibration, **options)
     paths["edgepress ptq"] = work / f"{model_name}-edgepress.onnx"
     quantize(source=paths["fp32"], out=paths["edgepress ptq"], calibration=calibration, settings=PtqSettings())
+    # The defaults before issue 20's graph work: the saturation guard everywhere, Q/DQ islands left open.
+    paths["edgepress ptq (before issue 20)"] = work / f"{model_name}-edgepress-before.onnx"
+    quantize(source=paths["fp32"], out=paths["edgepress ptq (before issue 20)"], calibration=calibration,
+             settings=PtqSettings(saturation_guard="uint8_weights", simplify_qdq=False))
 
     print(f"[bench] {model_name}: accuracy on {', '.join(sets)}", file=sys.stderr, flush=True)
     top1 = {}
@@ -91,7 +95,7 @@ def bench_model(model_name: str, *, work: Path, sets: dict, calibration: np.ndar
     fp32_p50 = float(np.median(times["fp32"]))
     for name, path in paths.items():
         t = times[name]
-        round_medians = np.median(t.reshape(args.rounds, args.runs_per_round), axis=1)
+        round_medians = np.median(t.reshape(args.rounds, -1), axis=1)
         rows.append({
             "model": model_name, "config": name, "size_bytes": path.stat().st_size,
             "accuracy": {s: float(np.mean(top1[name][s] == y)) for s, (_, y) in sets.items()},
