@@ -5,7 +5,10 @@ test_raw_1017, top-1 agreement with FP32, size, and batch-1 latency at 1 thread,
 interleaved rounds (each round times every model once, in a shuffled order) so machine noise
 falls on all of them alike. Prints a table; --json PATH also writes the numbers.
 
-    python bench/int8_vs_plain_ort.py [--models resnet20 resnet56] [--json results.json]
+    python bench/int8_vs_plain_ort.py [--models resnet20 resnet56] [--json results.json] [--peers]
+
+--peers adds NNCF and Intel Neural Compressor, called as their documentation shows (bench/peers.py says how
+to install them beside edgepress).
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def load(stem: str) -> tuple[np.ndarray, np.ndarray]:
     return preprocess(images=raw.images, spec=NORMALISE), raw.labels
 
 
-def bench_model(model_name: str, *, work: Path, sets: dict, calibration: np.ndarray, args) -> list[dict]:
+def bench_model(model_name: str, *, work: Path, sets: dict, calibration: np.ndarray, args, failed: list[dict]
+                ) -> list[dict]:
     print(f"[bench] {model_name}: export and quantize", file=sys.stderr, flush=True)
     model = build_model(name=f"cifar_{model_name}", entry=None, kwargs={})
     load_checkpoint(path=data_root() / "weights" / CHECKPOINTS[model_name], model=model)
@@ -76,6 +80,22 @@ def bench_model(model_name: str, *, work: Path, sets: dict, calibration: np.ndar
         plain_quantize(paths["fp32"], paths[name], calibration, **options)
     paths["edgepress ptq"] = work / f"{model_name}-edgepress.onnx"
     quantize(source=paths["fp32"], out=paths["edgepress ptq"], calibration=calibration, settings=PtqSettings())
+    if args.peers:
+        from peers import PEERS
+
+        for name, peer in PEERS.items():
+            print(f"[bench] {model_name}: {name}", file=sys.stderr, flush=True)
+            path = work / f"{model_name}-{name.replace(' ', '_').replace('(', '').replace(')', '')}.onnx"
+            try:  # a peer that fails on a model is a result too
+                peer(paths["fp32"], path, calibration)
+                import onnx
+
+                onnx.save(onnx.load(str(path)), str(path))  # weights a peer saved beside the file, inline: sizes compare
+                open_session(path, threads=1)
+            except Exception as error:  # noqa: BLE001
+                failed.append({"model": model_name, "config": name, "error": str(error).splitlines()[0][:300]})
+                continue
+            paths[name] = path
     # The defaults before issue 20's graph work: the saturation guard everywhere, Q/DQ islands left open.
     paths["edgepress ptq (before issue 20)"] = work / f"{model_name}-edgepress-before.onnx"
     quantize(source=paths["fp32"], out=paths["edgepress ptq (before issue 20)"], calibration=calibration,
@@ -132,18 +152,29 @@ def main() -> int:
     parser.add_argument("--runs-per-round", type=int, default=25)
     parser.add_argument("--warmup-runs", type=int, default=50)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--peers", action="store_true", help="NNCF and Intel Neural Compressor too (bench/peers.py)")
     args = parser.parse_args()
+    if args.peers:
+        from peers import INSTALL, missing
+
+        if missing():
+            print(f"bench: error: --peers needs NNCF and onnx-neural-compressor ({missing()}); fix: {INSTALL}",
+                  file=sys.stderr)
+            return 2
     if not (data_root() / "weights").is_dir():
         print(f"bench: error: shared data not found at {data_root()}; fix: set EDGEPRESS_DATA", file=sys.stderr)
         return 2
     started = time.time()
     sets = {stem: load(stem) for stem in ("test_jpeg_10000", "test_raw_1017")}
     calibration = load("train_raw_5085")[0][:CALIBRATION_SAMPLES]
-    rows = []
+    rows, failed = [], []
     with tempfile.TemporaryDirectory(prefix="edgepress-bench-") as scratch:
         for model_name in args.models:
-            rows += bench_model(model_name, work=Path(scratch), sets=sets, calibration=calibration, args=args)
+            rows += bench_model(model_name, work=Path(scratch), sets=sets, calibration=calibration, args=args,
+                                failed=failed)
     print(table(rows))
+    for failure in failed:
+        print(f"\n{failure['model']}, {failure['config']}: failed: {failure['error']}")
     import onnxruntime
 
     meta = {"onnxruntime": onnxruntime.__version__, "machine": platform.processor() or platform.machine(),
@@ -152,7 +183,7 @@ def main() -> int:
     print(f"\nlatency: batch 1, {args.threads} thread(s), {args.rounds} interleaved rounds x {args.runs_per_round} runs; "
           f"onnxruntime {meta['onnxruntime']}; {meta['seconds']} s")
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows, "failed": failed}, indent=2, default=str))
     return 0
 
 
