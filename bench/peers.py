@@ -9,7 +9,7 @@ Both pin libraries edgepress does not (INC numpy < 2, transformers), so they liv
 their own that sees this one's packages:
 
     python -m venv --system-site-packages .venv-peers
-    .venv-peers/bin/pip install 'nncf==3.4.0' 'onnx-neural-compressor==1.0' prettytable
+    .venv-peers/bin/pip install -e '.[peers]'        # pyproject.toml's `peers` extra
     .venv-peers/bin/python bench/int8_vs_plain_ort.py --peers
 """
 
@@ -20,8 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-INSTALL = ("python -m venv --system-site-packages .venv-peers && .venv-peers/bin/pip install 'nncf==3.4.0' "
-           "'onnx-neural-compressor==1.0' prettytable, then run this with .venv-peers/bin/python")
+INSTALL = ("python -m venv --system-site-packages .venv-peers && .venv-peers/bin/pip install -e '.[peers]', "
+           "then run this with .venv-peers/bin/python")
 
 
 def _input_name(source: Path) -> str:
