@@ -1,7 +1,8 @@
 """Where a model runs, named the same way in recipes and on the command line.
 
-`local` (this machine), `ssh://user@host[:port]` (a device over OpenSSH) and `qemu-aarch64[:CPU]`
-(aarch64 ONNX Runtime under qemu-user, for ARM kernels' answers; its timings are emulated, never latency).
+`local` (this machine), `ssh://user@host[:port]` (a device over OpenSSH), `qemu-aarch64[:CPU]` (aarch64 ONNX
+Runtime under qemu-user, for ARM kernels' answers) and `qemu-x86_64[:CPU]` (this machine's ONNX Runtime as an
+x86 CPU without VNNI, for those kernels' answers); emulated timings are never latency.
 Every target does the same thing: put the single-file device runner (runtime/device_runner.py) and the
 named files in a fresh working folder on the device, run `python device_runner.py ARGS` there, parse the
 one JSON object it prints on stdout, copy back the files it was asked to fetch, and clean up.
@@ -56,9 +57,10 @@ Factory = Callable[[str, TargetOptions], Target]
 
 
 def _factories() -> dict[str, Factory]:
-    from edgepress.targets import local, qemu, ssh
+    from edgepress.targets import local, qemu, qemu_x86, ssh
 
-    return {"local": local.LocalTarget.from_name, "ssh": ssh.from_name, "qemu-aarch64": qemu.from_name}
+    return {"local": local.LocalTarget.from_name, "ssh": ssh.from_name, "qemu-aarch64": qemu.from_name,
+            "qemu-x86_64": qemu_x86.from_name}
 
 
 def link_or_copy(source: Path, destination: Path) -> None:
@@ -79,14 +81,19 @@ def scheme_of(name: str) -> str:
 
 def known_isa(name: str) -> "Isa | None":
     """The instruction set a target's kernels run on, where it is known without reaching the device: this
-    machine's for local, aarch64 under qemu-aarch64; None for a device over ssh."""
+    machine's for local, the emulated CPU's under qemu; None for a device over ssh."""
     from edgepress.runtime.isa import Isa, local_isa
 
     scheme = scheme_of(name)
     if scheme == "local":
         return local_isa()
     if scheme == "qemu-aarch64":
-        return Isa(arch="aarch64")
+        from edgepress.targets.qemu import CPUS, DEFAULT_CPU
+
+        cpu = CPUS.get(name.partition(":")[2] or DEFAULT_CPU)
+        return Isa(arch="aarch64", dot_product=bool(cpu and cpu.dot_product))
+    if scheme == "qemu-x86_64":
+        return Isa(arch="x86_64", vnni=False)  # qemu emulates no VNNI (targets/qemu_x86.py)
     return None
 
 
@@ -95,7 +102,8 @@ def open_target(name: str, *, options: TargetOptions = TargetOptions()) -> Targe
     scheme = scheme_of(name)
     if scheme not in factories:
         raise UserError(f"unknown target {name!r}",
-                        fix="use local, ssh://user@host[:port] or qemu-aarch64[:CPU] (e.g. qemu-aarch64:cortex-a53)")
+                        fix="use local, ssh://user@host[:port], qemu-aarch64[:CPU] (e.g. qemu-aarch64:cortex-a53) "
+                            "or qemu-x86_64[:CPU] (e.g. qemu-x86_64:Haswell)")
     return factories[scheme](name, options)
 
 
@@ -203,10 +211,11 @@ def relayed(line: str) -> str:
     return line[:300]
 
 
-SCHEMES = ("local", "ssh", "qemu-aarch64")
+SCHEMES = ("local", "ssh", "qemu-aarch64", "qemu-x86_64")
 
 
 def check_name(name: str) -> None:
     """A recipe's target name, checked for its scheme before anything runs (ValueError for the schema)."""
     if scheme_of(name) not in SCHEMES:
-        raise ValueError(f"unknown target {name!r}: use local, ssh://user@host[:port] or qemu-aarch64[:CPU]")
+        raise ValueError(f"unknown target {name!r}: use local, ssh://user@host[:port], qemu-aarch64[:CPU] "
+                         "or qemu-x86_64[:CPU]")

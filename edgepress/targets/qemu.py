@@ -203,6 +203,20 @@ def _online_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+def run_emulated(command: list[str], *, target: str, cwd: Path, timeout_s: float,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`command` (qemu first) in `cwd`; a time-out or a qemu that does not start is a one-line UserError."""
+    try:
+        return children.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise runner_stopped(f"the runner on {target} took longer than {timeout_s:.0f} s",
+                             " (emulation is 10-50x slower than the host)", stdout=output_so_far(exc),
+                             fix="lower --runs or --duration, or raise the time-out") from None
+    except OSError as exc:
+        raise UserError(f"cannot start {command[0]}: {exc.strerror or exc}",
+                        fix="reinstall the Debian package qemu-user") from None
+
+
 @dataclass(frozen=True)
 class QemuTarget:
     name: str  # qemu-aarch64:CPU
@@ -226,16 +240,8 @@ class QemuTarget:
             shutil.copy2(RUNNER, work / RUNNER.name)
             for path in files:
                 link_or_copy(Path(path), work / Path(path).name)
-            try:
-                done = children.run(self.command(setup, root, RUNNER.name, *args), cwd=work, capture_output=True,
-                                      text=True, timeout=timeout_s, env=guest_env(setup.site_packages))
-            except subprocess.TimeoutExpired as exc:
-                raise runner_stopped(f"the runner on {self.name} took longer than {timeout_s:.0f} s",
-                                     " (emulation is 10-50x slower than the host)", stdout=output_so_far(exc),
-                                     fix="lower --runs or --duration, or raise the time-out") from None
-            except OSError as exc:
-                raise UserError(f"cannot start {self.qemu}: {exc.strerror or exc}",
-                                fix="reinstall the Debian package qemu-user") from None
+            done = run_emulated(self.command(setup, root, RUNNER.name, *args), target=self.name, cwd=work,
+                                timeout_s=timeout_s, env=guest_env(setup.site_packages))
             result = parse_runner_output(done.stdout, done.stderr, done.returncode, target=self.name)
             for name in fetch:
                 shutil.copy2(work / name, Path(into or ".") / name)
