@@ -17,8 +17,9 @@ STAGE_KEYS = {"name", "kind", "artifact", "format", "sha256", "seconds", "metric
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
+    # A 2.4 k-parameter model's INT8 file is mostly graph (Q/DQ nodes and their scales): about 0.90 of FP32's size.
     recipe = write_recipe(folder, budgets="size_bytes = 1000000\naccuracy_drop_points = 5.0\nagreement_min = 0.9\n"
-                                          "latency_ratio_max = 20.0\nsize_ratio_max = 0.9\npeak_memory_bytes = 2000000000")
+                                          "latency_ratio_max = 20.0\nsize_ratio_max = 0.95\npeak_memory_bytes = 2000000000")
     proc = run_cli("run", str(recipe), "--out", str(folder / "out"))
     return folder, proc
 
@@ -120,7 +121,9 @@ def test_every_timed_stage_has_a_per_operator_profile_and_its_plot(tiny_run):
     int8_ops = {row["op_type"] for row in stages["ptq"]["profile"]["by_op_type"]}
     assert "QuantizeLinear" in int8_ops and not int8_ops & {"Conv", "FusedConv"}  # INT8 convolutions ran
     html = (folder / "out" / "report.html").read_text()
-    assert f'id="{report_plots.plot_id("profile-QuantizeLinear", "ptq", "local")}"' in html
+    slowest = stages["ptq"]["profile"]["by_op_type"][0]["op_type"]  # the plot names the largest op types
+    assert slowest.startswith("QLinear") or slowest == "QGemm"
+    assert f'id="{report_plots.plot_id(f"profile-{slowest}", "ptq", "local")}"' in html
 
 
 def test_peak_memory_under_run_is_the_models_own_as_under_bench(tiny_run, capsys):
