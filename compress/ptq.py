@@ -64,6 +64,11 @@ class PtqSettings:
     # DequantizeLinear and a QuantizeLinear, a spatial ReduceMean; every output bit stays the same. ResNet-20's
     # two shortcut Pads and its pooling: 1.4 % faster on a VNNI Xeon (bench/RESULTS.md, issue 20).
     simplify_qdq: bool = True
+    # Measure, on the recipe's primary target's threads, whether each compute node and its activation tail runs
+    # faster in float, and keep it there where it surely does (compress/speed_fallback.py). Costs a quantization
+    # and a short interleaved timing per node; on a net that ONNX Runtime runs faster in float (hardswish, small
+    # maps) the INT8 model gets faster, and larger.
+    float_where_faster: bool = False
     # Share of the calibration samples kept out of the bias estimate, on which its effect is measured and
     # reported (output error and top-1 agreement against the source model, before and after).
     bias_correction_holdout: float = 0.25
@@ -224,6 +229,29 @@ def resolve_guard(setting: str, *, scheme: str, target_isas: Sequence[Isa | None
     return ("uint8_weights" if needed else "off"), why
 
 
+def prepared_graph(source: Path, out: Path, *, settings: PtqSettings, log: Callable[[str], None]) -> dict[str, Any]:
+    """The float graph quantize_static is given, written to `out` (its node names are the ones nodes_to_exclude
+    names); returns the transforms done."""
+    with tempfile.TemporaryDirectory(prefix="edgepress-prepare-") as scratch:
+        prepared = source
+        if settings.preprocess:
+            prepared = Path(scratch) / "prepared.onnx"
+            _prepare(source, prepared, fold_batchnorm=settings.fold_batchnorm, scratch=Path(scratch), log=log)
+        transforms: dict[str, Any] = {"fold_batchnorm": {
+            "on": settings.fold_batchnorm and settings.preprocess, "batchnorm_nodes_in_source": batchnorm_count(source),
+            "batchnorm_nodes_quantized": batchnorm_count(prepared)}}
+        if not compute_nodes(prepared):
+            raise UserError(f"{source.name} has no Conv, Gemm or MatMul node, so INT8 has nothing to speed up",
+                            fix="remove the quantization stage for this model")
+        if settings.simplify_qdq:
+            transforms["simplify_qdq"] = {"spatial_means_to_global_pool": spatial_means_to_global_pool(prepared, out)}
+        else:
+            import onnx
+
+            onnx.save(onnx.load(str(prepared)), str(out))  # external weights come along, inline
+    return transforms
+
+
 def quantize(*, source: Path, out: Path, calibration: np.ndarray | dict[str, np.ndarray], settings: PtqSettings,
              log: Callable[[str], None] = lambda _: None, calibration_cache: Path | None = None,
              target_isas: Sequence[Isa | None] | None = None) -> dict[str, Any]:
@@ -246,20 +274,8 @@ def quantize(*, source: Path, out: Path, calibration: np.ndarray | dict[str, np.
         raise UserError(f"equalize and bias_correction work on one-input models, and {source.name} has {len(feeds)}",
                         fix="set equalize = false and bias_correction = false in this ptq stage")
     with tempfile.TemporaryDirectory(prefix="edgepress-ptq-") as scratch:
-        to_quantize = source
-        if settings.preprocess:
-            to_quantize = Path(scratch) / "prepared.onnx"
-            _prepare(source, to_quantize, fold_batchnorm=settings.fold_batchnorm, scratch=Path(scratch), log=log)
-        transforms: dict[str, Any] = {"fold_batchnorm": {
-            "on": settings.fold_batchnorm and settings.preprocess, "batchnorm_nodes_in_source": batchnorm_count(source),
-            "batchnorm_nodes_quantized": batchnorm_count(to_quantize)}}
-        if not compute_nodes(to_quantize):
-            raise UserError(f"{source.name} has no Conv, Gemm or MatMul node, so INT8 has nothing to speed up",
-                            fix="remove the quantization stage for this model")
-        if settings.simplify_qdq:
-            pooled = Path(scratch) / "global-pool.onnx"
-            transforms["simplify_qdq"] = {"spatial_means_to_global_pool": spatial_means_to_global_pool(to_quantize, pooled)}
-            to_quantize = pooled
+        to_quantize = Path(scratch) / "graph.onnx"
+        transforms = prepared_graph(source, to_quantize, settings=settings, log=log)
         _check_excluded(to_quantize, settings.nodes_to_exclude)
         if settings.equalize:  # before the guard: equalizing may give shared weights their own names
             from edgepress.compress.equalize import equalize_file
@@ -332,10 +348,18 @@ def run(source: Artifact, settings: PtqSettings, ctx: StageContext) -> StageOutp
     calibration = ctx.data.calibration
     ctx.log(f"calibration set: {calibration.name}")
     out = ctx.output_path("onnx")
-    done = quantize(source=source.path, out=out, calibration=calibration.feeds, settings=settings, log=ctx.log,
-                    target_isas=[known_isa(t.name) for t in ctx.recipe.targets])
+    target_isas = [known_isa(t.name) for t in ctx.recipe.targets]
+    if settings.float_where_faster:
+        from edgepress.compress.speed_fallback import quantize_float_where_faster
+
+        done = quantize_float_where_faster(source=source.path, out=out, calibration=calibration.feeds,
+                                           settings=settings, threads=ctx.recipe.target.threads,
+                                           target_isas=target_isas, log=ctx.log)
+    else:
+        done = quantize(source=source.path, out=out, calibration=calibration.feeds, settings=settings, log=ctx.log,
+                        target_isas=target_isas)
     return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={"quantization": done})
 
 
-STAGE = StageDef(kind="ptq", reads_targets=lambda s: s.saturation_guard == "auto", settings_type=PtqSettings, input_format="onnx", output_format="onnx", run=run, needs=("calibration",),
+STAGE = StageDef(kind="ptq", reads_targets=lambda s: s.saturation_guard == "auto", timed=lambda s: s.float_where_faster, settings_type=PtqSettings, input_format="onnx", output_format="onnx", run=run, needs=("calibration",),
                  summary="static INT8 quantization (QDQ, per-channel) calibrated on [data.calibration]")
