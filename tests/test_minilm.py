@@ -86,6 +86,21 @@ def _float_matmuls_with_weights(path: Path) -> int:
     return sum(1 for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants)
 
 
+def test_attention_only_fusion_fuses_attention_and_leaves_the_rest(minilm_run, tmp_path):
+    from edgepress.compress.transformer_fusion import fuse_transformer
+
+    exported = minilm_run / "01-export_transformer" / "model.onnx"
+    out = tmp_path / "attention.onnx"
+    fused = fuse_transformer(source=exported, out=out, model_type="bert", num_heads=12, hidden_size=384,
+                             log=lambda _: None, fusions="attention")
+    assert fused.get("Attention") == 6
+    assert not {"SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"} & set(fused)
+    feeds = _feeds(8)
+    reference = predict_feeds(open_session(exported, threads=2), feeds, batch_size=8)
+    found = predict_feeds(open_session(out, threads=2), feeds, batch_size=8)
+    np.testing.assert_allclose(found, reference, atol=1e-4)
+
+
 def _feeds(count: int = SENTENCES) -> dict[str, np.ndarray]:
     return tokenize(load_pydoc("test")[:count], tokenizer_path=minilm_dir() / "tokenizer.json",
                     sequence_length=SEQUENCE_LENGTH)
