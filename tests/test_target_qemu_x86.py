@@ -91,3 +91,13 @@ def test_a_misspelt_cpu_names_the_closest():
         open_target("qemu-x86_64:haswel")
     with pytest.raises(UserError, match=r"qemu-x86_64\[:CPU\]"):
         open_target("qemu-x86_64:")
+
+
+def test_each_target_names_the_cpu_its_kernels_run_on():
+    from edgepress.runtime.isa import local_isa
+
+    assert known_isa("local") == local_isa()
+    assert known_isa("qemu-x86_64:Nehalem").u8s8_saturates and known_isa("qemu-x86_64").u8s8_saturates
+    assert known_isa("qemu-aarch64:cortex-a76").dot_product and not known_isa("qemu-aarch64:cortex-a53").dot_product
+    assert not known_isa("qemu-aarch64").u8s8_saturates
+    assert known_isa("ssh://pi@board") is None  # not known before the device is reached: ptq's auto guard guards
