@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepress.compress import onnx_graph
+
 # What WeightBiasQuantization rewrites (onnxruntime/core/optimizer/qdq_transformer/weight_bias_quantization.cc).
 REQUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm")
 
@@ -45,7 +47,7 @@ def pin_float_nodes(source: Path, out: Path) -> list[str]:
     model = onnx.load(str(source))
     graph = model.graph
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    producer = {output: node for node in graph.node for output in node.output}
+    producer = onnx_graph.producers(model)
     pinned, added_nodes = [], []
     for node in graph.node:
         if node.op_type not in REQUANTIZED_OPS or len(node.input) < 2:
@@ -70,8 +72,8 @@ def pin_float_nodes(source: Path, out: Path) -> list[str]:
         if id(node) in before:
             ordered.append(before[id(node)])
         ordered.append(node)
-    used = {name for node in ordered for name in node.input} | {output.name for output in graph.output}
     del graph.node[:]
-    graph.node.extend(node for node in ordered if node.op_type != "DequantizeLinear" or node.output[0] in used)
+    graph.node.extend(ordered)
+    onnx_graph.drop_unread_dequantize(model)  # per-tensor ones now read by nothing
     onnx.save(model, str(out))
     return pinned

@@ -57,6 +57,22 @@ def graph_outputs(model) -> set[str]:
     return {o.name for o in model.graph.output}
 
 
+def drop_unread_dequantize(model) -> None:
+    """Remove the DequantizeLinear nodes nothing reads any more after a rewrite, then unread initializers."""
+    graph = model.graph
+    while True:
+        read = set(consumers(model)) | graph_outputs(model)
+        unread = [node for node in graph.node if node.op_type == "DequantizeLinear" and node.output[0] not in read]
+        if not unread:
+            break
+        kept = [node for node in graph.node if node not in unread]
+        del graph.node[:]
+        graph.node.extend(kept)
+    kept_initializers = [init for init in graph.initializer if init.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_initializers)
+
+
 def private_initializer(model, node, index: int) -> str:
     """The name of `node`'s input `index`, copied to a new initializer first when any other input
     reads it too (exporters share equal constants), so that rewriting it changes this node alone."""

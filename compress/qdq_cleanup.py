@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepress.compress import onnx_graph
+
 
 def _rank4_inputs(model) -> set[str]:
     import onnx
@@ -71,12 +73,8 @@ def pads_on_quantized_data(source: Path, out: Path) -> int:
     model = onnx.load(str(source))
     graph = model.graph
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    producer = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {output.name for output in graph.output}
+    producer, consumers = onnx_graph.producers(model), onnx_graph.consumers(model)
+    outputs = onnx_graph.graph_outputs(model)
     dropped: set[int] = set()
     rewritten = 0
     for pad in list(graph.node):
@@ -84,7 +82,7 @@ def pads_on_quantized_data(source: Path, out: Path) -> int:
         dequantize = producer.get(pad.input[0])
         users = consumers.get(pad.output[0], [])
         if (pad.op_type != "Pad" or mode != b"constant" or dequantize is None or dequantize.op_type != "DequantizeLinear"
-                or len(users) != 1 or users[0].op_type != "QuantizeLinear" or pad.output[0] in graph_outputs
+                or len(users) != 1 or users[0].op_type != "QuantizeLinear" or pad.output[0] in outputs
                 or not _same_quantization(constants, dequantize, users[0])):
             continue
         quantize = users[0]
@@ -115,21 +113,6 @@ def pads_on_quantized_data(source: Path, out: Path) -> int:
     kept = [node for node in graph.node if id(node) not in dropped]
     del graph.node[:]
     graph.node.extend(kept)
-    _drop_unused(graph)
+    onnx_graph.drop_unread_dequantize(model)  # the Pad's old input and its fill value's
     onnx.save(model, str(out))
     return rewritten
-
-
-def _drop_unused(graph) -> None:
-    """DequantizeLinear nodes nothing reads any more (a Pad's fill value, the Pad's old input), and initializers."""
-    while True:
-        used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
-        dead = [node for node in graph.node if node.op_type == "DequantizeLinear" and node.output[0] not in used]
-        if not dead:
-            break
-        kept = [node for node in graph.node if node not in dead]
-        del graph.node[:]
-        graph.node.extend(kept)
-    kept_inits = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgepress.compress import onnx_graph
+
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 # Ops that follow a compute node elementwise and run fused with it, or next to it, in a float graph.
 TAIL_OPS = ("Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "LeakyRelu", "Tanh", "Mul")
@@ -44,11 +46,8 @@ def units(model_path: Path) -> list[Unit]:
     """Every compute node with the tail ops reachable from it through tail ops only, in graph order."""
     import onnx
 
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    model = onnx.load(str(model_path), load_external_data=False)
+    graph, consumers = model.graph, onnx_graph.consumers(model)
     found = []
     for node in graph.node:
         if node.op_type not in COMPUTE_OPS:

@@ -12,13 +12,14 @@ from edgepress import atomic
 from edgepress.errors import UserError
 from edgepress.run_folder import check_output_file
 from edgepress.schema import THREADS, Bounds
+from edgepress.targets import FORMS
 
-HELP = "time an ONNX model on a target (local, ssh://user@host, qemu-aarch64[:CPU], qemu-x86_64[:CPU]) and print JSON"
+HELP = f"time an ONNX model on a target ({FORMS}) and print JSON"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path)
-    parser.add_argument("--target", default="local", help="local (default), ssh://user@host[:port], qemu-aarch64[:CPU], qemu-x86_64[:CPU]")
+    parser.add_argument("--target", default="local", help=f"{FORMS}; default local")
     parser.add_argument("--compare", type=Path, help="a second model, timed interleaved with MODEL in one process")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     parser.add_argument("--inter-op-threads", type=int, default=1)

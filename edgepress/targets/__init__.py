@@ -63,6 +63,25 @@ def _factories() -> dict[str, Factory]:
             "qemu-x86_64": qemu_x86.from_name}
 
 
+# How target names are written, for help texts and errors.
+FORMS = "local, ssh://user@host[:port], qemu-aarch64[:CPU] or qemu-x86_64[:CPU]"
+
+
+def require_files(files: Sequence[Path]) -> None:
+    for path in files:
+        if not Path(path).is_file():
+            raise UserError(f"{path} does not exist", fix="pass the path of an existing file")
+
+
+def place_runner(work: Path, files: Sequence[Path]) -> None:
+    """The device runner and `files`, by base name, in the working folder `work` on this machine."""
+    import shutil
+
+    shutil.copy2(RUNNER, work / RUNNER.name)
+    for path in files:
+        link_or_copy(Path(path), work / Path(path).name)
+
+
 def link_or_copy(source: Path, destination: Path) -> None:
     """A hard link costs nothing for a large model; another file system needs a copy."""
     import shutil
@@ -101,9 +120,7 @@ def open_target(name: str, *, options: TargetOptions = TargetOptions()) -> Targe
     factories = _factories()
     scheme = scheme_of(name)
     if scheme not in factories:
-        raise UserError(f"unknown target {name!r}",
-                        fix="use local, ssh://user@host[:port], qemu-aarch64[:CPU] (e.g. qemu-aarch64:cortex-a53) "
-                            "or qemu-x86_64[:CPU] (e.g. qemu-x86_64:Haswell)")
+        raise UserError(f"unknown target {name!r}", fix=f"use {FORMS} (e.g. qemu-aarch64:cortex-a53)")
     return factories[scheme](name, options)
 
 
@@ -217,5 +234,4 @@ SCHEMES = ("local", "ssh", "qemu-aarch64", "qemu-x86_64")
 def check_name(name: str) -> None:
     """A recipe's target name, checked for its scheme before anything runs (ValueError for the schema)."""
     if scheme_of(name) not in SCHEMES:
-        raise ValueError(f"unknown target {name!r}: use local, ssh://user@host[:port], qemu-aarch64[:CPU] "
-                         "or qemu-x86_64[:CPU]")
+        raise ValueError(f"unknown target {name!r}: use {FORMS}")

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from edgepress import children
 from edgepress.errors import UserError
-from edgepress.targets import (RUNNER, TargetOptions, link_or_copy, output_so_far, parse_runner_output,
+from edgepress.targets import (RUNNER, TargetOptions, output_so_far, parse_runner_output, place_runner,
                                runner_stopped)
 
 
@@ -32,9 +32,7 @@ class LocalTarget:
             into: Path | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="edgepress-run-") as folder:
             work = Path(folder)
-            shutil.copy2(RUNNER, work / RUNNER.name)
-            for path in files:
-                link_or_copy(Path(path), work / Path(path).name)
+            place_runner(work, files)
             try:
                 done = children.run([self.python, RUNNER.name, *args], cwd=work, capture_output=True, text=True,
                                       timeout=timeout_s)

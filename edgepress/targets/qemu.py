@@ -30,8 +30,8 @@ from typing import Any, Sequence
 
 from edgepress import children
 from edgepress.errors import UserError
-from edgepress.targets import (RUNNER, TargetOptions, link_or_copy, output_so_far, parse_runner_output,
-                               runner_stopped)
+from edgepress.targets import (RUNNER, TargetOptions, output_so_far, parse_runner_output, place_runner,
+                               require_files, runner_stopped)
 
 SCHEME = "qemu-aarch64"
 DEFAULT_CPU = "cortex-a53"  # no dot product: the most common small ARM core (Raspberry Pi 3, many boards)
@@ -230,16 +230,12 @@ class QemuTarget:
     def run(self, *, files: Sequence[Path], args: Sequence[str], fetch: Sequence[str] = (),
             into: Path | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
         setup = prepared()
-        for path in files:
-            if not Path(path).is_file():
-                raise UserError(f"{path} does not exist", fix="pass the path of an existing file")
+        require_files(files)
         with tempfile.TemporaryDirectory(prefix="edgepress-qemu-") as folder:
             root = make_guest_root(Path(folder) / "root", setup.sysroot, self.cpu)
             work = Path(folder) / "work"
             work.mkdir()
-            shutil.copy2(RUNNER, work / RUNNER.name)
-            for path in files:
-                link_or_copy(Path(path), work / Path(path).name)
+            place_runner(work, files)
             done = run_emulated(self.command(setup, root, RUNNER.name, *args), target=self.name, cwd=work,
                                 timeout_s=timeout_s, env=guest_env(setup.site_packages))
             result = parse_runner_output(done.stdout, done.stderr, done.returncode, target=self.name)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgepress.errors import UserError
-from edgepress.targets import RUNNER, TargetOptions, link_or_copy, parse_runner_output
+from edgepress.targets import RUNNER, TargetOptions, parse_runner_output, place_runner, require_files
 from edgepress.targets.qemu import run_emulated
 
 SCHEME = "qemu-x86_64"
@@ -64,14 +64,10 @@ class QemuX86Target:
 
     def run(self, *, files: Sequence[Path], args: Sequence[str], fetch: Sequence[str] = (),
             into: Path | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
-        for path in files:
-            if not Path(path).is_file():
-                raise UserError(f"{path} does not exist", fix="pass the path of an existing file")
+        require_files(files)
         with tempfile.TemporaryDirectory(prefix="edgepress-qemu-x86-") as folder:
             work = Path(folder)
-            shutil.copy2(RUNNER, work / RUNNER.name)
-            for path in files:
-                link_or_copy(Path(path), work / Path(path).name)
+            place_runner(work, files)
             done = run_emulated([self.qemu, "-cpu", self.cpu, self.python, RUNNER.name, *args], target=self.name,
                                 cwd=work, timeout_s=timeout_s)
             # qemu warns on stderr about CPU features its translator lacks (TSX, x2apic): not the runner's words.

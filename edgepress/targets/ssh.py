@@ -28,7 +28,8 @@ from typing import Any, Callable, Sequence
 
 from edgepress import children
 from edgepress.errors import UserError
-from edgepress.targets import RUNNER, TargetOptions, output_so_far, parse_runner_output, relayed, runner_stopped
+from edgepress.targets import (RUNNER, TargetOptions, output_so_far, parse_runner_output, relayed, require_files,
+                               runner_stopped)
 
 DEFAULT_PYTHON = "python3"
 FOLDER_PREFIX = "edgepress-ssh-"
@@ -101,9 +102,7 @@ class SshTarget:
 
     def run(self, *, files: Sequence[Path], args: Sequence[str], fetch: Sequence[str] = (),
             into: Path | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
-        for path in files:
-            if not Path(path).is_file():
-                raise UserError(f"{path} does not exist", fix="pass the path of an existing file")
+        require_files(files)
         with tempfile.TemporaryDirectory(prefix="edgepress-ssh-") as scratch:
             archive = Path(scratch) / "upload.tar"
             _write_archive(archive, [RUNNER, *map(Path, files)])
