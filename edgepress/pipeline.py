@@ -525,8 +525,9 @@ def slower_than_reference(targets: dict[str, Any]) -> list[str]:
             continue
         found.append(f"on {name} this model is slower than {ratio['reference_stage']}'s: p50 {ratio['p50']:.2f}x "
                      f"[95% CI {ratio['ci95'][0]:.2f}-{ratio['ci95'][1]:.2f}]; where its time goes is in the report's "
-                     "per-operator profile (report.html, or `edgepress bench --profile`): keep the slow nodes in "
-                     "float (nodes_to_exclude), or gate it with latency_ratio_max")
+                     "per-operator profile (report.html, or `edgepress bench --profile`): let ptq keep in float "
+                     "what measures faster there (float_where_faster = true) or name the slow nodes "
+                     "(nodes_to_exclude), or gate it with latency_ratio_max")
     return found
 
 
