@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepress.compress.conv_kernels import choose_conv_kernels
 from edgepress.compress.ptq import PtqSettings, quantize
 from edgepress.datapath import data_root
 from edgepress.export.onnx_export import ExportSettings, export_onnx
@@ -80,6 +81,10 @@ def bench_model(model_name: str, *, work: Path, sets: dict, calibration: np.ndar
         plain_quantize(paths["fp32"], paths[name], calibration, **options)
     paths["edgepress ptq"] = work / f"{model_name}-edgepress.onnx"
     quantize(source=paths["fp32"], out=paths["edgepress ptq"], calibration=calibration, settings=PtqSettings())
+    # What the shipped recipes run: ptq, then each conv shape's kernel chosen by timing it here (choose_conv_kernels).
+    paths["edgepress ptq + conv kernels"] = work / f"{model_name}-edgepress-kernels.onnx"
+    choose_conv_kernels(paths["edgepress ptq"], paths["edgepress ptq + conv kernels"], threads=args.threads,
+                        sample={"input": calibration[:1]}, log=lambda line: print(f"[bench] {line}", file=sys.stderr))
     if args.peers:
         from peers import PEERS
 
