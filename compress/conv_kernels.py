@@ -61,7 +61,7 @@ class ConvForm:
 @dataclass(frozen=True)
 class IntegerConv:
     """A Conv that ONNX Runtime fuses into a QLinearConv: DequantizeLinear on both inputs, int8 symmetric weights
-    read by it alone, QuantizeLinear after it."""
+    read by it alone, QuantizeLinear after it (`quantized_tail`)."""
 
     node: str
     input_shape: tuple[int, ...]  # of the integer input; a dynamic dimension as 1
@@ -94,6 +94,22 @@ def _tensors(model) -> dict[str, tuple[tuple[int, ...], int]]:
     return found
 
 
+def quantized_tail(node, read_by: dict, outputs: set[str]) -> list | None:
+    """The nodes from `node`'s output to the QuantizeLinear that ends its integer kernel: [Q], or [Relu, Q] and
+    [Clip, Q] as QAT exports write them (ONNX Runtime folds such an activation into the quantization); else None."""
+    tail, tensor = [], node.output[0]
+    while True:
+        readers = read_by.get(tensor, [])
+        if tensor in outputs or len(readers) != 1:
+            return None
+        tail.append(readers[0])
+        if readers[0].op_type == "QuantizeLinear":
+            return tail
+        if readers[0].op_type not in ("Relu", "Clip") or len(tail) > 1:
+            return None
+        tensor = readers[0].output[0]
+
+
 def integer_convs(model) -> list[IntegerConv]:
     """The convs whose kernel the rewrites can steer, in graph order."""
     made_by, read_by = onnx_graph.producers(model), onnx_graph.consumers(model)
@@ -103,10 +119,10 @@ def integer_convs(model) -> list[IntegerConv]:
         if node.op_type != "Conv" or len(node.input) < 2:
             continue
         data, weights = made_by.get(node.input[0]), made_by.get(node.input[1])
-        readers = read_by.get(node.output[0], [])
+        tail = quantized_tail(node, read_by, outputs)
         if (data is None or weights is None or data.op_type != "DequantizeLinear" or weights.op_type != "DequantizeLinear"
                 or data.input[0] in constants or weights.input[0] not in constants or node.output[0] in outputs
-                or not readers or any(r.op_type != "QuantizeLinear" for r in readers)):
+                or tail is None):
             continue
         values = onnx_graph.constant(model, weights.input[0])
         zero_point = onnx_graph.constant(model, weights.input[2]) if len(weights.input) > 2 and weights.input[2] else None
@@ -115,14 +131,14 @@ def integer_convs(model) -> list[IntegerConv]:
         if (values is None or values.dtype != np.int8 or values.min() < -127 or shared
                 or (zero_point is not None and np.any(zero_point != 0))
                 or (data_zero_point is not None and data_zero_point.size != 1) or data.input[0] not in tensors
-                or readers[0].output[0] not in tensors):
+                or tail[-1].output[0] not in tensors):
             continue
         shape, input_type = tensors[data.input[0]]
         key = repr((shape, values.shape, sorted(_attributes(node).items()),
                     None if data_zero_point is None else str(data_zero_point.dtype),
                     len(node.input) > 2 and bool(node.input[2])))
         found.append(IntegerConv(node=node.name, input_shape=shape, input_type=input_type,
-                                 output_type=tensors[readers[0].output[0]][1], key=key))
+                                 output_type=tensors[tail[-1].output[0]][1], key=key))
     return found
 
 
@@ -198,8 +214,13 @@ def one_conv_model(model, conv: IntegerConv):
     nodes = [made_by[name] for name in node.input[:2]]
     if len(node.input) > 2 and node.input[2] in made_by:
         nodes.append(made_by[node.input[2]])
-    quantize = read_by[node.output[0]][0]
-    nodes += [node, quantize]
+    tail = quantized_tail(node, read_by, onnx_graph.graph_outputs(model))
+    quantize = tail[-1]
+    nodes += [node, *tail]
+    # Scales and zero points that exporters write as Constant nodes come along.
+    constant_nodes = {name: made_by[name] for n in nodes for name in n.input
+                      if name in made_by and made_by[name].op_type == "Constant"}
+    nodes = list(constant_nodes.values()) + nodes
     constants = onnx_graph.initializers(model)
     used = [constants[name] for n in nodes for name in n.input if name in constants]
     graph = helper.make_graph(

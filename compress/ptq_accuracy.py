@@ -54,6 +54,9 @@ class AccuracyAwarePtqSettings:
     latency_rounds: int = within(1, 1000, default=8)
     latency_runs_per_round: int = within(1, 100000, default=30)
     seed: int = within(*SEEDS, default=0)
+    # The chosen model's convs then steered to their fastest INT8 kernels, timed here, bit-exact (ptq's
+    # choose_conv_kernels, compress/conv_kernels.py); only where the recipe's first target is this machine.
+    choose_conv_kernels: bool = True
 
     def __post_init__(self) -> None:
         if self.min_agreement is None and self.max_accuracy_drop_points is None and not self.goal:
@@ -323,6 +326,7 @@ def search(*, source: Path, out: Path, calibration: np.ndarray | dict[str, np.nd
 
 
 def run(source: Artifact, settings: AccuracyAwarePtqSettings, ctx: StageContext) -> StageOutput:
+    from edgepress.compress.ptq import conv_kernels_on_target
     from edgepress.runtime.isa import local_isa
 
     calibration = ctx.data.calibration
@@ -331,10 +335,13 @@ def run(source: Artifact, settings: AccuracyAwarePtqSettings, ctx: StageContext)
     done = search(source=source.path, out=out, calibration=calibration.feeds, validation_labels=None,
                   targets=calibration.targets, task=ctx.task, settings=settings, threads=ctx.recipe.target.threads,
                   isa=local_isa(), log=ctx.log)
+    if settings.choose_conv_kernels:
+        done["conv_kernels"] = conv_kernels_on_target(out, ctx, calibration.feeds)
     return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={"quantization": done})
 
 
 STAGE = StageDef(kind="accuracy_aware_ptq", settings_type=AccuracyAwarePtqSettings, input_format="onnx",
                  output_format="onnx", run=run, needs=("calibration",), timed=lambda _: True,
+                 reads_targets=lambda s: s.choose_conv_kernels,
                  summary="the fastest INT8 configuration on [target] that meets an agreement or accuracy goal, "
                          "with sensitive nodes left in FP32")

@@ -51,6 +51,9 @@ class QatSettings(LoopSettings):
     parity_samples: int = within(*SAMPLES, default=1000)
     min_parity: float = 0.995
     opset: int = 17
+    # The exported convs steered to their fastest INT8 kernels, timed here, bit-exact (ptq's choose_conv_kernels,
+    # compress/conv_kernels.py); only where the recipe's first target is this machine.
+    choose_conv_kernels: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -172,7 +175,7 @@ def export(*, graph, input_shape: tuple[int, ...], out, parity_inputs: np.ndarra
 
 def run(source: Artifact, settings: QatSettings, ctx: StageContext) -> StageOutput:
     from edgepress import torch_artifact
-    from edgepress.compress.ptq import node_precision_map
+    from edgepress.compress.ptq import conv_kernels_on_target, node_precision_map
 
     model, input_shape, _ = torch_artifact.load(source.path)
     if settings.teacher == "input":
@@ -202,6 +205,8 @@ def run(source: Artifact, settings: QatSettings, ctx: StageContext) -> StageOutp
     exported = export(graph=graph, input_shape=input_shape, out=out, parity_inputs=parity_inputs, settings=settings,
                       log=ctx.log, task=ctx.task)
     exported["parity"]["set"] = parity_set.name
+    if settings.choose_conv_kernels:
+        exported["conv_kernels"] = conv_kernels_on_target(out, ctx, ctx.data.calibration.feeds)
     precision = node_precision_map(out)
     return StageOutput(artifact=Artifact(path=out, format="onnx"), metrics={
         "quantization": {"scheme": "u8s8", "method": "qat", "node_precision": precision,
@@ -221,6 +226,7 @@ def check_names(settings: QatSettings, model) -> None:
 
 
 STAGE = StageDef(kind="qat", settings_type=QatSettings, input_format="torch", output_format="onnx", run=run,
+                 timed=lambda s: s.choose_conv_kernels, reads_targets=lambda s: s.choose_conv_kernels,
                  needs=("calibration", "training"), check_names=check_names,
                  check_task=lambda settings, task: check_loss(task, user_loss=None, needed=settings.alpha < 1.0),
                  summary="quantization-aware training distilled from FP32, exported as QDQ ONNX on ONNX Runtime's integer kernels")

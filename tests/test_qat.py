@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from conftest import TINY_RECIPE, assert_one_line_error, requires_shared_data, run_cli, write_recipe
+from edgepress.compress.conv_kernels import ConvForm, integer_convs, rewrite
 from edgepress.compress.qat_export import check_integer_kernels, int8_weights
 from edgepress.compress.qat_graph import QatGraph
 from edgepress.errors import UserError
@@ -82,6 +84,17 @@ def test_exported_qdq_runs_integer_kernels_and_matches_torch_bit_for_bit(tmp_pat
         fake = graph.module(torch.from_numpy(inputs)).numpy()
     assert np.abs(fake - onnx_logits).max() < 0.05 * np.abs(onnx_logits).max()  # training's approximation is close
 
+    # The convs (Conv -> Relu -> QuantizeLinear as exported) can be steered to other kernels, bit-exact.
+    model = onnx.load(str(path))
+    convs = integer_convs(model)
+    assert len(convs) == 3
+    for conv in convs:
+        rewrite(model, conv.node, ConvForm(weights_offset=True))
+    steered = tmp_path / "steered.onnx"
+    onnx.save(model, str(steered))
+    assert check_integer_kernels(steered)["op_counts"].get("QLinearConv") == 3
+    assert np.array_equal(predict(open_session(steered, threads=1), inputs, batch_size=64), onnx_logits)
+
 
 def test_a_layer_left_in_fp32_sees_the_float_image_and_the_rest_stays_integer_and_exact(tmp_path):
     graph, path = _export(tmp_path, weight_qmax=64, float_layers=("stem.0",))
@@ -150,7 +163,7 @@ def _tiny_qat_recipe(settings: str) -> str:
 
 
 def test_qat_stage_in_a_recipe_reports_parity_and_integer_kernels(tmp_path):
-    text = _tiny_qat_recipe("epochs = 1\nparity_samples = 300")
+    text = _tiny_qat_recipe("epochs = 1\nparity_samples = 300\nchoose_conv_kernels = true")
     recipe = write_recipe(tmp_path, text=text.format(epochs=3, budgets=""))
     proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -161,6 +174,8 @@ def test_qat_stage_in_a_recipe_reports_parity_and_integer_kernels(tmp_path):
     assert qat["onnxruntime_kernels"]["float_compute_nodes"] == 0
     assert qat["int8_weights"] == qat["onnxruntime_kernels"]["integer_compute_nodes"]
     assert stage["metrics"]["quantization"]["float_nodes"] == 0
+    # Its convs were timed for their kernels like ptq's (compress/conv_kernels.py).
+    assert qat["conv_kernels"]["integer_convs"] == qat["onnxruntime_kernels"]["op_counts"]["QLinearConv"]
     assert stage["metrics"]["agreement"] >= 0.9
 
 
