@@ -72,8 +72,9 @@ class PtqSettings:
     # Each conv shape timed alone in ONNX Runtime's INT8 kernels on this CPU, and steered to the fastest by a
     # rewrite that changes no output bit (compress/conv_kernels.py): input channels padded to a multiple of 4
     # for the dot-product kernel, or weights offset to the general GEMM (AMX where present). Done when the
-    # recipe's first target is this machine (`local`); a fraction of a second per distinct conv shape. Off by
-    # default because the file then depends on timings (its outputs do not), like float_where_faster's.
+    # recipe's first target is this machine (`local`) and no target adds products in int16 (x86 without VNNI);
+    # a fraction of a second per distinct conv shape. Off by default because the file then depends on timings
+    # (its outputs do not), like float_where_faster's.
     # On a VNNI + AMX Xeon: ResNet-20's 3-channel first conv, padded, 0.69x as long; the whole model 0.93x.
     choose_conv_kernels: bool = False
     # Share of the calibration samples kept out of the bias estimate, on which its effect is measured and
@@ -380,6 +381,13 @@ def conv_kernels_on_target(model: Path, ctx: StageContext, calibration) -> dict[
     if scheme_of(target.name) != "local":
         ctx.log(f"conv kernels: not chosen, since they are timed where the model runs and {target.name} is not this machine")
         return {"skipped": f"target {target.name} is not this machine"}
+    # The rewrites keep every output bit where integer products add in int32; x86 kernels without VNNI add pairs
+    # in int16, and there the other form of a conv may saturate where the quantizer's did not (under qemu as
+    # Haswell, ResNet-20's rewritten and plain INT8 files differed by up to 4.8 in a logit).
+    saturates, why = saturation_guard_for([known_isa(t.name) for t in ctx.recipe.targets])
+    if saturates:
+        ctx.log(f"conv kernels: not chosen, since {why}")
+        return {"skipped": why}
     session = open_session(model, threads=target.threads)
     sample = {name: values[:1] for name, values in calibration_feeds(session, calibration, samples=1).items()}
     return choose_conv_kernels(model, model, threads=target.threads, sample=sample, log=ctx.log)

@@ -3,6 +3,8 @@ form keeps every output bit and every conv on an integer kernel, and the measure
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -151,3 +153,45 @@ def test_the_measured_choice_keeps_every_output_bit_and_says_what_it_tried(tmp_p
 def test_forms_are_named_for_the_report():
     assert ConvForm().label == "as_quantized"
     assert ConvForm(weights_offset=True, channels_padded=True).label == "weights_offset+channels_padded"
+
+
+def _tiny_recipe(tmp_path, targets: str):
+    """The tiny digits recipe (a small CNN: a 1-channel first conv) with choose_conv_kernels in its ptq stage."""
+    from edgepress.recipe import load
+    from tests.conftest import TINY_RECIPE
+
+    text = TINY_RECIPE.format(epochs=1, budgets="").replace('kind = "ptq"\n', 'kind = "ptq"\nchoose_conv_kernels = true\n')
+    path = tmp_path / "recipe.toml"
+    path.write_text(text + targets)
+    return load(path)
+
+
+def _ptq_kernels(report: dict) -> dict:
+    return next(s for s in report["stages"] if s["name"] == "ptq")["metrics"]["quantization"]["conv_kernels"]
+
+
+def test_the_ptq_stage_times_its_convs_on_this_machine_and_records_the_choice(tmp_path):
+    from edgepress.pipeline import Pipeline
+    from edgepress.runtime.isa import local_isa
+
+    recipe = _tiny_recipe(tmp_path, '\n[target]\nname = "local"\nlatency = false\n')
+    kernels = _ptq_kernels(Pipeline(recipe, out_dir=tmp_path / "out").run().report)
+    if local_isa().u8s8_saturates:  # an AVX2 machine: the rewrites would not be exact here
+        assert "int16" in kernels["skipped"]
+        return
+    assert kernels["integer_convs"] >= 2 and kernels["shapes_timed"] >= 2
+    first = kernels["shapes"][0]
+    assert first["input_shape"][1] == 1 and "channels_padded" in {t["form"] for t in first["trials"]}
+    chosen = onnx.load(str(tmp_path / "out" / "03-ptq" / "model.onnx"))
+    pads = [n for n in chosen.graph.node if n.op_type == "Pad" and n.name.endswith("__channels_padded")]
+    assert len(pads) == (kernels["kept"] and sum("channels_padded" in f for f in kernels["chosen"].values()))
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-x86_64 (apt install qemu-user)")
+def test_a_target_whose_kernels_add_in_int16_turns_the_rewrites_off(tmp_path):
+    from edgepress.pipeline import Pipeline
+
+    recipe = _tiny_recipe(tmp_path, '\n[[targets]]\nname = "local"\nlatency = false\n'
+                                    '\n[[targets]]\nname = "qemu-x86_64:Haswell"\nlatency = false\n')
+    kernels = _ptq_kernels(Pipeline(recipe, out_dir=tmp_path / "out").run().report)
+    assert "int16" in kernels["skipped"] and "integer_convs" not in kernels

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgepress.metrics import TIMED_BUDGETS
+from edgepress.runtime.isa import local_isa
 from tests.conftest import requires_shared_data, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,11 +44,15 @@ def test_recipe_reproduces_fp32_and_gates_int8(tmp_path, recipe, raw_accuracy, j
     assert int8["agreement"] >= 0.98
     assert int8["size_bytes"] < 0.35 * stages["export"]["size_bytes"]
     assert int8["quantization"]["float_nodes"] == 0
-    # Every conv was considered for its kernel, each of the six shapes timed once (choose_conv_kernels).
+    # Every conv was considered for its kernel, each of the six shapes timed once (choose_conv_kernels); on a CPU
+    # whose U8S8 kernels add in int16 the rewrites would not be exact, and the stage says it left them out.
     kernels = int8["quantization"]["conv_kernels"]
-    assert kernels["integer_convs"] == int8["quantization"]["int8_nodes"] - 1 and kernels["shapes_timed"] == 6
-    assert {t["form"] for t in kernels["shapes"][0]["trials"]} == {"weights_offset", "channels_padded",
-                                                                  "weights_offset+channels_padded"}
+    if local_isa().u8s8_saturates:
+        assert "int16" in kernels["skipped"]
+    else:
+        assert kernels["integer_convs"] == int8["quantization"]["int8_nodes"] - 1 and kernels["shapes_timed"] == 6
+        assert {t["form"] for t in kernels["shapes"][0]["trials"]} == {"weights_offset", "channels_padded",
+                                                                      "weights_offset+channels_padded"}
     # Latency budgets depend on the machine; accuracy and size ones do not.
     assert int8["latency_ratio"]["reference_stage"] == "export"
     assert not [v for v in report["gate"]["violations"] if v["budget"] not in TIMED_BUDGETS], report["gate"]
