@@ -83,6 +83,31 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           capture_output=True, text=True, timeout=600)
 
 
+def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The command line's `main` in this process: the same exit code, stdout and stderr as `run_cli` gives, without
+    a fresh interpreter's 2-5 s of imports and first-use warm-up. For tests of what a command does; `run_cli` stays
+    for what needs a process of its own (signals, process-wide session settings, the installed entry point)."""
+    import contextlib
+    import io
+
+    from edgepress.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {name: os.environ.get(name) for name in [*(env or {}), "EDGEPRESS_DEBUG"]}
+    os.environ.update(env or {})
+    os.environ.pop("EDGEPRESS_DEBUG", None)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return subprocess.CompletedProcess(["edgepress", *args], code, out.getvalue(), err.getvalue())
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -102,7 +127,7 @@ def tiny_recipe_with(stages_toml: str) -> str:
 def run_and_read_stages(folder: Path, *, text: str) -> dict:
     """Run a recipe through the CLI, require success, and return {stage name: metrics}."""
     recipe = write_recipe(folder, text=text)
-    proc = run_cli("run", str(recipe), "--out", str(folder / "out"))
+    proc = run_main("run", str(recipe), "--out", str(folder / "out"))
     assert proc.returncode == 0, proc.stderr
     return {s["name"]: s["metrics"] for s in json.loads((folder / "out" / "report.json").read_text())["stages"]}
 

@@ -15,7 +15,7 @@ import pytest
 
 from edgepress import regression, report, report_plots
 from edgepress.report_view import target_names
-from tests.conftest import assert_one_line_error, run_cli, write_recipe
+from tests.conftest import assert_one_line_error, run_main, write_recipe
 
 QEMU = "qemu-aarch64:cortex-a53"
 SVG_G = "{http://www.w3.org/2000/svg}g"
@@ -27,7 +27,7 @@ def runs(tmp_path_factory):
     sample and the p50 interval) and an emulated qemu-aarch64 entry."""
     folder = tmp_path_factory.mktemp("gate")
     recipe = write_recipe(folder, epochs=1, budgets="size_bytes = 1000000\nagreement_min = 0.5")
-    proc = run_cli("run", str(recipe), "--out", str(folder / "out"))
+    proc = run_main("run", str(recipe), "--out", str(folder / "out"))
     assert proc.returncode == 0, proc.stderr
     plain = json.loads((folder / "out" / "report.json").read_text())
     two = copy.deepcopy(plain)
@@ -112,7 +112,7 @@ def test_report_alone_repeats_the_runs_own_gate(runs, tmp_path, version):
     data = plain if version == "current" else _before_targets(plain)
     path = tmp_path / "report.json"
     path.write_text(json.dumps(data))
-    proc = run_cli("gate", str(path), "--junit", str(tmp_path / "j.xml"), "--markdown", str(tmp_path / "g.md"))
+    proc = run_main("gate", str(path), "--junit", str(tmp_path / "j.xml"), "--markdown", str(tmp_path / "g.md"))
     assert proc.returncode == 0, proc.stderr
     suites = _junit(tmp_path / "j.xml")
     assert list(suites) == target_names(data) == ["local"]
@@ -127,7 +127,7 @@ def test_report_alone_repeats_the_runs_own_gate(runs, tmp_path, version):
 
 
 def test_two_targets_pass_with_a_suite_per_target(runs, tmp_path):
-    proc = run_cli("gate", str(runs["two"]), "--junit", str(tmp_path / "j.xml"))
+    proc = run_main("gate", str(runs["two"]), "--junit", str(tmp_path / "j.xml"))
     assert proc.returncode == 0, proc.stderr
     suites = _junit(tmp_path / "j.xml")
     assert list(suites) == ["local", QEMU]
@@ -140,7 +140,7 @@ def test_recorded_budget_violated_exits_1(runs, tmp_path):
         data["budgets"] = {"size_bytes": 100, "agreement_min": 0.5}
         data["targets"][1]["budgets"] = {"agreement_min": 0.99}
 
-    proc = run_cli("gate", str(_variant(runs, "tight", edit=tighten)), "--junit", str(tmp_path / "j.xml"),
+    proc = run_main("gate", str(_variant(runs, "tight", edit=tighten)), "--junit", str(tmp_path / "j.xml"),
                    "--markdown", str(tmp_path / "g.md"))
     assert proc.returncode == 1, proc.stderr
     qemu_agreement = _stage(runs["report"], "ptq")["metrics"]["targets"][QEMU]["agreement"]  # below 0.99
@@ -163,14 +163,14 @@ def test_relative_budgets_from_a_file_read_the_ratio_interval_and_the_size_ratio
     low, high = ptq["targets"]["local"]["latency_ratio"]["ci95"]
     budgets = _budgets(runs, f"latency_ratio_max = {(low + high) / 2}\nsize_ratio_max = {ptq['size_ratio'] * 2}\n"
                              f"peak_memory_bytes = {ptq['targets']['local']['peak_memory_bytes'] * 2}\n")
-    proc = run_cli("gate", str(runs["two"]), "--budgets", str(budgets), "--junit", str(tmp_path / "j.xml"))
+    proc = run_main("gate", str(runs["two"]), "--budgets", str(budgets), "--junit", str(tmp_path / "j.xml"))
     assert proc.returncode == 1, proc.stderr  # the limit lies inside the interval: not surely fast enough
     assert f"budget violated: latency_ratio_max = {high:.4g}" in proc.stderr
     suites = _junit(tmp_path / "j.xml")
     assert {n for n, c in suites["local"].items() if c.find("failure") is not None} == {"latency_ratio_max [ptq]"}
     assert set(suites["local"]) == {"latency_ratio_max [ptq]", "size_ratio_max [ptq]", "peak_memory_bytes [ptq]"}
     emulated = _budgets(runs, f'[targets."{QEMU}"]\nlatency_ratio_max = 5.0\n')
-    assert_one_line_error(run_cli("gate", str(runs["two"]), "--budgets", str(emulated)), "latency_ratio_max",
+    assert_one_line_error(run_main("gate", str(runs["two"]), "--budgets", str(emulated)), "latency_ratio_max",
                           "emulated")
 
 
@@ -183,7 +183,7 @@ def test_per_target_budgets_from_a_file(runs, tmp_path):
         [targets."{QEMU}"]
         agreement_min = {qemu_agreement + 0.001}
         """))
-    proc = run_cli("gate", str(runs["two"]), "--budgets", str(budgets), "--junit", str(tmp_path / "j.xml"))
+    proc = run_main("gate", str(runs["two"]), "--budgets", str(budgets), "--junit", str(tmp_path / "j.xml"))
     assert proc.returncode == 1, proc.stderr
     suites = _junit(tmp_path / "j.xml")
     assert {n for n, c in suites["local"].items() if c.find("failure") is not None} == set()
@@ -205,7 +205,7 @@ def _with_local_timing_scaled(runs, name: str, factor: float, *, ratio: bool = T
 
 
 def _gate_against_baseline(runs, new: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict, str]:
-    proc = run_cli("gate", str(new), "--baseline", str(runs["two"]), "--max-p50-growth-percent", "10",
+    proc = run_main("gate", str(new), "--baseline", str(runs["two"]), "--max-p50-growth-percent", "10",
                    "--junit", str(tmp_path / "j.xml"), "--markdown", str(tmp_path / "g.md"))
     return proc, _junit(tmp_path / "j.xml"), (tmp_path / "g.md").read_text()
 
@@ -357,6 +357,6 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, case):
         args += ["--max-p50-growth-percent", "5"]
         fragments = ["needs --baseline"]
     junit, md = tmp_path / "j.xml", tmp_path / "g.md"
-    proc = run_cli("gate", *args, "--junit", str(junit), "--markdown", str(md))
+    proc = run_main("gate", *args, "--junit", str(junit), "--markdown", str(md))
     assert_one_line_error(proc, *fragments)
     assert not junit.exists() and not md.exists() and not list(tmp_path.iterdir())

@@ -22,7 +22,7 @@ from edgepress.scores.fidelity import cosine_per_sample
 from edgepress.models.text import PYDOC_TEST_SIZE, load_pydoc, minilm_dir, tokenize
 from edgepress.recipe import Budgets, from_table
 from edgepress.runtime.session import open_session, predict_feeds
-from tests.conftest import assert_one_line_error, run_cli, write_recipe
+from tests.conftest import assert_one_line_error, run_main, write_recipe
 
 
 def _similarity(embeddings, reference):
@@ -67,7 +67,7 @@ size_bytes = 25000000
 @pytest.fixture(scope="module")
 def minilm_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("minilm")
-    proc = run_cli("run", str(write_recipe(folder, text=RECIPE)), "--out", str(folder / "out"))
+    proc = run_main("run", str(write_recipe(folder, text=RECIPE)), "--out", str(folder / "out"))
     assert proc.returncode == 0, proc.stderr
     return folder / "out"
 
@@ -170,7 +170,7 @@ def test_onnx_text_model_fed_a_longer_sequence_is_one_line_error(minilm_run, tmp
         tokenizer = "{minilm_dir() / 'tokenizer.json'}"
         evaluation = [{{ dataset = "pydoc_topics:test", limit = 4 }}]
         """)
-    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
     assert_one_line_error(proc, "'input_ids' of shape [32]", "takes ['N', 16]", "input_shape")
 
 
@@ -183,12 +183,12 @@ def test_onnx_text_model_without_a_tokenizer_is_one_line_error(minilm_run, tmp_p
         metric = "cosine"
         evaluation = [{{ dataset = "pydoc_topics:test", limit = 4 }}]
         """)
-    assert_one_line_error(run_cli("check", str(recipe)), "names no tokenizer", "tokenizer.json")
+    assert_one_line_error(run_main("check", str(recipe)), "names no tokenizer", "tokenizer.json")
 
 
 def test_sequence_longer_than_the_model_reads_is_one_line_error(tmp_path):
     recipe = write_recipe(tmp_path, text=RECIPE.replace(f"input_shape = [{SEQUENCE_LENGTH}]", "input_shape = [600]"))
-    assert_one_line_error(run_cli("check", str(recipe)), "at most 512 tokens", "input_shape = [n]")
+    assert_one_line_error(run_main("check", str(recipe)), "at most 512 tokens", "input_shape = [n]")
 
 
 def _table(**changes) -> dict:

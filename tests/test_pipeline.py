@@ -9,7 +9,7 @@ import pytest
 
 from edgepress import report_plots
 from edgepress.run_folder import MARKER
-from tests.conftest import run_cli, write_recipe
+from tests.conftest import run_cli, run_main, write_recipe
 
 STAGE_KEYS = {"name", "kind", "artifact", "format", "sha256", "seconds", "metrics"}
 
@@ -20,7 +20,7 @@ def tiny_run(tmp_path_factory):
     # A 2.4 k-parameter model's INT8 file is mostly graph (Q/DQ nodes and their scales): about 0.90 of FP32's size.
     recipe = write_recipe(folder, budgets="size_bytes = 1000000\naccuracy_drop_points = 5.0\nagreement_min = 0.9\n"
                                           "latency_ratio_max = 20.0\nsize_ratio_max = 0.95\npeak_memory_bytes = 2000000000")
-    proc = run_cli("run", str(recipe), "--out", str(folder / "out"))
+    proc = run_main("run", str(recipe), "--out", str(folder / "out"))
     return folder, proc
 
 
@@ -187,7 +187,7 @@ def test_human_reports_show_every_stage(tiny_run):
 
 def test_violated_budget_exits_1_and_lists_it(tmp_path):
     recipe = write_recipe(tmp_path, epochs=1, budgets="size_bytes = 100\nagreement_min = 0.5")
-    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
     assert proc.returncode == 1, proc.stderr
     assert "budget violated: size_bytes" in proc.stderr
     assert "agreement_min" not in proc.stderr
@@ -228,7 +228,7 @@ def test_runs_without_checkpoint_are_reproducible(tmp_path):
     recipe = write_recipe(tmp_path, epochs=1)
     reports = []
     for out in ("a", "b"):
-        assert run_cli("run", str(recipe), "--out", str(tmp_path / out)).returncode == 0
+        assert run_main("run", str(recipe), "--out", str(tmp_path / out)).returncode == 0
         reports.append(json.loads((tmp_path / out / "report.json").read_text()))
     for first, second in zip(*(r["stages"] for r in reports)):
         assert first["metrics"]["accuracy"] == second["metrics"]["accuracy"], first["name"]

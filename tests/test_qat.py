@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import TINY_RECIPE, assert_one_line_error, requires_shared_data, run_cli, write_recipe
+from conftest import TINY_RECIPE, assert_one_line_error, requires_shared_data, run_main, write_recipe
 from edgepress.compress.conv_kernels import ConvForm, integer_convs, rewrite
 from edgepress.compress.qat_export import check_integer_kernels, int8_weights
 from edgepress.compress.qat_graph import QatGraph
@@ -166,7 +166,7 @@ def _tiny_qat_recipe(settings: str) -> str:
 def test_qat_stage_in_a_recipe_reports_parity_and_integer_kernels(tmp_path):
     text = _tiny_qat_recipe("epochs = 1\nparity_samples = 300\nchoose_conv_kernels = true")
     recipe = write_recipe(tmp_path, text=text.format(epochs=3, budgets=""))
-    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     stage = next(s for s in report["stages"] if s["name"] == "qat")
@@ -218,13 +218,13 @@ def test_logits_mse_loss_matches_its_formula_and_pulls_the_int8_model_to_the_tea
 def test_an_fp32_layer_that_is_not_a_conv_or_linear_is_one_line_error(tmp_path):
     text = _tiny_qat_recipe('fp32_layers = ["features.1"]')
     recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
-    assert_one_line_error(run_cli("check", str(recipe)), "fp32_layers names 'features.1'")
+    assert_one_line_error(run_main("check", str(recipe)), "fp32_layers names 'features.1'")
 
 
 def test_unknown_teacher_is_one_line_error(tmp_path):
     text = _tiny_qat_recipe('teacher = "nope"')
     recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
-    assert_one_line_error(run_cli("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'nope'")
+    assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'nope'")
 
 
 @requires_shared_data
@@ -241,7 +241,7 @@ def test_real_resnet20_qat_recipe_shortened(tmp_path):
     assert shortened.count("limit = 256") == 2 and "limit = 500" in shortened
     recipe = tmp_path / "resnet20-qat.toml"
     recipe.write_text(shortened)
-    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
     qat = stages["qat"]["qat"]
