@@ -98,7 +98,10 @@ def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     os.environ.pop("EDGEPRESS_DEBUG", None)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # argparse's usage errors and --help, as the process would exit
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:
         for name, value in saved.items():
             if value is None:

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.conftest import ROOT, assert_one_line_error, one_node_model, run_cli
+from tests.conftest import ROOT, assert_one_line_error, one_node_model, run_main
 from tests.runner_processes import kill_once_timing, runner_child, wait_for
 
 RUNNER = ROOT / "runtime" / "device_runner.py"
@@ -45,7 +45,7 @@ def models(tmp_path_factory):
 def test_bench_prints_the_json_contract_and_writes_it_atomically(models, tmp_path):
     small, _ = models
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", str(small), "--runs", "300", "--warmup", "20", "--dim", "batch=4", "--json", str(out))
+    proc = run_main("bench", str(small), "--runs", "300", "--warmup", "20", "--dim", "batch=4", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == result
@@ -67,7 +67,7 @@ def test_bench_prints_the_json_contract_and_writes_it_atomically(models, tmp_pat
 
 def test_compare_interleaves_two_models_and_the_ratio_interval_excludes_one(models):
     small, large = models
-    proc = run_cli("bench", str(large), "--compare", str(small), "--runs", "200", "--warmup", "10")
+    proc = run_main("bench", str(large), "--compare", str(small), "--runs", "200", "--warmup", "10")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     compare = result["compare"]
@@ -81,7 +81,7 @@ def test_compare_interleaves_two_models_and_the_ratio_interval_excludes_one(mode
 
 def test_profile_says_where_each_models_time_goes(models):
     small, large = models
-    proc = run_cli("bench", str(large), "--compare", str(small), "--runs", "50", "--warmup", "5", "--profile")
+    proc = run_main("bench", str(large), "--compare", str(small), "--runs", "50", "--warmup", "5", "--profile")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     for profile in (result["profile"], result["compare"]["profile"]):
@@ -97,7 +97,7 @@ def test_inputs_from_npz_and_duration(models, tmp_path):
     small, _ = models
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, x=np.ones((2, 64), dtype=np.float32))
-    proc = run_cli("bench", str(small), "--inputs", str(inputs), "--duration", "0.5", "--warmup", "auto")
+    proc = run_main("bench", str(small), "--inputs", str(inputs), "--duration", "0.5", "--warmup", "auto")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["input_source"] == "inputs.npz" and result["inputs"]["x"]["shape"] == [2, 64]
@@ -109,20 +109,20 @@ def test_thread_settings_report_inter_op_threads_spinning_and_the_cpus_it_ran_on
     small, _ = models
     allowed = sorted(os.sched_getaffinity(0))
     pinned = allowed[-1]  # one CPU this test may use, whichever the machine's cpuset grants
-    proc = run_cli("bench", str(small), "--runs", "50", "--warmup", "5", "--inter-op-threads", "2",
+    proc = run_main("bench", str(small), "--runs", "50", "--warmup", "5", "--inter-op-threads", "2",
                    "--spinning", "off", "--cpus", str(pinned))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["thread_settings"] == {
         "intra_op": 1, "inter_op": 2, "spinning": "off", "affinity": [pinned], "pinned": [pinned],
         "interleaved": False}
     # unpinned, the runner reports the CPUs it inherited, not None
-    proc = run_cli("bench", str(small), "--runs", "20", "--warmup", "2", "--threads", "2", "--spinning", "on")
+    proc = run_main("bench", str(small), "--runs", "20", "--warmup", "2", "--threads", "2", "--spinning", "on")
     assert proc.returncode == 0, proc.stderr
     settings = json.loads(proc.stdout)["thread_settings"]
     assert settings["affinity"] == allowed and settings["pinned"] is None
     assert (settings["intra_op"], settings["inter_op"], settings["spinning"]) == (2, 1, "on")
     missing = max(allowed) + 1024  # no machine this runs on has so many CPUs in its cpuset
-    assert_one_line_error(run_cli("bench", str(small), "--runs", "20", "--cpus", str(missing)),
+    assert_one_line_error(run_main("bench", str(small), "--runs", "20", "--cpus", str(missing)),
                           f"--cpus {missing} names no CPU", "pick from")
 
 
@@ -134,7 +134,7 @@ def test_thread_settings_report_inter_op_threads_spinning_and_the_cpus_it_ran_on
 ])
 def test_bad_flags_are_one_line_errors(models, args, fragments):
     small, _ = models
-    assert_one_line_error(run_cli("bench", str(small), *args), *fragments)
+    assert_one_line_error(run_main("bench", str(small), *args), *fragments)
 
 
 def test_every_error_line_says_edgepress_once(models, tmp_path):
@@ -147,7 +147,7 @@ def test_every_error_line_says_edgepress_once(models, tmp_path):
     cases = [[], ["nope"], ["bench"], ["bench", str(small), "--runs", "x"], ["target", "setup"],
              ["bench", str(small), "--dim", "sequence=8"], ["bench", str(small), "--python", str(other_edgepress)]]
     for args in cases:
-        line = assert_one_line_error(run_cli(*args))
+        line = assert_one_line_error(run_main(*args))
         assert line.count("edgepress:") == 1, (args, line)
     assert "failed on local (exit 2): no such command" in line
 
@@ -156,14 +156,14 @@ def test_bad_models_and_inputs_are_one_line_errors(models, tmp_path):
     small, _ = models
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"not a protobuf at all")
-    assert_one_line_error(run_cli("bench", str(corrupt)), "not a valid ONNX model", "corrupt.onnx")
-    assert_one_line_error(run_cli("bench", str(tmp_path / "missing.onnx")), "does not exist")
+    assert_one_line_error(run_main("bench", str(corrupt)), "not a valid ONNX model", "corrupt.onnx")
+    assert_one_line_error(run_main("bench", str(tmp_path / "missing.onnx")), "does not exist")
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, x=np.ones((2, 3, 4), dtype=np.float32))
-    assert_one_line_error(run_cli("bench", str(small), "--inputs", str(wrong)), "shape [2, 3, 4]")
+    assert_one_line_error(run_main("bench", str(small), "--inputs", str(wrong)), "shape [2, 3, 4]")
     named = tmp_path / "named.npz"
     np.savez(named, a=np.ones((1, 64), np.float32), b=np.ones((1, 64), np.float32))
-    assert_one_line_error(run_cli("bench", str(small), "--inputs", str(named)), "lack arrays named ['x']")
+    assert_one_line_error(run_main("bench", str(small), "--inputs", str(named)), "lack arrays named ['x']")
 
 
 def test_a_runner_killed_mid_bench_keeps_the_runs_it_measured(models, tmp_path):
@@ -221,7 +221,7 @@ def test_a_model_whose_inputs_cannot_be_fed_is_a_one_line_error(tmp_path):
     strings = one_node_model(tmp_path / "strings.onnx", helper.make_node("Identity", ["text"], ["same"]),
                               [helper.make_tensor_value_info("text", TensorProto.STRING, [1])],
                               [helper.make_tensor_value_info("same", TensorProto.STRING, [1])])
-    proc = run_cli("bench", str(strings), "--runs", "20")
+    proc = run_main("bench", str(strings), "--runs", "20")
     assert_one_line_error(proc, "input 'text' has type tensor(string)", "random inputs do not cover",
                           "fix: pass real inputs with --inputs FILE.npz")
     assert proc.stdout == ""  # no result, not even a partial one: nothing was timed
@@ -230,7 +230,7 @@ def test_a_model_whose_inputs_cannot_be_fed_is_a_one_line_error(tmp_path):
     reshape = one_node_model(tmp_path / "reshape.onnx", helper.make_node("Reshape", ["x", "shape"], ["y"]),
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7, 7])], [impossible])
-    proc = run_cli("bench", str(reshape), "--runs", "20")
+    proc = run_main("bench", str(reshape), "--runs", "20")
     line = assert_one_line_error(proc, "the model does not run on these inputs",
                                  "cannot be reshaped to the requested shape", "{1,16}", "{7,7}", "re-export it")
     assert "onnxruntime_src" not in line and "[ONNXRuntimeError]" not in line  # the reason, not ORT's noise

@@ -25,7 +25,7 @@ import pytest
 from edgepress.errors import UserError
 from edgepress.targets import TargetOptions, open_target
 from edgepress.targets import qemu
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, run_main
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-aarch64") is None or shutil.which("apt-get") is None
                                 or shutil.which("dpkg-deb") is None,
@@ -267,7 +267,7 @@ def test_int8_model_on_arm_kernels_against_x86(cache_env, tmp_path, capsys, reco
 
 def test_unknown_cpu_names_the_closest(tmp_path):
     model = _tiny_model(tmp_path / "tiny.onnx")
-    proc = run_cli("bench", str(model), "--target", "qemu-aarch64:neoverse_n1")
+    proc = run_main("bench", str(model), "--target", "qemu-aarch64:neoverse_n1")
     assert_one_line_error(proc, "unknown CPU 'neoverse_n1'", "did you mean qemu-aarch64:neoverse-n1?")
     with pytest.raises(UserError, match="did you mean qemu-aarch64:cortex-a53"):
         open_target("qemu-aarch64:cortex-53")
@@ -304,8 +304,8 @@ def test_failed_setup_leaves_nothing_in_place(prepared, tmp_path):
 
 
 def test_setup_of_a_target_without_one_is_refused():
-    assert_one_line_error(run_cli("target", "setup", "local"), "needs no setup", "qemu-aarch64")
-    assert_one_line_error(run_cli("target", "setup", "qemu-aarch64:cortex-a99"), "unknown CPU")
+    assert_one_line_error(run_main("target", "setup", "local"), "needs no setup", "qemu-aarch64")
+    assert_one_line_error(run_main("target", "setup", "qemu-aarch64:cortex-a99"), "unknown CPU")
 
 
 def test_a_difference_between_kernels_is_reported():

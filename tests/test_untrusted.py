@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepress.errors import UserError
 from edgepress.onnx_check import check_onnx_file
 from edgepress.schema import MAX_TOML_BYTES, read_toml
-from tests.conftest import ROOT, assert_one_line_error, run_cli, write_recipe
+from tests.conftest import ROOT, assert_one_line_error, run_main, write_recipe
 
 RUNNER = ROOT / "runtime" / "device_runner.py"
 WEIGHTS = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096
@@ -95,11 +95,11 @@ def test_host_check_names_the_outside_location_before_any_session(tmp_path):
 
 def test_bench_carries_external_data_beside_the_model_and_refuses_it_outside(tmp_path):
     valid = external_model(tmp_path / "valid", "w.data", write="w.data")
-    proc = run_cli("bench", str(valid), "--runs", "5", "--warmup", "1")
+    proc = run_main("bench", str(valid), "--runs", "5", "--warmup", "1")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["runs"] == 5
     model, _ = hostile_locations(tmp_path)["dot-dot"]
-    assert_one_line_error(run_cli("bench", str(model), "--runs", "5"), "'../outside.data'", "outside")
+    assert_one_line_error(run_main("bench", str(model), "--runs", "5"), "'../outside.data'", "outside")
 
 
 def test_a_recipe_refuses_a_source_model_with_external_data(tmp_path):
@@ -111,7 +111,7 @@ def test_a_recipe_refuses_a_source_model_with_external_data(tmp_path):
         [data]
         evaluation = [{{ dataset = "digits:test", limit = 8 }}]
     """)
-    assert_one_line_error(run_cli("check", str(recipe)), "external data (w.data)", "onnx.save")
+    assert_one_line_error(run_main("check", str(recipe)), "external data (w.data)", "onnx.save")
 
 
 def test_runner_refuses_random_inputs_that_would_exhaust_memory(tmp_path):
