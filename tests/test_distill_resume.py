@@ -13,7 +13,7 @@ import torch
 
 from edgepress.run_folder import MARKER
 from edgepress.compress.distill import DistillSettings, distillation_loss
-from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, tiny_recipe_with, write_recipe
+from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, run_main, tiny_recipe_with, write_recipe
 
 
 def test_distillation_loss_matches_its_formula():
@@ -81,7 +81,7 @@ early_stopping_patience = 2
 
 def test_prune_then_distill_runs_and_shrinks_the_exported_graph(tmp_path):
     recipe = write_recipe(tmp_path, text=PRUNE_DISTILL.format(epochs=4, budgets=""))
-    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
     assert stages["prune"]["params"] < 0.6 * stages["train"]["params"]
@@ -95,7 +95,7 @@ def test_prune_then_distill_runs_and_shrinks_the_exported_graph(tmp_path):
 def test_teacher_that_is_not_a_finished_stage(tmp_path):
     recipe = write_recipe(tmp_path, text=PRUNE_DISTILL.format(epochs=1, budgets="").replace('teacher = "train"',
                                                                                              'teacher = "export"'))
-    assert_one_line_error(run_cli("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'export'")
+    assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'export'")
 
 
 def test_training_killed_mid_run_resumes_to_identical_weights(tmp_path):
