@@ -46,6 +46,7 @@ def _stage(report: dict, name: str) -> dict:
     return next(s for s in report["stages"] if s["name"] == name)["metrics"]
 
 
+@pytest.mark.slow
 def test_a_regressor_is_judged_by_mae_and_its_int8_gated_on_the_mae_it_adds(tmp_path):
     report = _run(_recipe("diabetes-mlp-int8", tmp_path), tmp_path)
     assert report["metric"] == "regression"
@@ -64,6 +65,7 @@ def test_a_regressor_is_judged_by_mae_and_its_int8_gated_on_the_mae_it_adds(tmp_
     assert "| MAE |" in md.replace("MAE | RMSE", "MAE |") and "SNR" in md
 
 
+@pytest.mark.slow
 def test_a_model_with_two_inputs_trains_exports_and_quantizes(tmp_path):
     report = _run(_recipe("diabetes-two-inputs-int8", tmp_path, epochs=30), tmp_path)
     int8 = _stage(report, "ptq")

@@ -166,6 +166,7 @@ def test_bad_models_and_inputs_are_one_line_errors(models, tmp_path):
     assert_one_line_error(run_main("bench", str(small), "--inputs", str(named)), "lack arrays named ['x']")
 
 
+@pytest.mark.slow
 def test_a_runner_killed_mid_bench_keeps_the_runs_it_measured(models, tmp_path):
     """SIGKILL, as the kernel's out-of-memory killer sends it, to the local target's runner while it times."""
     small, _ = models
@@ -195,6 +196,7 @@ def test_a_runner_killed_mid_bench_keeps_the_runs_it_measured(models, tmp_path):
     assert result["thread_settings"]["intra_op"] == 1 and result["size_bytes"] == small.stat().st_size
 
 
+@pytest.mark.slow
 def test_a_finished_bench_is_marked_complete_and_streams_its_progress(models, tmp_path):
     """The runner's progress lines carry every timing once, and the host's summary of them is the result."""
     small, _ = models

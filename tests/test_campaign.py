@@ -116,6 +116,7 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_campaign_every_case_ends_in_success_or_one_line_and_the_decoy_is_untouched(tmp_path):
     results, facts = campaign(tmp_path)
     assert len(results) >= MIN_CASES

@@ -187,6 +187,7 @@ def test_the_ptq_stage_times_its_convs_on_this_machine_and_records_the_choice(tm
     assert len(pads) == (kernels["kept"] and sum("channels_padded" in f for f in kernels["chosen"].values()))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-x86_64 (apt install qemu-user)")
 def test_a_target_whose_kernels_add_in_int16_turns_the_rewrites_off(tmp_path):
     from edgepress.pipeline import Pipeline

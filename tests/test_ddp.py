@@ -7,6 +7,8 @@ the models below with `fit()` and saves each rank's final weights to OUT_DIR.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -81,6 +83,7 @@ def _max_difference(ours: dict, theirs: dict, *, names) -> float:
     return max(float((ours[name].float() - theirs[name].float()).abs().max()) for name in names)
 
 
+@pytest.mark.slow
 def test_two_ranks_end_identical_and_match_one_process(tmp_path):
     proc = _torchrun(__file__, str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -169,6 +172,7 @@ runs = 200
 """
 
 
+@pytest.mark.slow
 def test_edgepress_run_under_torchrun_reports_like_one_process(tmp_path):
     from tests.conftest import ROOT, run_cli, write_recipe
 

@@ -49,6 +49,7 @@ def test_greedy_ranking_removes_the_least_harmful_block_first():
         assert chosen_kl <= kl + 1e-6, (name, kl, chosen_kl)
 
 
+@pytest.mark.slow
 def test_depth_pruned_model_has_fewer_nodes_reloads_and_meets_a_macs_target(tmp_path):
     model = built("cifar_resnet20")
     pruned, removed = remove_blocks(model, inputs=torch.randn(8, 3, 32, 32), settings=DepthSettings(macs_target=0.7),

@@ -3,6 +3,8 @@ trains with its own loss, every stage is judged by COCO mAP of decoded boxes, an
 
 from __future__ import annotations
 
+import pytest
+
 import tomllib
 
 import onnx
@@ -12,6 +14,7 @@ from edgepress.recipe import from_table
 from tests.conftest import ROOT, requires_shared_data
 
 
+@pytest.mark.slow
 @requires_shared_data
 def test_the_detector_recipe_trains_quantizes_and_gates_on_map(tmp_path):
     table = tomllib.loads((ROOT / "recipes" / "fashion-detector-int8.toml").read_text())

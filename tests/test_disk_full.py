@@ -49,6 +49,7 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_the_stage_in_one_line_keeps_earlier_stages_and_the_rerun_resumes(small_disk, tmp_path):
     recipe = write_recipe(tmp_path, text=TINY_RECIPE.format(epochs=2, budgets="").replace(
         "warmup_runs = 5\nruns = 200", "warmup_runs = 2\nruns = 200"))

@@ -98,6 +98,7 @@ def test_teacher_that_is_not_a_finished_stage(tmp_path):
     assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'export'")
 
 
+@pytest.mark.slow
 def test_training_killed_mid_run_resumes_to_identical_weights(tmp_path):
     text = TINY_RECIPE.format(epochs=12, budgets="").replace("limit = 400", "limit = 1400")
     text = text.replace('[[stages]]\nkind = "export"\n\n[[stages]]\nkind = "ptq"\n', "")

@@ -19,6 +19,8 @@ mutated), tests/fuzz_files.py (the corrupted files) and tests/fuzz_cases.py (the
 
 from __future__ import annotations
 
+import pytest
+
 import collections
 import json
 import os
@@ -92,6 +94,7 @@ def failure_report(results: list[tuple[Case, str, Ending]], *, shown: int = 12) 
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_the_referee_sees_crashes_and_hangs_and_goes_on(tmp_path):
     """The harness itself, on a model entry that kills its interpreter and one that never returns: each is
     reported as such, and a fresh worker runs the next case."""
@@ -111,6 +114,7 @@ def test_the_referee_sees_crashes_and_hangs_and_goes_on(tmp_path):
     assert endings[0].signal == signal.SIGSEGV
 
 
+@pytest.mark.slow
 def test_untrusted_input_never_crashes_edgepress(tmp_path):
     results, facts = campaign(tmp_path)
     counts = collections.Counter(case.kind for case, _, _ in results)

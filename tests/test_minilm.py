@@ -86,6 +86,7 @@ def _float_matmuls_with_weights(path: Path) -> int:
     return sum(1 for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants)
 
 
+@pytest.mark.slow
 def test_attention_only_fusion_fuses_attention_and_leaves_the_rest(minilm_run, tmp_path):
     from edgepress.compress.transformer_fusion import fuse_transformer
 
@@ -106,6 +107,7 @@ def _feeds(count: int = SENTENCES) -> dict[str, np.ndarray]:
                     sequence_length=SEQUENCE_LENGTH)
 
 
+@pytest.mark.slow
 def test_recipe_reports_cosine_neighbours_latency_size_and_gate(minilm_run):
     report = _report(minilm_run)
     assert report["metric"] == "cosine"
@@ -133,6 +135,7 @@ def test_recipe_reports_cosine_neighbours_latency_size_and_gate(minilm_run):
     assert "| cosine | cosine min | top-5 agreement |" in markdown
 
 
+@pytest.mark.slow
 def test_fusion_fuses_attention_and_int8_leaves_no_float_matmul(minilm_run):
     fused = _op_counts(minilm_run / "02-fuse_transformer" / "model.onnx")
     assert fused["Attention"] == 6 and fused["SkipLayerNormalization"] == 12
@@ -146,6 +149,7 @@ def test_fusion_fuses_attention_and_int8_leaves_no_float_matmul(minilm_run):
     assert metrics["quantization"]["scheme"] == "u8s8" and metrics["quantization"]["per_channel"]
 
 
+@pytest.mark.slow
 def test_int4_weights_are_matmulnbits_and_keep_the_embeddings_close(minilm_run, tmp_path):
     fused = minilm_run / "02-fuse_transformer" / "model.onnx"
     out = tmp_path / "int4.onnx"
@@ -159,6 +163,7 @@ def test_int4_weights_are_matmulnbits_and_keep_the_embeddings_close(minilm_run, 
     assert scores["cosine"] > 0.95
 
 
+@pytest.mark.slow
 def test_onnx_text_model_fed_a_longer_sequence_is_one_line_error(minilm_run, tmp_path):
     recipe = write_recipe(tmp_path, text=f"""
         name = "wrong-length"
@@ -174,6 +179,7 @@ def test_onnx_text_model_fed_a_longer_sequence_is_one_line_error(minilm_run, tmp
     assert_one_line_error(proc, "'input_ids' of shape [32]", "takes ['N', 16]", "input_shape")
 
 
+@pytest.mark.slow
 def test_onnx_text_model_without_a_tokenizer_is_one_line_error(minilm_run, tmp_path):
     recipe = write_recipe(tmp_path, text=f"""
         name = "no-tokenizer"

@@ -68,6 +68,7 @@ def cifar_test() -> tuple[torch.Tensor, np.ndarray]:
     ("cifar_resnet20", "resnet20-12fca82f.th", 91.64),
     ("cifar_resnet56", "resnet56-4bfd9763.th", 92.72),
 ])
+@pytest.mark.slow
 def test_pretrained_resnet_reaches_published_accuracy(name: str, file: str, published: float,
                                                       cifar_test: tuple[torch.Tensor, np.ndarray]) -> None:
     model = build_model(name=name, entry=None, kwargs={})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -12,6 +14,7 @@ import zipfile
 from tests.conftest import ROOT, assert_one_line_error, one_node_model, run_cli
 
 
+@pytest.mark.slow
 def test_wheel_installs_and_runtime_never_imports_torch(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],

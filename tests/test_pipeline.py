@@ -206,6 +206,7 @@ def test_check_validates_without_running(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_users_own_model_through_an_entry_point_runs_like_a_zoo_model(tmp_path):
     (tmp_path / "usernet.py").write_text(
         "import torch\n\n"
@@ -224,6 +225,7 @@ def test_users_own_model_through_an_entry_point_runs_like_a_zoo_model(tmp_path):
     assert report["stages"][-1]["metrics"]["quantization"]["int8_nodes"] == 2
 
 
+@pytest.mark.slow
 def test_runs_without_checkpoint_are_reproducible(tmp_path):
     recipe = write_recipe(tmp_path, epochs=1)
     reports = []

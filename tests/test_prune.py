@@ -28,6 +28,7 @@ def built(name: str, **kwargs):
 
 @pytest.mark.parametrize(("name", "shape"), [("small_cnn_8", (1, 8, 8)), ("mobilenetv2_cifar", (3, 32, 32)),
                                              ("cifar_resnet20", (3, 32, 32))])
+@pytest.mark.slow
 def test_pruned_model_is_smaller_reloads_and_exports_smaller(tmp_path, name, shape):
     model = built(name)
     example = torch.zeros(1, *shape)
@@ -124,6 +125,7 @@ def test_macs_target_is_met_with_the_smallest_ratio():
         prune_to_macs(model, input_shape=(3, 32, 32), settings=PruneSettings(macs_target=0.05))
 
 
+@pytest.mark.slow
 def test_latency_target_is_measured_under_onnx_runtime_and_the_smallest_passing_ratio_wins(tmp_path):
     from edgepress.compress.prune_search import Targets, open_probe, search_ratio
 
@@ -216,6 +218,7 @@ sensitivity_samples = 64
 ''')
 
 
+@pytest.mark.slow
 def test_sensitivity_allocation_meets_the_target_and_lands_in_the_report(tmp_path):
     stages = run_and_read_stages(tmp_path, text=SENSITIVITY.format(epochs=2, budgets=""))
     assert stages["prune"]["pruning"]["macs_kept"] <= 0.6

@@ -103,6 +103,7 @@ def test_candidates_follow_the_cpu_and_warn_about_slow_schemes():
     assert len(warnings) == 1 and "s8s8 has no fast kernel" in warnings[0] and "VNNI" in warnings[0]
 
 
+@pytest.mark.slow
 def test_the_sensitive_node_falls_back_and_the_goal_holds_on_held_out_images(outlier_onnx, tmp_path):
     calibration = images(600)
     labels = top1(outlier_onnx, calibration)  # FP32's own answers: accuracy drop equals disagreement
@@ -126,6 +127,7 @@ def test_the_sensitive_node_falls_back_and_the_goal_holds_on_held_out_images(out
     assert agreement == pytest.approx(found["agreement"])
 
 
+@pytest.mark.slow
 def test_an_unreachable_goal_is_one_line_and_writes_nothing(outlier_onnx, tmp_path):
     out = tmp_path / "int8.onnx"
     calibration = images(600)
@@ -161,6 +163,7 @@ def test_too_few_held_out_images_and_unknown_nodes_are_one_line_errors(outlier_o
         AccuracyAwarePtqSettings()
 
 
+@pytest.mark.slow
 @requires_shared_data
 def test_stage_in_a_recipe_reports_every_node_precision(tmp_path):
     """The real ResNet-20 through export and accuracy_aware_ptq: the report names the chosen
@@ -196,6 +199,7 @@ def test_stage_in_a_recipe_reports_every_node_precision(tmp_path):
     assert "## Node precision: stage `accuracy_aware_ptq`" in markdown and "Chosen: u8s8" in markdown
 
 
+@pytest.mark.slow
 def test_any_model_searches_against_a_goal_of_its_metrics_budgets(outlier_onnx, tmp_path):
     """No labels, no top-1: the goal is a fidelity budget (snr_db_min), met on held-out samples by falling back
     the outlier conv, exactly as an agreement goal would be."""

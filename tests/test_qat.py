@@ -227,6 +227,7 @@ def test_unknown_teacher_is_one_line_error(tmp_path):
     assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'nope'")
 
 
+@pytest.mark.slow
 @requires_shared_data
 def test_real_resnet20_qat_recipe_shortened(tmp_path):
     """The shipped ResNet-20 QAT recipe on small sets: integer kernels, exact parity, agreement kept."""

@@ -20,6 +20,7 @@ CASES = [("cifar10-resnet20-int8.toml", 0.9164, 0.8103), ("cifar10-resnet56-int8
 JPEG_SET = '    { dataset = "cifar10:test_jpeg_10000" },\n'
 
 
+@pytest.mark.slow
 @requires_shared_data
 @pytest.mark.parametrize(("recipe", "raw_accuracy", "jpeg_accuracy"), CASES)
 def test_recipe_reproduces_fp32_and_gates_int8(tmp_path, recipe, raw_accuracy, jpeg_accuracy):
@@ -58,6 +59,7 @@ def test_recipe_reproduces_fp32_and_gates_int8(tmp_path, recipe, raw_accuracy, j
     assert not [v for v in report["gate"]["violations"] if v["budget"] not in TIMED_BUDGETS], report["gate"]
 
 
+@pytest.mark.slow
 @requires_shared_data
 def test_prune_kd_recipe_flows_through_export_ptq_and_gate(tmp_path):
     """The shipped prune + distill recipe, shortened (1 epoch, small sets) but otherwise as shipped."""

@@ -77,6 +77,7 @@ def clean(tmp_path_factory):
     return recipe, folder / "out", {**windows, "report": ended - ends[-1]}
 
 
+@pytest.mark.slow
 def test_a_rerun_keeps_every_finished_stage_and_reports_the_same(clean):
     recipe, out, _ = clean
     before = {name: (out / name / "stage.json").stat().st_mtime_ns for name in STAGES}
@@ -88,6 +89,7 @@ def test_a_rerun_keeps_every_finished_stage_and_reports_the_same(clean):
     assert deterministic(report_of(out)) == deterministic(first_report)
 
 
+@pytest.mark.slow
 def test_changed_settings_budgets_force_from_and_a_damaged_artifact(clean, tmp_path):
     recipe, clean_out, _ = clean
     out = tmp_path / "out"
@@ -169,6 +171,7 @@ def _complete(out: Path) -> list[str]:
     return [name for name in STAGES if (out / name / "stage.json").is_file()]
 
 
+@pytest.mark.slow
 def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and_matches(clean, tmp_path):
     recipe, clean_out, seconds = clean
     # Moments from each stage's announcement to about halfway to the next one's (one in the source model's,
@@ -217,6 +220,7 @@ def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and
     assert any(r["resumed_epoch"] for r in results), table  # a killed training stage went on from its checkpoint
 
 
+@pytest.mark.slow
 def test_a_damaged_epoch_checkpoint_is_ignored_not_fatal(tmp_path):
     recipe = write_recipe(tmp_path, epochs=2)
     out = tmp_path / "out"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import time
 from tests.conftest import assert_one_line_error, run_cli, write_recipe
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_folder_fails_at_once_and_a_killed_run_does_not_block(tmp_path):
     recipe = write_recipe(tmp_path, epochs=30)  # long enough to be caught running
     out = tmp_path / "out"

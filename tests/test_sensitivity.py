@@ -59,6 +59,7 @@ def real():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 @requires_shared_data
 def test_table_has_every_prunable_layer_and_ratio(real):
     table = real["table"]
@@ -73,6 +74,7 @@ def test_table_has_every_prunable_layer_and_ratio(real):
     assert SensitivityTable.from_json(table.to_json()) == table
 
 
+@pytest.mark.slow
 @requires_shared_data
 def test_accuracy_falls_as_more_channels_go(real):
     table = real["table"]
@@ -86,6 +88,7 @@ def test_accuracy_falls_as_more_channels_go(real):
     assert max(at_most) - min(at_most) > 0.3, at_most
 
 
+@pytest.mark.slow
 @requires_shared_data
 def test_input_model_is_unchanged(real):
     prune_to_macs_by_sensitivity(real["model"], input_shape=SHAPE, table=real["table"], macs_target=MACS_TARGET,
@@ -95,6 +98,7 @@ def test_input_model_is_unchanged(real):
     assert all(torch.equal(real["before"][k], v) for k, v in state.items())
 
 
+@pytest.mark.slow
 @requires_shared_data
 def test_automatic_ratios_meet_the_target_and_beat_the_uniform_ratio(real):
     model, table = real["model"], real["table"]
@@ -116,6 +120,7 @@ def test_automatic_ratios_meet_the_target_and_beat_the_uniform_ratio(real):
     assert scores["automatic"]["held_out"] > scores["uniform"]["held_out"] + 0.05, scores
 
 
+@pytest.mark.slow
 @requires_shared_data
 def test_plot_has_one_line_per_layer_and_the_report_shows_it(real, tmp_path):
     table = real["table"]

@@ -161,6 +161,7 @@ def _compare(name: str, found: np.ndarray, reference: np.ndarray, reference_name
 
 # ---------------------------------------------------------------- setup
 
+@pytest.mark.slow
 def test_setup_is_complete_atomic_and_idempotent(prepared, capsys):
     import onnxruntime
 
@@ -189,6 +190,7 @@ def test_setup_is_complete_atomic_and_idempotent(prepared, capsys):
     assert json.loads((prepared.cache / qemu.SETUP_FOLDER / qemu.MANIFEST).read_text()) == manifest
 
 
+@pytest.mark.slow
 def test_guest_sees_the_chosen_cpu(cache_env, tmp_path):
     """-cpu reaches qemu (dot product in the auxiliary vector only on the dot-product CPU) and the guest's
     /proc/cpuinfo is the emulated core's, not this machine's."""
@@ -209,6 +211,7 @@ def test_guest_sees_the_chosen_cpu(cache_env, tmp_path):
 
 # ---------------------------------------------------------------- bench and predict
 
+@pytest.mark.slow
 def test_bench_cli_on_cortex_a53_is_marked_emulated(prepared, tmp_path):
     model = _tiny_model(tmp_path / "tiny.onnx")
     proc = run_cli("bench", str(model), "--target", "qemu-aarch64:cortex-a53", "--runs", "20", "--warmup", "2",
@@ -222,6 +225,7 @@ def test_bench_cli_on_cortex_a53_is_marked_emulated(prepared, tmp_path):
     assert "(emulated)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_int8_model_on_arm_kernels_against_x86(cache_env, tmp_path, capsys, record_property):
     """The same QDQ INT8 model on x86 (local) and on ARM's kernels with and without dot product: it must run
     everywhere, and any difference between the kernels is measured and reported, not assumed away."""
@@ -290,6 +294,7 @@ def test_missing_qemu_names_the_debian_package(tmp_path):
     assert_one_line_error(proc, "qemu-aarch64 is not installed", "qemu-user")
 
 
+@pytest.mark.slow
 def test_failed_setup_leaves_nothing_in_place(prepared, tmp_path):
     """A version without an aarch64 wheel fails at the first step, a mirror without Debian at the second (after
     the wheels, which pip's cache holds since the session's setup): each in one line, with nothing left."""
@@ -320,6 +325,7 @@ def test_a_difference_between_kernels_is_reported():
     assert _compare("arm", reference, reference, "x86")["sentence"].startswith("arm vs x86: identical outputs")
 
 
+@pytest.mark.slow
 def test_a_recipe_evaluates_and_gates_the_same_int8_model_on_x86_and_on_arm(prepared, tmp_path):
     from tests.conftest import TINY_RECIPE, write_recipe
 

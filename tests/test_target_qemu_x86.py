@@ -50,6 +50,7 @@ def predict_here(model: Path, x: np.ndarray) -> np.ndarray:
     return predict(open_session(model, threads=1), x, batch_size=16)
 
 
+@pytest.mark.slow
 def test_unguarded_u8s8_saturates_on_avx2_and_the_guard_holds(tmp_path):
     source = tmp_path / "conv.onnx"
     export_onnx(model=SignedInputConv().eval(), input_shape=(4, 8, 8), path=source, settings=ExportSettings(),
@@ -75,6 +76,7 @@ def test_unguarded_u8s8_saturates_on_avx2_and_the_guard_holds(tmp_path):
     assert resolve_guard("auto", scheme="u8s8", target_isas=[known_isa("local"), avx2])[0] == "uint8_weights"
 
 
+@pytest.mark.slow
 def test_bench_runs_there_and_is_marked_emulated(tmp_path):
     source = tmp_path / "conv.onnx"
     export_onnx(model=SignedInputConv().eval(), input_shape=(4, 8, 8), path=source, settings=ExportSettings(),

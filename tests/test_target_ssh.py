@@ -351,6 +351,7 @@ def test_runner_error_is_not_retried_and_the_folder_goes(client, tmp_path):
     assert client.count() == 3
 
 
+@pytest.mark.slow
 def test_time_out_stops_the_remote_runner_and_removes_its_folder(client, models, tmp_path):
     workdir = tmp_path / "work"
     target = open_target(f"ssh://{ALIAS}", options=TargetOptions(python=sys.executable, workdir=str(workdir)))
@@ -429,6 +430,7 @@ def _parent_of(pid: int) -> int:
     # sshd's process for the session: the connection breaks while the runner still runs on the device
     ("session", [f"the connection to ssh://{ALIAS} was lost after", "closed by remote host"]),
 ])
+@pytest.mark.slow
 def test_a_device_dying_mid_bench_keeps_the_runs_measured(client, models, tmp_path, victim, fragments):
     workdir, out = tmp_path / "work", tmp_path / "bench.json"
     bench = _bench_process(models[0], f"ssh://{ALIAS}", "--duration", "300", "--workdir", str(workdir),
@@ -462,6 +464,7 @@ def test_a_device_dying_mid_bench_keeps_the_runs_measured(client, models, tmp_pa
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
 
 
+@pytest.mark.slow
 def test_a_device_dying_in_a_recipe_keeps_earlier_stages_and_the_other_targets(client, tmp_path):
     """The second target's runner is killed while it times the first ONNX stage (export): the run fails in one
     line, the stage folders before it stay, and the primary target's numbers and the dead target's timed runs

@@ -31,6 +31,7 @@ ENTRIES = {
 PARAMS = {"mobilenet_v3_small": 1_528_106, "resnet18": 11_181_642, "efficientnet_b0": 4_020_358}
 
 
+@pytest.mark.slow
 @requires_torchvision
 def test_entries_build_in_a_fresh_interpreter():
     """The entry mechanism alone makes torchvision importable (its CUDA-linked extension may not load
@@ -123,6 +124,7 @@ def _evaluation_inputs(recipe, tmp_path: Path) -> np.ndarray:
     return Pipeline(recipe, out_dir=tmp_path / "data").prepare(probe_targets=False).evaluation[0].inputs
 
 
+@pytest.mark.slow
 @requires_shared_data
 @requires_torchvision
 @pytest.mark.parametrize("model", list(ENTRIES))
@@ -148,6 +150,7 @@ def test_recipe_runs_through_every_stage(model, tmp_path):
     _assert_int8_follows(_logits(int8_path, inputs), _logits(result.out_dir / stages["export"]["artifact"], inputs))
 
 
+@pytest.mark.slow
 @requires_shared_data
 @requires_torchvision
 def test_resnet18_qat_recipe(tmp_path):
