@@ -19,13 +19,14 @@ The score: each distinct conv (input shape, weights, attributes) runs alone as a
 form, interleaved in one process at the target's threads; a form replaces the quantizer's where it is faster
 in a clear majority of rounds (speed_fallback's sign test) and by at least 5 % in the median. Then the whole
 model, rewritten, is timed against the one quantized, and dropped if that is faster in a clear majority of
-rounds: a Pad or a layout change the one-conv models did not see. (Two sessions of one model can differ by a few per cent by where their buffers
-land, so this check catches losses, not small gains: `edgepress bench` measures those over fresh sessions.)
+rounds: a Pad or a layout change the one-conv models did not see. (Two sessions of one model can differ by a
+few per cent by where their buffers land, so this check catches losses, not small gains: `edgepress bench`
+measures those over fresh sessions.)
 """
 
 from __future__ import annotations
 
-import math
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgepress.compress import onnx_graph
-from edgepress.compress.speed_fallback import faster_in_rounds
+from edgepress.compress.speed_fallback import faster_in_rounds, runs_per_round
 
 __all__ = ["ConvForm", "choose_conv_kernels", "integer_convs", "rewrite"]
 
@@ -43,7 +44,6 @@ ROUNDS = 15  # a form kept on 13 or more wins of 15: a coin does that under 2 % 
 # Two sessions of one model can run a few per cent apart, steadily, by where their buffers land; a form must
 # gain more than that, as well as win the rounds.
 MIN_GAIN = 0.95
-ROUND_MS = 2.0  # each round's half at least this long, so that its median is more than one run's noise
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,11 @@ def _tensors(model) -> dict[str, tuple[tuple[int, ...], int]]:
     return found
 
 
+def _zero_point(model, node) -> np.ndarray | None:
+    """A QuantizeLinear's or DequantizeLinear's zero point, None where it has none."""
+    return onnx_graph.constant(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+
+
 def quantized_tail(node, read_by: dict, outputs: set[str]) -> list | None:
     """The nodes from `node`'s output to the QuantizeLinear that ends its integer kernel: [Q], or [Relu, Q] and
     [Clip, Q] as QAT exports write them (ONNX Runtime folds such an activation into the quantization); else None."""
@@ -125,8 +130,7 @@ def integer_convs(model) -> list[IntegerConv]:
                 or tail is None):
             continue
         values = onnx_graph.constant(model, weights.input[0])
-        zero_point = onnx_graph.constant(model, weights.input[2]) if len(weights.input) > 2 and weights.input[2] else None
-        data_zero_point = onnx_graph.constant(model, data.input[2]) if len(data.input) > 2 and data.input[2] else None
+        zero_point, data_zero_point = _zero_point(model, weights), _zero_point(model, data)
         shared = len(read_by.get(weights.input[0], [])) > 1 or len(read_by.get(weights.output[0], [])) > 1
         if (values is None or values.dtype != np.int8 or values.min() < -127 or shared
                 or (zero_point is not None and np.any(zero_point != 0))
@@ -179,7 +183,7 @@ def rewrite(model, node_name: str, form: ConvForm) -> None:
         extra = -values.shape[1] % CHANNEL_GROUP
         values = np.pad(values, [(0, 0), (0, extra)] + [(0, 0)] * (values.ndim - 2), constant_values=zero_point)
         rank = values.ndim
-        data_zero_point = onnx_graph.constant(model, data.input[2]) if len(data.input) > 2 and data.input[2] else None
+        data_zero_point = _zero_point(model, data)
         fill = np.zeros((), np.uint8) if data_zero_point is None else data_zero_point.reshape(())
         pads = onnx_graph.add_initializer(model, f"{node_name}__channel_pads",
                                           np.array([0] * rank + [0, extra] + [0] * (rank - 2), dtype=np.int64))
@@ -222,13 +226,11 @@ def one_conv_model(model, conv: IntegerConv):
                       if name in made_by and made_by[name].op_type == "Constant"}
     nodes = list(constant_nodes.values()) + nodes
     constants = onnx_graph.initializers(model)
-    used = [constants[name] for n in nodes for name in n.input if name in constants]
-    graph = helper.make_graph(
-        [helper.make_node(n.op_type, list(n.input), list(n.output), name=n.name, domain=n.domain) for n in nodes],
-        "one_conv", [helper.make_tensor_value_info(data.input[0], conv.input_type, list(conv.input_shape))],
-        [helper.make_tensor_value_info(quantize.output[0], conv.output_type, None)], initializer=list({id(c): c for c in used}.values()))
-    for source, copy in zip(nodes, graph.node):
-        copy.attribute.extend(source.attribute)
+    used = {name: constants[name] for n in nodes for name in n.input if name in constants}
+    graph = helper.make_graph(nodes, "one_conv",
+                              [helper.make_tensor_value_info(data.input[0], conv.input_type, list(conv.input_shape))],
+                              [helper.make_tensor_value_info(quantize.output[0], conv.output_type, None)],
+                              initializer=list(used.values()))
     return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
@@ -241,14 +243,11 @@ def _random_input(conv: IntegerConv) -> np.ndarray:
 
 
 def _timed(paths: dict[str, Path], sample, *, threads: int) -> dict[str, np.ndarray]:
-    from edgepress.runtime.latency import interleaved_latency, time_runs
+    from edgepress.runtime.latency import interleaved_latency
     from edgepress.runtime.session import open_session
 
-    first = open_session(next(iter(paths.values())), threads=threads)
-    one_run_ms = float(np.median(time_runs(first, sample, warmup_runs=3, runs=5)))
-    runs_per_round = 2 * max(2, math.ceil(ROUND_MS / max(one_run_ms, 1e-3)))
-    return interleaved_latency(paths, sample, threads=threads, rounds=ROUNDS, runs_per_round=runs_per_round,
-                               warmup_runs=5)
+    per_round = runs_per_round(open_session(next(iter(paths.values())), threads=threads), sample)
+    return interleaved_latency(paths, sample, threads=threads, rounds=ROUNDS, runs_per_round=per_round, warmup_runs=5)
 
 
 def fastest_form(model, conv: IntegerConv, *, threads: int, scratch: Path) -> tuple[ConvForm, list[dict[str, Any]]]:
@@ -263,8 +262,8 @@ def fastest_form(model, conv: IntegerConv, *, threads: int, scratch: Path) -> tu
             rewrite(alone, conv.node, form)
         paths[form.label] = scratch / f"{len(list(scratch.iterdir()))}-{form.label}.onnx"
         onnx.save(alone, str(paths[form.label]))
-    name = onnx.load(str(paths[forms[0].label]), load_external_data=False).graph.input[0].name
-    times = _timed(paths, {name: _random_input(conv)}, threads=threads)
+    data = onnx_graph.producers(model)[next(n for n in model.graph.node if n.name == conv.node).input[0]]
+    times = _timed(paths, {data.input[0]: _random_input(conv)}, threads=threads)
     baseline = times[forms[0].label]
     best, best_ratio, trials = forms[0], 1.0, []
     for form in forms[1:]:
@@ -314,5 +313,6 @@ def choose_conv_kernels(source: Path, out: Path, *, threads: int, sample: dict[s
             if not slower:
                 onnx.save(model, str(out))
                 return record
-        onnx.save(onnx.load(str(source)), str(out))
+    if Path(out).resolve() != Path(source).resolve():
+        shutil.copyfile(source, out)
     return record

@@ -84,6 +84,15 @@ def with_float_neighbours(model_path: Path, names: tuple[str, ...]) -> tuple[str
     return tuple(names) + tuple(added)
 
 
+def runs_per_round(session, sample, *, half_ms: float = 2.0) -> int:
+    """Runs per interleaved round of `session`'s model on `sample`: ABBA halves of about `half_ms` each, so that a
+    round's median is more than one run's noise."""
+    from edgepress.runtime.latency import time_runs
+
+    one_run_ms = float(np.median(time_runs(session, sample, warmup_runs=5, runs=10)))
+    return 2 * max(2, math.ceil(half_ms / max(one_run_ms, 1e-3)))
+
+
 def faster_in_rounds(candidate: np.ndarray, best: np.ndarray, rounds: int) -> tuple[bool, float]:
     """(surely faster, median ratio): per-round medians compared, kept when the candidate wins so many rounds
     that a coin would do it less than SIGNIFICANCE of the time."""
@@ -143,7 +152,7 @@ def quantize_float_where_faster(*, source: Path, out: Path, calibration, setting
     import tempfile
 
     from edgepress.compress.ptq import calibration_feeds, prepared_graph, quantize
-    from edgepress.runtime.latency import interleaved_latency, time_runs
+    from edgepress.runtime.latency import interleaved_latency
     from edgepress.runtime.session import open_session
 
     with tempfile.TemporaryDirectory(prefix="edgepress-faster-") as folder:
@@ -152,10 +161,7 @@ def quantize_float_where_faster(*, source: Path, out: Path, calibration, setting
         prepared_graph(source, graph, settings=settings, log=lambda _: None)
         session = open_session(source, threads=threads)
         sample = {name: values[:1] for name, values in calibration_feeds(session, calibration, samples=1).items()}
-        one_run_ms = float(np.median(time_runs(session, sample, warmup_runs=5, runs=10)))
-        # Rounds of about 4 ms of the float model (ABBA halves of 2 ms), so that a round's median is more than
-        # one run's noise.
-        runs_per_round = 2 * max(2, math.ceil(2.0 / max(one_run_ms, 1e-3)))
+        per_round = runs_per_round(session, sample)  # timed on the float model, for every trial alike
         records: dict[Path, dict[str, Any]] = {}
 
         def quantize_excluding(names: tuple[str, ...]) -> Path:
@@ -168,10 +174,10 @@ def quantize_float_where_faster(*, source: Path, out: Path, calibration, setting
 
         def time_pair(candidate: Path, best: Path) -> tuple[np.ndarray, np.ndarray]:
             times = interleaved_latency({"candidate": candidate, "best": best}, sample, threads=threads,
-                                        rounds=rounds, runs_per_round=runs_per_round, warmup_runs=10)
+                                        rounds=rounds, runs_per_round=per_round, warmup_runs=10)
             return times["candidate"], times["best"]
 
-        log(f"float_where_faster: {len(units(graph))} units, {rounds} interleaved rounds of {runs_per_round} runs "
+        log(f"float_where_faster: {len(units(graph))} units, {rounds} interleaved rounds of {per_round} runs "
             f"per trial at {threads} thread(s)")
         best, found = search(float_model=graph, quantize_excluding=quantize_excluding, time_pair=time_pair,
                              rounds=rounds, log=log)
