@@ -167,8 +167,17 @@ def _precisions(report: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None
         if "node_precision" not in q:
             continue
         reasons = {f["node"]: f["reason"] for f in q.get("fp32_fallback", [])}
-        rows = [[node, precision, reasons.get(node, "")] for node, precision in q["node_precision"].items()]
-        found.append((stage["name"], q.get("search"), ["node", "precision", "why FP32"], rows))
+        # Convs steered to another integer kernel (compress/conv_kernels.py; qat records it with its export).
+        kernels = q.get("conv_kernels") or stage["metrics"].get("qat", {}).get("conv_kernels") or {}
+        forms = kernels.get("chosen", {}) if kernels.get("kept") else {}
+        if forms:
+            rows = [[node, precision, forms.get(node, ""), reasons.get(node, "")]
+                    for node, precision in q["node_precision"].items()]
+            header = ["node", "precision", "kernel form (measured faster)", "why FP32"]
+        else:
+            rows = [[node, precision, reasons.get(node, "")] for node, precision in q["node_precision"].items()]
+            header = ["node", "precision", "why FP32"]
+        found.append((stage["name"], q.get("search"), header, rows))
     return found
 
 

@@ -185,6 +185,11 @@ def test_the_ptq_stage_times_its_convs_on_this_machine_and_records_the_choice(tm
     chosen = onnx.load(str(tmp_path / "out" / "03-ptq" / "model.onnx"))
     pads = [n for n in chosen.graph.node if n.op_type == "Pad" and n.name.endswith("__channels_padded")]
     assert len(pads) == (kernels["kept"] and sum("channels_padded" in f for f in kernels["chosen"].values()))
+    # report.md names each rewritten conv's form beside its precision.
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert ("kernel form (measured faster)" in markdown) == bool(kernels["kept"] and kernels["chosen"])
+    for node, form in (kernels["chosen"] if kernels["kept"] else {}).items():
+        assert f"| {node} | int8 | {form} |" in markdown
 
 
 @pytest.mark.slow
