@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgepress.task import metric_of_report  # noqa: E402
+from edgepress.measure.task import metric_of_report  # noqa: E402
 
 
 def rows(run: Path) -> list[list[str]]:

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepress.compress.conv_kernels import choose_conv_kernels
+from edgepress.compress.quant.conv_kernels import choose_conv_kernels
 from edgepress.compress.ptq import PtqSettings, quantize
-from edgepress.datapath import data_root
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.core.datapath import data_root
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.models.checkpoint import load_checkpoint
 from edgepress.models.data import load_dataset, preprocess
 from edgepress.models.zoo import build_model
-from edgepress.recipe import DatasetSpec, PreprocessSpec
+from edgepress.core.data_spec import DatasetSpec, PreprocessSpec
 from edgepress.runtime.latency import interleaved_latency
 from edgepress.runtime.session import open_session, predict
 

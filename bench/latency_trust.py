@@ -32,11 +32,11 @@ def _models(work: Path) -> dict[str, Path]:
     from tests.test_bench_cli import matmul_model
 
     found = {"matmul 4x1024": matmul_model(work / "matmul.onnx", width=1024)}
-    from edgepress.datapath import data_root
+    from edgepress.core.datapath import data_root
 
     if (data_root() / "weights" / "resnet20-12fca82f.th").is_file():
         from edgepress.compress.ptq import PtqSettings, quantize
-        from edgepress.export.onnx_export import ExportSettings, export_onnx
+        from edgepress.export.export import ExportSettings, export_onnx
         from edgepress.models.checkpoint import load_checkpoint
         from edgepress.models.zoo import build_model
 

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepress.compress.dynamic_quant import DynamicInt8Settings, Int4WeightsSettings, quantize_int4, quantize_int8
-from edgepress.compress.transformer_fusion import fuse_transformer
-from edgepress.evaluation import embedding_similarity
-from edgepress.export.transformer_export import export_transformer
+from edgepress.compress.dynamic_int8 import DynamicInt8Settings, quantize_int8
+from edgepress.compress.int4_weights import Int4WeightsSettings, quantize_int4
+from edgepress.compress.fuse_transformer import fuse_transformer
+from edgepress.measure.evaluation import embedding_similarity
+from edgepress.export.export_transformer import export_transformer
 from edgepress.models.minilm import minilm_l6, minilm_tokenizer
 from edgepress.models.text import load_pydoc, tokenize
 from edgepress.runtime.device_runner import set_denormals

@@ -36,15 +36,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgepress.compress.equalize import equalize_file
-from edgepress.compress.loop import LoopSettings, fit, resume_key
+from edgepress.compress.quant.equalize import equalize_file
+from edgepress.compress.training.loop import LoopSettings, fit, resume_key
 from edgepress.compress.ptq import PtqSettings, quantize
 from edgepress.compress.train import cross_entropy_loss_fn
-from edgepress.datapath import data_root
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.core.datapath import data_root
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.models.data import load_dataset, preprocess
 from edgepress.models.zoo import build_model
-from edgepress.recipe import DatasetSpec, PreprocessSpec
+from edgepress.core.data_spec import DatasetSpec, PreprocessSpec
 from edgepress.runtime.latency import interleaved_latency
 from edgepress.runtime.session import open_session, predict
 

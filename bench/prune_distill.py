@@ -33,21 +33,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgepress.compress.depth import DepthSettings, remove_blocks
+from edgepress.compress.prune_depth import DepthSettings, remove_blocks
 from edgepress.compress.distill import teacher_loss_fn
-from edgepress.compress.loop import LoopSettings, fit
+from edgepress.compress.training.loop import LoopSettings, fit
 from edgepress.compress.prune import PruneSettings, prune_to_macs
 from edgepress.compress.sparsify import SparsifySettings, sparsify
 from edgepress.compress.train import cross_entropy_loss_fn
-from edgepress.measure import gzip_size_bytes
-from edgepress.datapath import data_root
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.measure.sizes import gzip_size_bytes
+from edgepress.core.datapath import data_root
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.models.checkpoint import load_checkpoint
 from edgepress.models.data import load_dataset, preprocess
 from edgepress.models.zoo import build_model
-from edgepress.onnx_stats import count_params_and_macs
-from edgepress.torch_artifact import count_macs
-from edgepress.recipe import DatasetSpec, PreprocessSpec
+from edgepress.io.onnx_stats import count_params_and_macs
+from edgepress.io.torch_artifact import count_macs
+from edgepress.core.data_spec import DatasetSpec, PreprocessSpec
 from edgepress.runtime.session import open_session, predict
 
 

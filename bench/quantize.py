@@ -30,10 +30,10 @@ import numpy as np
 import int8_vs_plain_ort as plain
 from edgepress.compress import qat
 from edgepress.compress.ptq import PtqSettings, quantize
-from edgepress.compress.ptq_accuracy import AccuracyAwarePtqSettings, search
-from edgepress.datapath import data_root
-from edgepress.errors import UserError
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.compress.accuracy_aware_ptq import AccuracyAwarePtqSettings, search
+from edgepress.core.datapath import data_root
+from edgepress.core.errors import UserError
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.models.checkpoint import load_checkpoint
 from edgepress.models.zoo import build_model
 from edgepress.runtime.isa import local_isa

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgepress.compress.loop import LoopSettings, call, fit, resume_key
-from edgepress.errors import UserError
-from edgepress.schema import bounded, within
-from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
+from edgepress.compress.training.loop import LoopSettings, call, fit, resume_key
+from edgepress.core.errors import UserError
+from edgepress.core.schema import bounded, within
+from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def outputs_loss_fn(teacher, *, task, alpha: float, temperature: float, label_sm
     import torch.nn.functional as F
 
     from edgepress.compress.train import task_loss_fn
-    from edgepress.torch_outputs import flatten
+    from edgepress.io.torch_outputs import flatten
 
     teacher.eval()
     classes = task.output or None if task is not None and task.metric.key == "top1" else None
@@ -127,12 +127,12 @@ def outputs_loss_fn(teacher, *, task, alpha: float, temperature: float, label_sm
 def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> StageOutput:
     import torch
 
-    from edgepress import torch_artifact
-    from edgepress.compress.hints import FeatureHints
+    from edgepress.io import torch_artifact
+    from edgepress.compress.training.hints import FeatureHints
     from edgepress.compress.train import training_tensors
-    from edgepress.torch_outputs import flatten
+    from edgepress.io.torch_outputs import flatten
 
-    teacher_stage = ctx.recipe.reference_stage if settings.teacher == "reference" else settings.teacher
+    teacher_stage = ctx.reference_stage if settings.teacher == "reference" else settings.teacher
     teacher_artifact = ctx.artifacts.get(teacher_stage)
     if teacher_artifact is None or teacher_artifact.format != "torch":
         done = [name for name, a in ctx.artifacts.items() if a.format == "torch"]
@@ -191,7 +191,7 @@ def run(source: Artifact, settings: DistillSettings, ctx: StageContext) -> Stage
 
 
 def check_names(settings: DistillSettings, model) -> None:
-    from edgepress.layer_names import require_layers
+    from edgepress.core.layer_names import require_layers
 
     require_layers(model, settings.hint_layers, setting="hint_layers")
 

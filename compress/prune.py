@@ -7,62 +7,19 @@ are cut (a fixed `channel_ratio`, or the ratio found by bisection for a `macs_ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from edgepress.compress.channels import prune_copy
-from edgepress.errors import UserError
-from edgepress.schema import BATCH, EPOCHS, SAMPLES, bounded, within
-from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
-
-
-@dataclass(frozen=True)
-@bounded
-class PruneSettings:
-    importance: Literal["l1", "l2", "bn_scale", "taylor"] = "l1"
-    channel_ratio: float | None = None  # share of each prunable layer's channels to remove
-    macs_target: float | None = None  # keep at most this share of the MACs (of macs_reference)
-    macs_reference: Literal["input", "source"] = "input"  # source: the recipe's model, before earlier stages
-    latency_ratio: float | None = None  # ONNX Runtime p50 at most this share of the unpruned model's, measured
-    # ONNX Runtime p50 at most this, measured on the recipe's target.
-    latency_target_ms: float | None = within(0, 3_600_000, default=None, low_open=True)
-    global_ranking: bool = False
-    ignored_layers: tuple[str, ...] = ()
-    round_to: int | None = within(1, 1024, default=None)  # kept channels a multiple of this (8 or 16 suit SIMD kernels)
-    taylor_samples: int = within(*SAMPLES, default=256)
-    sensitivity: Literal["off", "report", "allocate"] = "off"  # allocate: per-layer ratios from the analysis
-    sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
-    sensitivity_samples: int = within(*SAMPLES, default=512)  # calibration images scoring each pruned copy
-    steps: int = within(1, 100, default=1)  # iterative schedule: prune a share, fine-tune, repeat
-    # Fine-tuning epochs after every step but the last (distillation from the input model).
-    step_epochs: int = within(0, EPOCHS[1], default=1)
-    step_learning_rate: float = within(0, 10, default=0.01, low_open=True)
-    step_batch_size: int = within(*BATCH, default=128)
-
-    def __post_init__(self) -> None:
-        targets = [k for k in ("macs_target", "latency_ratio", "latency_target_ms") if getattr(self, k) is not None]
-        if (self.channel_ratio is None) == (not targets):
-            raise ValueError("give channel_ratio, or one or more of macs_target, latency_ratio, latency_target_ms")
-        for key in ("channel_ratio", "macs_target", "latency_ratio"):
-            value = getattr(self, key)
-            if value is not None and not 0.0 < value < 1.0:
-                raise ValueError(f"{key} must be in (0, 1), got {value}")
-        if self.sensitivity == "allocate" and self.channel_ratio is not None:
-            raise ValueError("sensitivity = \"allocate\" chooses per-layer ratios for a macs_target or latency "
-                             "target; with channel_ratio every layer gets the same ratio")
-        if not self.sensitivity_ratios or not all(0.0 < r < 1.0 for r in self.sensitivity_ratios):
-            raise ValueError("sensitivity_ratios must be in (0, 1)")
-
-    @property
-    def measures_latency(self) -> bool:
-        return self.latency_ratio is not None or self.latency_target_ms is not None
+from edgepress.compress.pruning.channels import prune_copy
+from edgepress.compress.pruning.settings import PruneSettings
+from edgepress.core.errors import UserError
+from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 def prune_to_macs(model, *, input_shape: tuple[int, ...], settings: PruneSettings, calibration=None):
     """(pruned copy, ratio): the smallest ratio whose MACs are at most settings.macs_target of the model's."""
-    from edgepress import torch_artifact
-    from edgepress.compress.prune_search import Targets, search_ratio
+    from edgepress.io import torch_artifact
+    from edgepress.compress.pruning.prune_search import Targets, search_ratio
 
     import torch
 
@@ -78,10 +35,10 @@ def prune_to_macs(model, *, input_shape: tuple[int, ...], settings: PruneSetting
 def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOutput:
     import torch
 
-    from edgepress import torch_artifact
-    from edgepress.compress.prune_search import Targets, open_probe, scratch_dir, search_ratio
+    from edgepress.io import torch_artifact
+    from edgepress.compress.pruning.prune_search import Targets, open_probe, scratch_dir, search_ratio
 
-    from edgepress.compress import distributed
+    from edgepress.compress.training import distributed
 
     if distributed.is_distributed() and settings.steps > 1 and settings.step_epochs > 0:
         # The other ranks do not run this stage (its search measures latency on one process), so
@@ -95,7 +52,7 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
                if inputs_spec and len(inputs_spec) > 1 else torch.zeros(1, *input_shape))
     calibration = None
     if settings.importance == "taylor":
-        labeled = ctx.data.training if ctx.recipe.data.training is not None else ctx.data.calibration
+        labeled = ctx.data.training if ctx.data.spec.training is not None else ctx.data.calibration
         calibration = (torch.from_numpy(labeled.inputs[:settings.taylor_samples]),
                        torch.from_numpy(labeled.labels[:settings.taylor_samples]))
     macs_before = torch_artifact.count_macs(model, input_shape, inputs=inputs_spec)
@@ -111,7 +68,7 @@ def run(source: Artifact, settings: PruneSettings, ctx: StageContext) -> StageOu
         tables.append(_sensitivity(model, settings=settings, input_shape=input_shape, calibration=calibration, ctx=ctx)
                       .to_json())
     with scratch_dir() as scratch:
-        probe = (open_probe(model, input_shape=input_shape, threads=ctx.recipe.target.threads, scratch=Path(scratch))
+        probe = (open_probe(model, input_shape=input_shape, threads=ctx.threads, scratch=Path(scratch))
                  if settings.measures_latency else None)
         final_share = None if settings.macs_target is None else settings.macs_target * macs_reference / macs_before
         if final_share is None and settings.channel_ratio is None and settings.steps > 1:
@@ -178,8 +135,8 @@ def _sensitivity(model, *, settings: PruneSettings, input_shape, calibration, ct
     """Accuracy against ratio per layer, on a calibration subset."""
     import torch
 
-    from edgepress.compress.channels import prunable_layers
-    from edgepress.compress.sensitivity import layer_sensitivity
+    from edgepress.compress.pruning.channels import prunable_layers
+    from edgepress.compress.pruning.sensitivity import layer_sensitivity
 
     labeled = ctx.data.calibration
     inputs = torch.from_numpy(labeled.inputs[:settings.sensitivity_samples])
@@ -204,12 +161,12 @@ def _cutter(model, *, settings: PruneSettings, input_shape, calibration, ctx: St
     spread over layers by a fresh sensitivity analysis of `model` (every step re-measures)."""
     import torch
 
-    from edgepress.compress.prune_search import Unreachable
+    from edgepress.compress.pruning.prune_search import Unreachable
 
     example = torch.zeros(1, *input_shape)
     if settings.sensitivity != "allocate":
         return (lambda r: prune_copy(model, example=example, ratio=r, settings=settings, calibration=calibration)), None
-    from edgepress.compress.sensitivity import prune_to_macs_by_sensitivity
+    from edgepress.compress.pruning.sensitivity import prune_to_macs_by_sensitivity
 
     table = _sensitivity(model, settings=settings, input_shape=input_shape, calibration=calibration, ctx=ctx)
 
@@ -227,7 +184,7 @@ def _cutter(model, *, settings: PruneSettings, input_shape, calibration, ctx: St
 def _latency_macs_share(model, *, settings, example, count, probe, ctx, calibration) -> float:
     """For an iterative schedule with a latency target: the MAC share at which the unpruned model,
     pruned in one go, meets it; intermediate steps head there, and the last step re-measures."""
-    from edgepress.compress.prune_search import Targets, search_ratio
+    from edgepress.compress.pruning.prune_search import Targets, search_ratio
 
     ctx.log("finding the MAC share that meets the latency target, to schedule the intermediate steps")
     pruned, _, _ = search_ratio(
@@ -242,7 +199,7 @@ def _fine_tune(model, *, teacher, settings: PruneSettings, ctx: StageContext, st
     import torch
 
     from edgepress.compress.distill import teacher_loss_fn
-    from edgepress.compress.loop import LoopSettings, fit, resume_key
+    from edgepress.compress.training.loop import LoopSettings, fit, resume_key
 
     loop = LoopSettings(epochs=settings.step_epochs, batch_size=settings.step_batch_size,
                         learning_rate=settings.step_learning_rate, augment="crop_flip" if model_is_image(ctx) else "none")
@@ -268,7 +225,7 @@ def model_is_image(ctx: StageContext) -> bool:
 
 
 def check_names(settings: PruneSettings, model) -> None:
-    from edgepress.layer_names import require_layers
+    from edgepress.core.layer_names import require_layers
 
     require_layers(model, settings.ignored_layers, setting="ignored_layers")
 

@@ -15,11 +15,11 @@ from typing import Literal
 import numpy as np
 
 from edgepress.compress.distill import check_distillation
-from edgepress.compress.loop import LoopSettings, fit, resume_key
+from edgepress.compress.training.loop import LoopSettings, fit, resume_key
 from edgepress.compress.train import check_loss
-from edgepress.errors import UserError
-from edgepress.schema import SAMPLES, bounded, within
-from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
+from edgepress.core.errors import UserError
+from edgepress.core.schema import SAMPLES, bounded, within
+from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class QatSettings(LoopSettings):
     min_parity: float = 0.995
     opset: int = 17
     # The exported convs steered to their fastest INT8 kernels, timed here, bit-exact (ptq's choose_conv_kernels,
-    # compress/conv_kernels.py); only where the recipe's first target is this machine.
+    # compress/quant/conv_kernels.py); only where the recipe's first target is this machine.
     choose_conv_kernels: bool = False
 
     def __post_init__(self) -> None:
@@ -77,8 +77,8 @@ def weight_qmax(settings: QatSettings, log) -> int:
 
 
 def _predict(module, inputs: np.ndarray, batch: int = 200) -> dict[str, np.ndarray]:
-    """Every output by name (edgepress/torch_outputs.py), batch by batch."""
-    from edgepress.torch_outputs import forward
+    """Every output by name (edgepress/io/torch_outputs.py), batch by batch."""
+    from edgepress.io.torch_outputs import forward
 
     chunks = [forward(module, {"input": inputs[i:i + batch]}) for i in range(0, len(inputs), batch)]
     return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
@@ -86,8 +86,8 @@ def _predict(module, inputs: np.ndarray, batch: int = 200) -> dict[str, np.ndarr
 
 def _agreement(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], task) -> float:
     """A classifier's share of equal top-1 classes; any other model's worst-output mean cosine."""
-    from edgepress import metrics
-    from edgepress.task import Task
+    from edgepress.measure import metrics
+    from edgepress.measure.task import Task
 
     return (task or Task(metric=metrics.METRICS["top1"])).same_answers(ours, theirs)
 
@@ -98,7 +98,7 @@ def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, 
     import torch
 
     from edgepress.compress.distill import teacher_loss_fn
-    from edgepress.compress.qat_graph import QatGraph
+    from edgepress.compress.quant.qat_graph import QatGraph
 
     graph = QatGraph(model, weight_qmax=weight_qmax(settings, log), float_layers=settings.fp32_layers)
     if not np.all(np.isfinite(calibration)):
@@ -140,8 +140,8 @@ def train(*, model, teacher, calibration: np.ndarray, train_inputs: np.ndarray, 
 def export(*, graph, input_shape: tuple[int, ...], out, parity_inputs: np.ndarray, settings: QatSettings, log,
            task=None) -> dict:
     """QDQ ONNX with int8 weights; fails unless ONNX Runtime runs it on integer kernels and agrees with torch."""
-    from edgepress.compress.qat_export import check_integer_kernels, int8_weights
-    from edgepress.export.onnx_export import ExportSettings, export_onnx
+    from edgepress.compress.quant.qat_export import check_integer_kernels, int8_weights
+    from edgepress.export.export import ExportSettings, export_onnx
     from edgepress.runtime.session import open_session, run_all
 
     graph.set_mode("quantize")
@@ -174,8 +174,9 @@ def export(*, graph, input_shape: tuple[int, ...], out, parity_inputs: np.ndarra
 
 
 def run(source: Artifact, settings: QatSettings, ctx: StageContext) -> StageOutput:
-    from edgepress import torch_artifact
-    from edgepress.compress.ptq import conv_kernels_on_target, node_precision_map
+    from edgepress.io import torch_artifact
+    from edgepress.compress.ptq import conv_kernels_on_target
+    from edgepress.compress.quant.static import node_precision_map
 
     model, input_shape, _ = torch_artifact.load(source.path)
     if settings.teacher == "input":
@@ -218,7 +219,7 @@ def run(source: Artifact, settings: QatSettings, ctx: StageContext) -> StageOutp
 
 
 def check_names(settings: QatSettings, model) -> None:
-    from edgepress.layer_names import require_layers
+    from edgepress.core.layer_names import require_layers
     from torch import nn
 
     compute = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]

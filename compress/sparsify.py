@@ -10,9 +10,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from edgepress.errors import UserError
-from edgepress.layer_names import require_layers
-from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
+from edgepress.core.errors import UserError
+from edgepress.core.layer_names import require_layers
+from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ def sparsify(model, *, settings: SparsifySettings):
 
 
 def run(source: Artifact, settings: SparsifySettings, ctx: StageContext) -> StageOutput:
-    from edgepress import torch_artifact
-    from edgepress.measure import gzip_size_bytes
+    from edgepress.io import torch_artifact
+    from edgepress.measure.sizes import gzip_size_bytes
 
     model, input_shape, builder = torch_artifact.load(source.path)
     sparse, achieved = sparsify(model, settings=settings)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgepress.compress.loop import LoopSettings, call, fit, resume_key
-from edgepress.errors import UserError
-from edgepress.stage import Artifact, StageContext, StageDef, StageOutput
+from edgepress.compress.training.loop import LoopSettings, call, fit, resume_key
+from edgepress.core.errors import UserError
+from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def cross_entropy_loss_fn(*, label_smoothing: float = 0.0, output: str | None = 
     model with several)."""
     import torch
 
-    from edgepress.torch_outputs import flatten
+    from edgepress.io.torch_outputs import flatten
 
     def loss_fn(net, batch, target):
         logits = call(net, batch)
@@ -46,7 +46,7 @@ def task_loss_fn(task, *, label_smoothing: float = 0.0, user_loss: str | None = 
     255 counts nowhere), mean squared error for regression, else the user's loss over all outputs by name."""
     import torch
 
-    from edgepress.torch_outputs import flatten
+    from edgepress.io.torch_outputs import flatten
 
     if user_loss is not None:
         from edgepress.models.zoo import import_entry
@@ -112,7 +112,7 @@ def training_tensors(samples):
 
 
 def run(source: Artifact, settings: TrainSettings, ctx: StageContext) -> StageOutput:
-    from edgepress import torch_artifact
+    from edgepress.io import torch_artifact
 
     model, input_shape, builder = torch_artifact.load(source.path)
     train_set = ctx.data.training

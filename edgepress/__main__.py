@@ -1,5 +1,5 @@
 import sys
 
-from edgepress.cli import main
+from edgepress.cli.main import main
 
 sys.exit(main())

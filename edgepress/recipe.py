@@ -7,8 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from edgepress import datapath, metrics
-from edgepress.schema import (BATCH, SAMPLES, SEEDS, THREADS, SchemaError, bounded, closest, parse, read_toml,
+from edgepress.core import datapath
+from edgepress.measure import metrics
+from edgepress.measure.datasets import DataSpec
+from edgepress.measure.metrics import usable_budgets
+from edgepress.core.schema import (SAMPLES, SEEDS, THREADS, SchemaError, bounded, closest, parse, read_toml,
                               unknown_key_error, within)
 
 
@@ -38,115 +41,6 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 @bounded
-class DatasetSpec:
-    """A built-in `dataset` ('cifar10:test_raw_1017', 'digits:test', 'pydoc_topics:test', ...), an npz `path`
-    (uint8 `images` + `labels`, or arrays named after the model's inputs plus targets), IDX `images`+`labels`, a
-    text file of `sentences` (one per line), or a user's `entry` ('package.module:function', called with
-    `kwargs`) returning arrays, a sequence of batches or a torch Dataset (edgepress/arrays.py)."""
-
-    dataset: str | None = None
-    path: Path | None = None
-    images: Path | None = None
-    labels: Path | None = None
-    sentences: Path | None = None
-    entry: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    limit: int | None = within(*SAMPLES, default=None)
-    label: str | None = None
-
-    def __post_init__(self) -> None:
-        given = [k for k in ("dataset", "path", "images", "sentences", "entry") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of dataset, path (npz), images (+labels, IDX), sentences (text) or "
-                             f"entry ('package.module:function'); got {given or 'none'}")
-        if (self.images is None) != (self.labels is None):
-            raise ValueError("IDX data needs both images and labels")
-        if self.entry is not None and (":" not in self.entry or not self.entry.rpartition(":")[2].isidentifier()):
-            raise ValueError(f"entry {self.entry!r} must look like 'package.module:function'")
-        if self.kwargs and self.entry is None:
-            raise ValueError("kwargs are for a data entry's function: set entry too, or drop them")
-
-    @property
-    def display_name(self) -> str:
-        if self.label:
-            return self.label
-        if self.dataset or self.entry:
-            return self.dataset or self.entry
-        return Path(self.path or self.images or self.sentences).name
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """uint8 pixels -> float: x * scale, then (x - mean) / std per channel."""
-
-    scale: float = 1.0 / 255.0
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if len(self.mean) != len(self.std):
-            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("std values must be positive")
-
-
-@dataclass(frozen=True)
-@bounded
-class DataSpec:
-    evaluation: tuple[DatasetSpec, ...]
-    calibration: DatasetSpec | None = None
-    training: DatasetSpec | tuple[DatasetSpec, ...] | None = None  # several sets are concatenated
-    preprocess: PreprocessSpec = PreprocessSpec()
-    # How every stage is judged: a key of edgepress/metrics.py's table ("top1", "cosine" for text embeddings,
-    # "fidelity", "regression", "segmentation", ...), a user's "package.module:function" (with
-    # higher_is_better), or "auto": top1 for class scores with labels, else fidelity to the reference stage.
-    metric: str = "auto"
-    output: str | None = None  # the model output a single-output metric reads (a multi-output model's logits)
-    # detection: "package.module:function(outputs) -> per-image {'boxes','scores','labels'}" for a model whose
-    # outputs are raw heads (its decoding runs on the host, on every stage's outputs alike)
-    decode: str | None = None
-    higher_is_better: bool | None = None  # a user metric's direction: required for one, refused otherwise
-    tokenizer: Path | None = None  # text: a tokenizer.json; default the zoo model's own
-    batch_size: int = within(*BATCH, default=256)
-
-    def __post_init__(self) -> None:
-        if not self.evaluation:
-            raise ValueError("at least one [[data.evaluation]] set is needed")
-        if self.training == ():
-            raise ValueError("training lists no sets: give one set, a list of sets, or drop the key")
-        if self.tokenizer is not None and self.metric != "cosine":
-            raise ValueError('tokenizer is for text models: set metric = "cosine" too, or drop it')
-        user = ":" in self.metric
-        if not user and self.metric != "auto" and self.metric not in metrics.METRICS:
-            guess = closest(self.metric, [*metrics.METRICS, "auto"])
-            raise ValueError(f"unknown metric {self.metric!r}: " + (f"did you mean {guess!r}?" if guess else
-                             f"use one of {', '.join(metrics.METRICS)}, auto, or 'package.module:function'"))
-        if user and self.higher_is_better is None:
-            raise ValueError(f"metric {self.metric!r} is your function: say its direction with higher_is_better = "
-                             "true or false")
-        if not user and self.higher_is_better is not None:
-            raise ValueError("higher_is_better is for a user metric ('package.module:function'); built-in metrics "
-                             "know their direction")
-        if self.decode is not None and self.metric != "detection":
-            raise ValueError('decode turns a detector\'s outputs into boxes: set metric = "detection" too, or drop it')
-        if self.decode is not None and (":" not in self.decode or not self.decode.rpartition(":")[2].isidentifier()):
-            raise ValueError(f"decode {self.decode!r} must look like 'package.module:function'")
-        if user and not self.metric.rpartition(":")[2].isidentifier():
-            raise ValueError(f"metric {self.metric!r} must look like 'package.module:function'")
-
-    @property
-    def modality(self) -> Literal["image", "text"]:
-        return "text" if self.metric == "cosine" else "image"
-
-    def user_metric(self) -> metrics.Metric | None:
-        """A user metric's table entry (its function imported later, at check); None for a built-in one."""
-        if ":" not in self.metric:
-            return None
-        return metrics.user_metric(self.metric, None, higher_is_better=bool(self.higher_is_better))
-
-
-@dataclass(frozen=True)
-@bounded
 class BenchSpec:
     warmup_runs: int = within(1, 10000, default=50)
     runs: int = within(200, 100000, default=200)  # at least 200 for stable percentiles
@@ -154,7 +48,7 @@ class BenchSpec:
 
 
 def _budget_fields() -> list[tuple[str, Any, Any]]:
-    """[budgets] keys: one per budget of the metric table (edgepress/metrics.py), each with its range."""
+    """[budgets] keys: one per budget of the metric table (edgepress/measure/metrics.py), each with its range."""
     found = []
     for budget in metrics.BUILTIN_BUDGETS.values():
         kind = int | None if budget.name.endswith("_bytes") else float | None
@@ -185,7 +79,7 @@ def _budgets_class() -> type:
     namespace = {"__annotations__": {name: kind for name, kind, _ in fields}, "__module__": __name__,
                  "__qualname__": "Budgets", "limits": _limits, "with_custom": _with_custom,
                  "__doc__": "Release budgets, checked on the last stage: size, latency and each metric's "
-                            "(edgepress/metrics.py). A budget left out is not checked."}
+                            "(edgepress/measure/metrics.py). A budget left out is not checked."}
     namespace.update({name: default for name, _, default in fields})
     return dataclass(frozen=True)(bounded(type("Budgets", (), namespace)))
 
@@ -271,7 +165,7 @@ class Recipe:
         """The stage every later ONNX model is timed against, interleaved, and whose size `size_ratio` divides
         by: the reference stage if it produces ONNX, else the first ONNX stage after it (its export: what the
         reference model costs as ONNX). None when no ONNX stage follows it."""
-        from edgepress.stages import REGISTRY
+        from edgepress.stages.registry import REGISTRY
 
         current = "onnx" if self.model.onnx is not None else "torch"
         steps = [("model", current)] + [(s.name, REGISTRY[s.kind].output_format) for s in self.stages]
@@ -308,7 +202,7 @@ def load(path: Path) -> Recipe:
 
 
 def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
-    from edgepress.stages import REGISTRY  # the registry imports stage modules, which import this one
+    from edgepress.stages.registry import REGISTRY  # the registry imports stage modules, which import this one
 
     def resolve(value: str) -> Path:
         return datapath.resolve(value, base=path.parent)
@@ -438,14 +332,6 @@ def _target(table: Any, *, where: str, resolve, user: metrics.Metric | None) -> 
         raise SchemaError(f"invalid '{where}': {exc}", fix="correct the value as the message says") from None
 
 
-def usable_budgets(metric: metrics.Metric) -> list[str]:
-    """The budgets a recipe judged by `metric` may set: size and latency, the metric's, and fidelity's."""
-    names = list(metrics.ARTIFACT_BUDGETS)
-    for value in metric.values + metrics.FIDELITY.values:
-        names += [b.name for b in value.budgets if b.name not in names]
-    return names
-
-
 def check_budgets(recipe: Recipe, *, metric: metrics.Metric) -> None:
     """Each budget must read a value the recipe's metric produces: an accuracy budget needs a classifier's labels,
     an MAE budget a regressor's targets (fidelity's cosine, SNR and max error fit every model)."""
@@ -466,7 +352,7 @@ def _all_budgets(recipe: Recipe) -> list[Budgets]:
 
 def _check_formats(recipe: Recipe) -> None:
     """Stages must chain: each one's input format is what the previous one produced."""
-    from edgepress.stages import REGISTRY
+    from edgepress.stages.registry import REGISTRY
 
     current = "onnx" if recipe.model.onnx is not None else "torch"
     modality = recipe.data.modality

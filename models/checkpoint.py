@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgepress.archives import check_unpacked_size
-from edgepress.errors import UserError
+from edgepress.core.archives import check_unpacked_size
+from edgepress.core.errors import UserError
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _SHOWN = 5  # keys named per category in a mismatch message; the rest are counted

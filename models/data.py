@@ -15,10 +15,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from edgepress import datapath
-from edgepress.archives import check_npz
-from edgepress.errors import UserError
-from edgepress.recipe import DatasetSpec, PreprocessSpec
+from edgepress.core import datapath
+from edgepress.core.archives import check_npz
+from edgepress.core.errors import UserError
+from edgepress.core.data_spec import DatasetSpec, PreprocessSpec
 
 
 @dataclass(frozen=True)

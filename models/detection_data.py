@@ -133,7 +133,7 @@ def paste_objects(images: np.ndarray, labels: np.ndarray, *, count: int, canvas:
 def load_fashion_mnist_boxes(part: str, *, root: Path, count: int | None = None) -> DetectionSet:
     """The fixed detection split: 'train' canvases (default 6000) from the 60,000 training garments, 'test'
     (default 1000) from the 10,000 t10k ones, each with its own seed. `root` is the shared data folder
-    (edgepress.datapath.data_root())."""
+    (edgepress.core.datapath.data_root())."""
     if part not in DEFAULT_COUNTS:
         raise ValueError(f"part must be one of {sorted(DEFAULT_COUNTS)}, got {part!r}")
     image_file, label_file = (Path(root) / "fashion_mnist" / name for name in data._FASHION_FILES[part])
@@ -145,7 +145,7 @@ def load_fashion_mnist_boxes(part: str, *, root: Path, count: int | None = None)
 def fashion_mnist_boxes(part: str = "train", count: int | None = None) -> dict[str, np.ndarray]:
     """A recipe's data entry: {'input': float32 N x 1 x H x W in [0, 1], 'boxes', 'labels'} from the shared
     data folder (EDGEPRESS_DATA)."""
-    from edgepress.datapath import data_root
+    from edgepress.core.datapath import data_root
 
     found = load_fashion_mnist_boxes(part, root=data_root(), count=count)
     return {"input": (found.images[:, None].astype(np.float32) / 255.0), "boxes": found.boxes, "labels": found.labels}

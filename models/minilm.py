@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgepress.models.text import TEXT_INPUTS, minilm_dir
-from edgepress.progress import tool_output_to
+from edgepress.core.progress import tool_output_to
 
 DEFAULT_SEQUENCE_LENGTH = 128
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepress.errors import UserError
+from edgepress.core.errors import UserError
 
 # Every text model edgepress exports takes these int64 inputs, each batch x sequence length.
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from edgepress.errors import UserError
+from edgepress.core.errors import UserError
 from edgepress.models import cifar_resnet, minilm, mlp, mobilenetv2, small_cnn
 from edgepress.models.torchvision_compat import make_torchvision_importable
 

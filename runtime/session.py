@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgepress.errors import UserError
+from edgepress.core.errors import UserError
 from edgepress.runtime.device_runner import ort_reason, set_denormals
 
 MAX_ONNX_BYTES = 2**31  # protobuf's limit for one message

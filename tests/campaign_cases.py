@@ -1,7 +1,7 @@
 """The campaign's cases (issue 17, point 8), by class: what a new user with inputs of their own tries.
 
 `build(folder)` lays out a user's world under `folder` and returns the cases, each a command line for
-`edgepress.cli.main` with the ending it must have: "ok" (exit 0), "error" (exactly one `edgepress: error:`
+`edgepress.cli.main.main` with the ending it must have: "ok" (exit 0), "error" (exactly one `edgepress: error:`
 line naming `fragment`, exit 2) or "ok or error" where either is a fair answer (a setting that is odd but
 harmless). The world:
 - home/: the decoy, a user's folder full of things edgepress must never touch (names that look like
@@ -237,7 +237,7 @@ def _entry_points(world: World) -> None:
         "torch.serialization:load (unpickles)": f'entry = "torch.serialization:load"\nkwargs = {{ f = "{pwned}.pt", '
                                                 'weights_only = false }',
         "torch.hub:load (downloads)": 'entry = "torch.hub:load"\nkwargs = { repo_or_dir = "x/y", model = "z" }',
-        "edgepress.atomic:remove_leftovers": f'entry = "edgepress.atomic:remove_leftovers"\nkwargs = {{ folder = '
+        "edgepress.core.atomic:remove_leftovers": f'entry = "edgepress.core.atomic:remove_leftovers"\nkwargs = {{ folder = '
                                              f'"{world.home}" }}',
         "a module constant": 'entry = "user_models.nets:SCALE"\nkwargs = {}',
     }

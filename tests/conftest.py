@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepress.datapath import data_root
+from edgepress.core.datapath import data_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     import contextlib
     import io
 
-    from edgepress.cli import main
+    from edgepress.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     saved = {name: os.environ.get(name) for name in [*(env or {}), "EDGEPRESS_DEBUG"]}
@@ -149,9 +149,9 @@ def one_node_model(path: Path, node, inputs, outputs, initializer=()) -> Path:
 
 
 def main_one_line_error(capsys, argv: list[str], *fragments: str) -> str:
-    """`edgepress.cli.main(argv)` in this process, as assert_one_line_error checks a subprocess: exit 2 and one
+    """`edgepress.cli.main.main(argv)` in this process, as assert_one_line_error checks a subprocess: exit 2 and one
     line naming the problem and the fix, no traceback, no internal error."""
-    from edgepress.cli import main
+    from edgepress.cli.main import main
 
     capsys.readouterr()  # what an earlier call printed is not this one's
     code = main(argv)

@@ -1,6 +1,6 @@
 """The fuzz test's referee: runs cases through worker processes and says how each one ended.
 
-A `Case` is one command line for `edgepress.cli.main`; the workers (tests/fuzz_worker.py, one process per core,
+A `Case` is one command line for `edgepress.cli.main.main`; the workers (tests/fuzz_worker.py, one process per core,
 each importing edgepress once) run them in process, and `run_cases` hands them out, waits for each answer
 within the case's time-out, and turns what came back into an `Ending`: the exit code and stderr, an exception
 that escaped main(), a hang (no answer in time: the worker is killed and replaced) or a crash (the worker died

@@ -1,4 +1,4 @@
-"""The fuzz test's worker: runs `edgepress.cli.main(argv)` in this one process for case after case.
+"""The fuzz test's worker: runs `edgepress.cli.main.main(argv)` in this one process for case after case.
 
 Reads one JSON object per line on stdin ({"id": ..., "argv": [...]}) and answers each with one JSON line
 ({"id", "code", "stderr", "escaped"}) on the stdout it was started with. Everything the case prints goes
@@ -27,8 +27,8 @@ ADDRESS_SPACE_LIMIT = int(os.environ.get("FUZZ_ADDRESS_SPACE_BYTES", 12 << 30))
 def main() -> int:
     channel = os.fdopen(os.dup(1), "w", buffering=1)  # the JSON answers; fd 1 itself is the case's
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
-    from edgepress.cli import main as cli_main  # imported once: torch alone takes seconds
-    import edgepress.pipeline  # noqa: F401 - the stages and their libraries, before the first case's clock starts
+    from edgepress.cli.main import main as cli_main  # imported once: torch alone takes seconds
+    import edgepress.run.pipeline  # noqa: F401 - the stages and their libraries, before the first case's clock starts
 
     native = tempfile.TemporaryFile()
     channel.write(json.dumps({"ready": os.getpid()}) + "\n")

@@ -10,12 +10,13 @@ import numpy as np
 import onnx
 import pytest
 
-from edgepress.arrays import load_arrays
-from edgepress.errors import UserError
+from edgepress.io.arrays import load_arrays
+from edgepress.core.errors import UserError
 from edgepress.models.tabular import diabetes
-from edgepress.pipeline import Pipeline
-from edgepress.recipe import DatasetSpec, from_table
-from edgepress.schema import SchemaError
+from edgepress.run.pipeline import Pipeline
+from edgepress.core.data_spec import DatasetSpec
+from edgepress.recipe import from_table
+from edgepress.core.schema import SchemaError
 from tests.conftest import ROOT
 from tests.test_models import _entry_module
 
@@ -190,10 +191,10 @@ def test_a_multi_output_model_is_judged_per_output_and_a_user_metric_gates_by_na
 def test_pruning_keeps_every_output_layer_of_a_multi_head_model_whole():
     import torch
 
-    from edgepress.compress.channels import output_layers, prune_copy
+    from edgepress.compress.pruning.channels import output_layers, prune_copy
     from edgepress.compress.prune import PruneSettings
     from edgepress.models.tiny_detector import tiny_centernet
-    from edgepress.torch_outputs import flatten
+    from edgepress.io.torch_outputs import flatten
 
     model = tiny_centernet(classes=10).eval()
     example = torch.zeros(1, 1, 64, 64)
@@ -209,7 +210,7 @@ def test_depth_pruning_ranks_the_blocks_of_a_model_that_is_no_classifier_by_its_
     import torch
     from torch import nn
 
-    from edgepress.compress.depth import DepthSettings, remove_blocks
+    from edgepress.compress.prune_depth import DepthSettings, remove_blocks
 
     class Residual(nn.Module):
         def __init__(self, scale: float):

@@ -11,8 +11,8 @@ import pytest
 from edgepress.compress.prune import PruneSettings
 from edgepress.compress.ptq import PtqSettings
 from edgepress.compress.train import TrainSettings
-from edgepress.cli import main
-from edgepress.errors import UserError
+from edgepress.cli.main import main
+from edgepress.core.errors import UserError
 from edgepress.models.zoo import build_model
 from edgepress.recipe import BenchSpec, Budgets
 from tests.conftest import TINY_RECIPE, main_one_line_error, write_recipe
@@ -57,7 +57,7 @@ USER_SOURCE = """
     ("_io:open", {"file": "{marker}/keep", "mode": "w"}, "names the standard library module '_io'"),
     ("torch.nn:Linear", {"in_features": 2, "out_features": 2}, "part of the tools edgepress runs on"),
     ("torch.serialization:load", {"f": "{marker}/x.pt"}, "part of the tools edgepress runs on"),
-    ("edgepress.atomic:remove_leftovers", {"folder": "{marker}"}, "part of the tools edgepress runs on"),
+    ("edgepress.core.atomic:remove_leftovers", {"folder": "{marker}"}, "part of the tools edgepress runs on"),
     ("{user}:system", {"command": "rm -r {marker}"}, "is a builtin_function_or_method, not a function"),
     ("{user}:rmtree", {"path": "{marker}"}, "is defined in 'shutil'"),
     ("{user}:Linear", {"in_features": 2, "out_features": 2}, "is defined in 'torch.nn.modules.linear'"),
@@ -307,7 +307,7 @@ def test_the_training_loop_refuses_what_it_cannot_train_on_in_one_line(labels, i
     import torch
 
     from edgepress.compress.distill import DistillSettings, teacher_loss_fn
-    from edgepress.compress.loop import fit
+    from edgepress.compress.training.loop import fit
     from edgepress.compress.train import TrainSettings, cross_entropy_loss_fn
     from edgepress.models.small_cnn import small_cnn
 

@@ -1,4 +1,4 @@
-"""compress/conv_kernels.py on real quantized graphs of every conv class: which convs it can steer, that each
+"""compress/quant/conv_kernels.py on real quantized graphs of every conv class: which convs it can steer, that each
 form keeps every output bit and every conv on an integer kernel, and the measured choice end to end."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgepress.compress.conv_kernels import ConvForm, choose_conv_kernels, forms_for, integer_convs, rewrite
+from edgepress.compress.quant.conv_kernels import ConvForm, choose_conv_kernels, forms_for, integer_convs, rewrite
 from edgepress.compress.ptq import PtqSettings, quantize
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.runtime.isa import Isa
 
 
@@ -171,7 +171,7 @@ def _ptq_kernels(report: dict) -> dict:
 
 
 def test_the_ptq_stage_times_its_convs_on_this_machine_and_records_the_choice(tmp_path):
-    from edgepress.pipeline import Pipeline
+    from edgepress.run.pipeline import Pipeline
     from edgepress.runtime.isa import local_isa
 
     recipe = _tiny_recipe(tmp_path, '\n[target]\nname = "local"\nlatency = false\n')
@@ -195,7 +195,7 @@ def test_the_ptq_stage_times_its_convs_on_this_machine_and_records_the_choice(tm
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-x86_64 (apt install qemu-user)")
 def test_a_target_whose_kernels_add_in_int16_turns_the_rewrites_off(tmp_path):
-    from edgepress.pipeline import Pipeline
+    from edgepress.run.pipeline import Pipeline
 
     recipe = _tiny_recipe(tmp_path, '\n[[targets]]\nname = "local"\nlatency = false\n'
                                     '\n[[targets]]\nname = "qemu-x86_64:Haswell"\nlatency = false\n')

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepress.datapath import DATA_ENV, data_root
-from edgepress.errors import UserError
+from edgepress.core.datapath import DATA_ENV, data_root
+from edgepress.core.errors import UserError
 from edgepress.models.data import DIGITS_TEST_SIZE, RawDataset, load_dataset, preprocess
-from edgepress.recipe import DatasetSpec, PreprocessSpec
+from edgepress.core.data_spec import DatasetSpec, PreprocessSpec
 
 _IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
 
@@ -93,7 +93,7 @@ def test_digits_are_read_from_sklearns_file_as_its_own_loader_reads_them() -> No
     table = _digits_table()
     digits = load_digits()
     assert np.array_equal(table[:, :64], digits.data) and np.array_equal(table[:, 64].astype(int), digits.target)
-    code = ("import sys; from edgepress.models.data import load_dataset; from edgepress.recipe import DatasetSpec; "
+    code = ("import sys; from edgepress.models.data import load_dataset; from edgepress.core.data_spec import DatasetSpec; "
             "load_dataset(DatasetSpec(dataset='digits:test')); print('sklearn.datasets' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
@@ -245,7 +245,7 @@ def test_an_honest_compressed_npz_past_the_old_ratio_and_size_loads(tmp_path: Pa
     (64, 64, 1, False),
 ])
 def test_npz_past_the_unpack_limit_is_refused_whatever_its_ratio(tmp_path: Path, count, side, limit_mib, refused) -> None:
-    from edgepress.archives import check_npz
+    from edgepress.core.archives import check_npz
 
     path = _mostly_black_npz(tmp_path / "data.npz", count=count, side=side)
     unpacked = _unpacked(path)
@@ -259,7 +259,7 @@ def test_npz_past_the_unpack_limit_is_refused_whatever_its_ratio(tmp_path: Path,
 
 
 def test_the_default_unpack_limit_is_8_gib_or_half_the_free_memory() -> None:
-    from edgepress import archives
+    from edgepress.core import archives
 
     limit = archives.unpack_limit()
     assert 0 < limit <= 8 << 30

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from edgepress.run_folder import MARKER
+from edgepress.run.folder import MARKER
 
 # 541 training samples after the 10 % validation split: 8 full global batches of 64 and a last one
 # of 29, which splits 14 / 15 across two ranks, so the uneven-share loss weighting is exercised.
@@ -56,8 +56,8 @@ RUNS = {"plain": ("plain", {}), "plain_mixup": ("plain", {"mixup": 1.0}), "batch
 
 def train(run: str, *, ghost_batches: int = 1) -> torch.nn.Module:
     """`ghost_batches` > 1: one process, but BatchNorm sees each rank's share of a batch on its own."""
-    from edgepress.compress.distributed import shard
-    from edgepress.compress.loop import LoopSettings, fit
+    from edgepress.compress.training.distributed import shard
+    from edgepress.compress.training.loop import LoopSettings, fit
 
     def loss_fn(net, batch, target):
         parts = [batch[shard(len(batch), rank=r, world=ghost_batches)] for r in range(ghost_batches)]
@@ -194,7 +194,7 @@ def test_edgepress_run_under_torchrun_reports_like_one_process(tmp_path):
 
 
 if __name__ == "__main__":  # the job torchrun starts
-    from edgepress.compress import distributed
+    from edgepress.compress.training import distributed
 
     for job in RUNS:
         torch.save(train(job).state_dict(), Path(sys.argv[1]) / f"{job}-rank{os.environ['RANK']}.pt")

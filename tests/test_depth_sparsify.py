@@ -7,11 +7,11 @@ import onnx
 import pytest
 import torch
 
-from edgepress import torch_artifact
-from edgepress.compress.depth import DepthSettings, remove_blocks
+from edgepress.io import torch_artifact
+from edgepress.compress.prune_depth import DepthSettings, remove_blocks
 from edgepress.compress.sparsify import SparsifySettings, sparsify
-from edgepress.errors import UserError
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.core.errors import UserError
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.models.zoo import build_model
 from tests.conftest import assert_one_line_error, run_and_read_stages, run_cli, tiny_recipe_with, write_recipe
 from tests.test_prune import built

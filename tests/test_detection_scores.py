@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgepress.scores.detection import mean_average_precision, padded_detections
+from edgepress.measure.scores.detection import mean_average_precision, padded_detections
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's recall thresholds
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)

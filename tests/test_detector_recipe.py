@@ -9,7 +9,7 @@ import tomllib
 
 import onnx
 
-from edgepress.pipeline import Pipeline
+from edgepress.run.pipeline import Pipeline
 from edgepress.recipe import from_table
 from tests.conftest import ROOT, requires_shared_data
 

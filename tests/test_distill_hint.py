@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from edgepress import torch_artifact
+from edgepress.io import torch_artifact
 from edgepress.compress.distill import DistillSettings, distillation_loss
-from edgepress.compress.hints import FeatureHints
-from edgepress.compress.loop import fit
-from edgepress.errors import UserError
+from edgepress.compress.training.hints import FeatureHints
+from edgepress.compress.training.loop import fit
+from edgepress.core.errors import UserError
 from edgepress.models.small_cnn import small_cnn
 from tests.conftest import assert_one_line_error, run_main, tiny_recipe_with, write_recipe
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from edgepress.run_folder import MARKER
+from edgepress.run.folder import MARKER
 from edgepress.compress.distill import DistillSettings, distillation_loss
 from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, run_main, tiny_recipe_with, write_recipe
 
@@ -47,7 +47,7 @@ def test_distill_settings_are_validated():
 
 
 def test_mixup_blends_pairs_of_the_batch_reproducibly():
-    from edgepress.compress.loop import _mix
+    from edgepress.compress.training.loop import _mix
 
     batch = torch.arange(8, dtype=torch.float32).reshape(8, 1, 1, 1) * torch.ones(8, 3, 2, 2)
     first = _mix(batch, alpha=1.0, generator=torch.Generator().manual_seed(5))
@@ -130,7 +130,7 @@ def test_training_killed_mid_run_resumes_to_identical_weights(tmp_path):
 
 
 def test_bf16_without_native_support_falls_back_to_fp32(tmp_path):
-    from edgepress.compress.loop import LoopSettings, fit
+    from edgepress.compress.training.loop import LoopSettings, fit
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     messages = []
@@ -149,7 +149,7 @@ def test_bf16_without_native_support_falls_back_to_fp32(tmp_path):
 def test_batchnorm_recalibration_replaces_the_running_statistics():
     """A few steps at torchvision MobileNetV3's BatchNorm momentum (0.01) leave the running mean near its
     initial 0; recalibration makes it the plain mean over the chosen training samples."""
-    from edgepress.compress.loop import LoopSettings, fit
+    from edgepress.compress.training.loop import LoopSettings, fit
     from edgepress.compress.train import cross_entropy_loss_fn
 
     inputs = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 + 3

@@ -8,7 +8,7 @@ mutants also through `bench`), a few hundred corrupted checkpoints and some corr
 other ending fails the test, whose message is a table of how the cases ended and the first failures.
 
 Everything is generated from a fixed seed. Speed: a worker process per core (tests/fuzz_worker.py) imports
-edgepress once and runs case after case in process through `edgepress.cli.main`; a case that answers nothing
+edgepress once and runs case after case in process through `edgepress.cli.main.main`; a case that answers nothing
 within its time-out is a hang (the worker is killed and replaced), a worker that dies by a signal is a crash.
 Every file the cases read or write lies under the test's tmp_path (the workers' cwd and TMPDIR are there).
 

@@ -1,4 +1,4 @@
-"""The metric table (edgepress/metrics.py) and its scoring functions, on arrays whose answers are known by hand."""
+"""The metric table (edgepress/measure/metrics.py) and its scoring functions, on arrays whose answers are known by hand."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from edgepress import metrics
-from edgepress.cli import main
-from edgepress.metrics import METRICS, OutputInfo
+from edgepress.measure import metrics
+from edgepress.cli.main import main
+from edgepress.measure.metrics import METRICS, OutputInfo
 from edgepress.recipe import Budgets, usable_budgets
-from edgepress.scores.classification import accuracy, agreement
-from edgepress.scores.fidelity import output_fidelity, worst_fidelity
-from edgepress.scores.regression import regression_errors
-from edgepress.scores.segmentation import IGNORE_LABEL, segmentation_scores
-from edgepress.task import Task
+from edgepress.measure.scores.classification import accuracy, agreement
+from edgepress.measure.scores.fidelity import output_fidelity, worst_fidelity
+from edgepress.measure.scores.regression import regression_errors
+from edgepress.measure.scores.segmentation import IGNORE_LABEL, segmentation_scores
+from edgepress.measure.task import Task
 
 
 def test_every_budget_reads_a_value_of_its_metric_and_is_a_recipe_key():
@@ -78,7 +78,7 @@ def test_auto_judges_class_scores_by_top1_and_anything_else_by_fidelity():
     def recipe(metric="auto"):
         return SimpleNamespace(data=SimpleNamespace(metric=metric, output=None, decode=None, higher_is_better=None))
 
-    from edgepress.task import resolve
+    from edgepress.measure.task import resolve
 
     labels = {"labels": np.array([0, 1])}
     assert resolve(recipe(), [OutputInfo("output", (1, 10), True)], labels).metric.key == "top1"

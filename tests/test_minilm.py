@@ -14,11 +14,11 @@ import numpy as np
 import onnx
 import pytest
 
-from edgepress import gate
-from edgepress.compress.dynamic_quant import Int4WeightsSettings, quantize_int4
-from edgepress.errors import UserError
-from edgepress.metrics import METRICS
-from edgepress.scores.fidelity import cosine_per_sample
+from edgepress.gate import budgets as gate
+from edgepress.compress.int4_weights import Int4WeightsSettings, quantize_int4
+from edgepress.core.errors import UserError
+from edgepress.measure.metrics import METRICS
+from edgepress.measure.scores.fidelity import cosine_per_sample
 from edgepress.models.text import PYDOC_TEST_SIZE, load_pydoc, minilm_dir, tokenize
 from edgepress.recipe import Budgets, from_table
 from edgepress.runtime.session import open_session, predict_feeds
@@ -88,7 +88,7 @@ def _float_matmuls_with_weights(path: Path) -> int:
 
 @pytest.mark.slow
 def test_attention_only_fusion_fuses_attention_and_leaves_the_rest(minilm_run, tmp_path):
-    from edgepress.compress.transformer_fusion import fuse_transformer
+    from edgepress.compress.fuse_transformer import fuse_transformer
 
     exported = minilm_run / "01-export_transformer" / "model.onnx"
     out = tmp_path / "attention.onnx"

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from edgepress.datapath import data_root
-from edgepress.errors import UserError
+from edgepress.core.datapath import data_root
+from edgepress.core.errors import UserError
 from edgepress.models import data
 from edgepress.models.checkpoint import load_checkpoint
 from edgepress.models.small_cnn import SmallCNN
 from edgepress.models.zoo import ZOO, build_model, default_input_shape
-from edgepress.recipe import DatasetSpec, PreprocessSpec
+from edgepress.core.data_spec import DatasetSpec, PreprocessSpec
 
 WEIGHTS = data_root() / "weights"
 needs_real_data = pytest.mark.skipif(

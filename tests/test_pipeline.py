@@ -7,8 +7,8 @@ import json
 import onnx
 import pytest
 
-from edgepress import report_plots
-from edgepress.run_folder import MARKER
+from edgepress.report import plots as report_plots
+from edgepress.run.folder import MARKER
 from tests.conftest import run_cli, run_main, write_recipe
 
 STAGE_KEYS = {"name", "kind", "artifact", "format", "sha256", "seconds", "metrics"}
@@ -91,7 +91,7 @@ def test_every_onnx_stage_after_the_reference_is_timed_against_it(tiny_run):
 def test_a_stage_surely_slower_than_its_reference_warns_in_every_report(tiny_run):
     """The tiny CNN's INT8 model (8 channels on 8x8 images) is all quantize/dequantize overhead: slower than FP32.
     Whichever way it measures, the warning is there exactly when the ratio's interval lies above 1."""
-    from edgepress.pipeline import slower_than_reference
+    from edgepress.run.pipeline import slower_than_reference
 
     folder, proc = tiny_run
     report = json.loads((folder / "out" / "report.json").read_text())
@@ -129,7 +129,7 @@ def test_every_timed_stage_has_a_per_operator_profile_and_its_plot(tiny_run):
 def test_peak_memory_under_run_is_the_models_own_as_under_bench(tiny_run, capsys):
     """The run's runner is a child of an edgepress holding torch (hundreds of MB): its figure must be the
     model's session over the runner's baseline, as `edgepress bench` of the same file measures it."""
-    from edgepress.cli import main
+    from edgepress.cli.main import main
 
     folder, _ = tiny_run
     report = json.loads((folder / "out" / "report.json").read_text())
@@ -147,8 +147,8 @@ def test_export_parity_tolerance_grows_with_the_logits():
     statistics) gave logits of 5e6 that torch and ONNX Runtime summed 12 apart, and its export was refused."""
     import numpy as np
 
-    from edgepress.errors import UserError
-    from edgepress.export.onnx_export import ExportSettings, check_parity
+    from edgepress.core.errors import UserError
+    from edgepress.export.export import ExportSettings, check_parity
 
     logits = np.array([[5e6, -3e6, 1e6], [2e6, 4e6, -1e6]], dtype=np.float32)
     parity = check_parity(logits, logits + 12.0, ExportSettings())

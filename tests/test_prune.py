@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgepress import torch_artifact
+from edgepress.io import torch_artifact
 from edgepress.compress.prune import PruneSettings, prune_copy
-from edgepress.errors import UserError
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.core.errors import UserError
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.models.zoo import build_model
-from edgepress.onnx_stats import count_params_and_macs
+from edgepress.io.onnx_stats import count_params_and_macs
 from tests.conftest import run_and_read_stages, run_main, tiny_recipe_with
 
 
@@ -127,7 +127,7 @@ def test_macs_target_is_met_with_the_smallest_ratio():
 
 @pytest.mark.slow
 def test_latency_target_is_measured_under_onnx_runtime_and_the_smallest_passing_ratio_wins(tmp_path):
-    from edgepress.compress.prune_search import Targets, open_probe, search_ratio
+    from edgepress.compress.pruning.prune_search import Targets, open_probe, search_ratio
 
     model = built("cifar_resnet20")
     probe = open_probe(model, input_shape=(3, 32, 32), threads=1, scratch=tmp_path)
@@ -158,7 +158,7 @@ class _Expm1Net(torch.nn.Module):
 
 
 def test_latency_probe_falls_back_to_dynamo_for_models_torchscript_cannot_export(tmp_path):
-    from edgepress.compress.prune_search import open_probe
+    from edgepress.compress.pruning.prune_search import open_probe
 
     model = _Expm1Net().eval()
     with pytest.raises(UserError, match="torchscript"):  # the premise: TorchScript really fails on it

@@ -11,11 +11,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from edgepress.compress.ptq import PtqSettings, quantize, resolve_guard
-from edgepress.compress.saturation import signed_input_nodes
-from edgepress.errors import UserError
-from edgepress.export.onnx_export import ExportSettings, export_onnx
-from edgepress.onnx_stats import count_params_and_macs
+from edgepress.compress.ptq import PtqSettings, quantize
+
+from edgepress.compress.quant.static import resolve_guard
+from edgepress.compress.quant.saturation import signed_input_nodes
+from edgepress.core.errors import UserError
+from edgepress.export.export import ExportSettings, export_onnx
+from edgepress.io.onnx_stats import count_params_and_macs
 from edgepress.runtime.isa import Isa
 from tests.conftest import one_node_model
 
@@ -155,7 +157,7 @@ def test_guard_off_and_s8s8_quantize_everything_int8(tmp_path):
 
 
 def test_a_float_node_between_integer_neighbours_stays_float_in_the_session(tmp_path):
-    """ONNX Runtime's WeightBiasQuantization would quantize it at load time (compress/keep_float.py)."""
+    """ONNX Runtime's WeightBiasQuantization would quantize it at load time (compress/quant/keep_float.py)."""
     source = export(tmp_path)
     middle = [n.name for n in onnx.load(str(source)).graph.node if n.op_type == "Conv"][1]
     out = tmp_path / "q.onnx"
@@ -197,7 +199,7 @@ def test_calibration_of_the_wrong_shape_is_refused_before_any_work(tmp_path):
 
 
 def test_a_model_with_nothing_to_quantize_is_refused_by_static_and_dynamic_int8(tmp_path):
-    from edgepress.compress.dynamic_quant import DynamicInt8Settings, quantize_int8
+    from edgepress.compress.dynamic_int8 import DynamicInt8Settings, quantize_int8
 
     shape = ["N", 3, 16, 16]
     source = one_node_model(tmp_path / "relu.onnx", onnx.helper.make_node("Relu", ["x"], ["y"]),

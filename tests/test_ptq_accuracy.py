@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgepress.compress.ptq_accuracy import AccuracyAwarePtqSettings, candidates, search
-from edgepress.errors import UserError
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.compress.accuracy_aware_ptq import AccuracyAwarePtqSettings, candidates, search
+from edgepress.core.errors import UserError
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.runtime.isa import Isa, local_isa, parse_cpuinfo
 from tests.conftest import requires_shared_data, run_cli, write_recipe
 
@@ -203,8 +203,8 @@ def test_stage_in_a_recipe_reports_every_node_precision(tmp_path):
 def test_any_model_searches_against_a_goal_of_its_metrics_budgets(outlier_onnx, tmp_path):
     """No labels, no top-1: the goal is a fidelity budget (snr_db_min), met on held-out samples by falling back
     the outlier conv, exactly as an agreement goal would be."""
-    from edgepress.metrics import METRICS
-    from edgepress.task import Task
+    from edgepress.measure.metrics import METRICS
+    from edgepress.measure.task import Task
 
     calibration = images(600)
     log: list[str] = []

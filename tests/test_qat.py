@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import TINY_RECIPE, assert_one_line_error, requires_shared_data, run_main, write_recipe
-from edgepress.compress.conv_kernels import ConvForm, integer_convs, rewrite
-from edgepress.compress.qat_export import check_integer_kernels, int8_weights
-from edgepress.compress.qat_graph import QatGraph
-from edgepress.errors import UserError
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.compress.quant.conv_kernels import ConvForm, integer_convs, rewrite
+from edgepress.compress.quant.qat_export import check_integer_kernels, int8_weights
+from edgepress.compress.quant.qat_graph import QatGraph
+from edgepress.core.errors import UserError
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.runtime.isa import local_isa
 from edgepress.runtime.session import open_session, predict
 
@@ -175,7 +175,7 @@ def test_qat_stage_in_a_recipe_reports_parity_and_integer_kernels(tmp_path):
     assert qat["onnxruntime_kernels"]["float_compute_nodes"] == 0
     assert qat["int8_weights"] == qat["onnxruntime_kernels"]["integer_compute_nodes"]
     assert stage["metrics"]["quantization"]["float_nodes"] == 0
-    # Its convs were timed for their kernels like ptq's (compress/conv_kernels.py), where that is exact.
+    # Its convs were timed for their kernels like ptq's (compress/quant/conv_kernels.py), where that is exact.
     if local_isa().u8s8_saturates:
         assert "int16" in qat["conv_kernels"]["skipped"]
     else:
@@ -184,7 +184,7 @@ def test_qat_stage_in_a_recipe_reports_parity_and_integer_kernels(tmp_path):
 
 
 def test_logits_mse_loss_matches_its_formula_and_pulls_the_int8_model_to_the_teacher():
-    from edgepress.compress.loop import LoopSettings, fit
+    from edgepress.compress.training.loop import LoopSettings, fit
     from edgepress.compress.distill import teacher_loss_fn
 
     teacher = _trained_like(ResidualNet())

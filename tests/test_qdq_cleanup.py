@@ -1,4 +1,4 @@
-"""compress/qdq_cleanup.py on tiny graphs: which patterns it rewrites, which it leaves, and that no output changes."""
+"""compress/quant/qdq_cleanup.py on tiny graphs: which patterns it rewrites, which it leaves, and that no output changes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepress.compress.ptq import PtqSettings, quantize
-from edgepress.compress.qdq_cleanup import pads_on_quantized_data, spatial_means_to_global_pool
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.compress.quant.qdq_cleanup import pads_on_quantized_data, spatial_means_to_global_pool
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.runtime.isa import Isa
 from tests.test_ptq import optimized_ops
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepress.metrics import TIMED_BUDGETS
+from edgepress.measure.metrics import TIMED_BUDGETS
 from edgepress.runtime.isa import local_isa
 from tests.conftest import requires_shared_data, run_main
 

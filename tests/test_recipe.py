@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgepress import recipe as recipe_mod
-from edgepress.errors import UserError
+from edgepress.core.errors import UserError
 from tests.conftest import TINY_RECIPE, write_recipe
 
 

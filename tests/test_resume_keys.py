@@ -2,7 +2,7 @@
 changed (the user's model code, the data, its settings, edgepress's code) and nothing else; timing settings
 re-time the kept ONNX stages alone. Each case changes one thing and checks which stage folders were rebuilt
 (atomic_dir replaces a rebuilt folder, so its inode changes) and which were re-timed (their stage.json changed
-in place). In process, through `edgepress.cli.main`, for speed."""
+in place). In process, through `edgepress.cli.main.main`, for speed."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepress import resume
-from edgepress.cli import main
+from edgepress.run import resume
+from edgepress.cli.main import main
 
 STAGES = ("00-model", "01-train", "02-export", "03-ptq")
 ONNX_STAGES = ("02-export", "03-ptq")
@@ -189,7 +189,7 @@ def test_edgepress_code_redoes_everything(project, monkeypatch):
 def test_timings_against_the_onnx_reference_are_keyed_by_its_file():
     """A stage timed against the ONNX reference is re-timed when the reference's file changed, even when the stage
     itself did not (its ratio is to that file)."""
-    from edgepress import resume
+    from edgepress.run import resume
     from edgepress.recipe import BenchSpec, TargetSpec
 
     def key(reference):

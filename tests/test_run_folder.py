@@ -1,4 +1,4 @@
-"""The run folder is edgepress's alone (edgepress/run_folder.py, edgepress/atomic.py): what it may claim,
+"""The run folder is edgepress's alone (edgepress/run/folder.py, edgepress/core/atomic.py): what it may claim,
 replace and clean, and the modes of what it writes. In process, on real folders."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from edgepress import atomic
-from edgepress.cli import main
-from edgepress.errors import UserError
-from edgepress.run_folder import MARKER, RunFolder
+from edgepress.core import atomic
+from edgepress.cli.main import main
+from edgepress.core.errors import UserError
+from edgepress.run.folder import MARKER, RunFolder
 from tests.conftest import TINY_RECIPE, write_recipe
 
 

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from edgepress import report, torch_artifact
-from edgepress.compress import sensitivity
+from edgepress.report import writer as report
+from edgepress.io import torch_artifact
+from edgepress.compress.pruning import sensitivity
 from edgepress.compress.prune import PruneSettings, prune_to_macs
-from edgepress.compress.sensitivity import (SensitivityPoint, SensitivityTable, layer_sensitivity, prunable_layers,
+from edgepress.compress.pruning.sensitivity import (SensitivityPoint, SensitivityTable, layer_sensitivity, prunable_layers,
                                             prune_to_macs_by_sensitivity, prune_with_layer_ratios, ratios_for_macs_target)
-from edgepress.errors import UserError
+from edgepress.core.errors import UserError
 from edgepress.models.zoo import build_model
 from tests.conftest import requires_shared_data, shared_data
 
@@ -37,7 +38,7 @@ def real():
     and the table (measured once: it is most of this file's time)."""
     from edgepress.models.checkpoint import load_checkpoint
     from edgepress.models.data import load_dataset, preprocess
-    from edgepress.recipe import DatasetSpec, PreprocessSpec
+    from edgepress.core.data_spec import DatasetSpec, PreprocessSpec
 
     # One thread: the machine is shared, and two threads under contention made each forward ~100x slower.
     threads = torch.get_num_threads()

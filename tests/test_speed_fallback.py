@@ -1,4 +1,4 @@
-"""compress/speed_fallback.py: the units it couples, the float borders it closes, its sign test, and the search
+"""compress/quant/speed_fallback.py: the units it couples, the float borders it closes, its sign test, and the search
 (real quantization; a deterministic score where the test needs one, real interleaved timing where it does not)."""
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgepress.compress.ptq import PtqSettings, prepared_graph, quantize
-from edgepress.compress.speed_fallback import (faster_in_rounds, quantize_float_where_faster, search, units,
+from edgepress.compress.ptq import PtqSettings, quantize
+
+from edgepress.compress.quant.static import prepared_graph
+from edgepress.compress.quant.speed_fallback import (faster_in_rounds, quantize_float_where_faster, search, units,
                                                with_float_neighbours)
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.export.export import ExportSettings, export_onnx
 
 
 class HardSwishNet(torch.nn.Module):

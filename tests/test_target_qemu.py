@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepress.errors import UserError
+from edgepress.core.errors import UserError
 from edgepress.targets import TargetOptions, open_target
 from edgepress.targets import qemu
 from tests.conftest import assert_one_line_error, run_cli, run_main

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgepress.compress.ptq import PtqSettings, quantize, resolve_guard
-from edgepress.errors import UserError
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.compress.ptq import PtqSettings, quantize
+
+from edgepress.compress.quant.static import resolve_guard
+from edgepress.core.errors import UserError
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.targets import TargetOptions, known_isa, open_target
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-x86_64 (apt install qemu-user)")

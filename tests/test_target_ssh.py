@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepress import cli
-from edgepress.errors import UserError
+from edgepress.cli import main as cli
+from edgepress.core.errors import UserError
 from edgepress.targets import TargetOptions, open_target
 from edgepress.targets.ssh import PID_FILE
-from edgepress.pipeline import INCOMPLETE_TARGETS
+from edgepress.run.pipeline import INCOMPLETE_TARGETS
 from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, write_recipe
 from tests.runner_processes import kill_once_timing, wait_for
 

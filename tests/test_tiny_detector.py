@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgepress.datapath import data_root
+from edgepress.core.datapath import data_root
 from edgepress.models import data
 from edgepress.models.detection_data import load_fashion_mnist_boxes, paste_objects, to_lists
 from edgepress.models.tiny_detector import OUTPUT_NAMES, decode, detection_loss, tiny_centernet
@@ -170,7 +170,7 @@ def test_the_fixed_splits() -> None:
 
 
 def test_the_data_module_imports_without_torch() -> None:
-    probe = ("import sys, edgepress.models.detection_data, edgepress.scores.detection\n"
+    probe = ("import sys, edgepress.models.detection_data, edgepress.measure.scores.detection\n"
              "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -63,7 +63,7 @@ def _short_recipe(recipe_name: str, *, stages_before: tuple[dict, ...] = ()):
     """The recipe file itself, with little data, one short epoch per training stage, a quick exporter,
     no budgets and no checkpoint (`stages_before` go first: a train stage in its place)."""
     from edgepress.recipe import from_table
-    from edgepress.schema import read_toml
+    from edgepress.core.schema import read_toml
 
     path = ROOT / "recipes" / f"{recipe_name}.toml"
     table = read_toml(path, what="recipe")
@@ -97,7 +97,7 @@ def _logits(path: Path, inputs: np.ndarray) -> np.ndarray:
     if path.suffix == ".pt":
         import torch
 
-        from edgepress import torch_artifact
+        from edgepress.io import torch_artifact
 
         model = torch_artifact.load(path)[0]
         with torch.no_grad():
@@ -119,7 +119,7 @@ def _assert_int8_follows(int8: np.ndarray, fp32: np.ndarray) -> None:
 
 
 def _evaluation_inputs(recipe, tmp_path: Path) -> np.ndarray:
-    from edgepress.pipeline import Pipeline
+    from edgepress.run.pipeline import Pipeline
 
     return Pipeline(recipe, out_dir=tmp_path / "data").prepare(probe_targets=False).evaluation[0].inputs
 
@@ -129,7 +129,7 @@ def _evaluation_inputs(recipe, tmp_path: Path) -> np.ndarray:
 @requires_torchvision
 @pytest.mark.parametrize("model", list(ENTRIES))
 def test_recipe_runs_through_every_stage(model, tmp_path):
-    from edgepress.pipeline import Pipeline
+    from edgepress.run.pipeline import Pipeline
 
     recipe = _short_recipe(f"cifar10-tv-{model}")
     assert recipe.model.entry == ENTRIES[model]
@@ -155,7 +155,7 @@ def test_recipe_runs_through_every_stage(model, tmp_path):
 @requires_torchvision
 def test_resnet18_qat_recipe(tmp_path):
     """The QAT recipe starts from the full recipe's trained model; here a short train stage stands in."""
-    from edgepress.pipeline import Pipeline
+    from edgepress.run.pipeline import Pipeline
 
     recipe = _short_recipe("cifar10-tv-resnet18-qat", stages_before=({"kind": "train", "epochs": 1},))
     result = Pipeline(recipe, out_dir=tmp_path / "run").run()

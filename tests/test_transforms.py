@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgepress.compress.equalize import equalize_file, range_evenness
+from edgepress.compress.quant.equalize import equalize_file, range_evenness
 from edgepress.compress.ptq import PtqSettings, quantize
-from edgepress.export.onnx_export import ExportSettings, export_onnx
+from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.runtime.session import open_session, predict
 
 

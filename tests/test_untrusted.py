@@ -18,9 +18,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepress.errors import UserError
-from edgepress.onnx_check import check_onnx_file
-from edgepress.schema import MAX_TOML_BYTES, read_toml
+from edgepress.core.errors import UserError
+from edgepress.io.onnx_check import check_onnx_file
+from edgepress.core.schema import MAX_TOML_BYTES, read_toml
 from tests.conftest import ROOT, assert_one_line_error, run_main, write_recipe
 
 RUNNER = ROOT / "runtime" / "device_runner.py"
@@ -222,7 +222,7 @@ def test_zip_bombs_and_lying_npy_headers_are_refused_before_anything_is_allocate
     from edgepress.models.checkpoint import load_checkpoint
     from edgepress.models.data import load_dataset
     from edgepress.models.small_cnn import small_cnn
-    from edgepress.recipe import DatasetSpec
+    from edgepress.core.data_spec import DatasetSpec
 
     checkpoint = tmp_path / "bomb.pt"
     torch.save(small_cnn(width=8).state_dict(), checkpoint)

@@ -10,17 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgepress import children
-from edgepress.errors import UserError
-from edgepress.targets import (RUNNER, TargetOptions, output_so_far, parse_runner_output, place_runner,
-                               runner_stopped)
+from edgepress.core import children
+from edgepress.core.errors import UserError
+from edgepress.runtime.isa import Isa, local_isa
+from edgepress.targets import SCHEMES
+from edgepress.targets.base import (RUNNER, TargetOptions, output_so_far, parse_runner_output, place_runner,
+                                    runner_stopped)
 
 
 @dataclass(frozen=True)
 class LocalTarget:
     python: str
     name: str = "local"
-    emulated: bool = False
+    emulated: bool = SCHEMES["local"].emulated
 
     @classmethod
     def from_name(cls, name: str, options: TargetOptions) -> "LocalTarget":
@@ -46,3 +48,11 @@ class LocalTarget:
             for name in fetch:
                 shutil.copy2(work / name, Path(into or ".") / name)
         return result
+
+
+def from_name(name: str, options: TargetOptions) -> LocalTarget:
+    return LocalTarget.from_name(name, options)
+
+
+def known_isa(name: str) -> Isa:
+    return local_isa()

@@ -26,12 +26,13 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from edgepress import children
-from edgepress.errors import UserError
-from edgepress.targets import (RUNNER, TargetOptions, output_so_far, parse_runner_output, place_runner,
-                               require_files, runner_stopped)
+from edgepress.core import children
+from edgepress.core.errors import UserError
+from edgepress.targets import SCHEMES
+from edgepress.targets.base import (RUNNER, TargetOptions, output_so_far, parse_runner_output, place_runner,
+                                    require_files, runner_stopped)
 
 SCHEME = "qemu-aarch64"
 DEFAULT_CPU = "cortex-a53"  # no dot product: the most common small ARM core (Raspberry Pi 3, many boards)
@@ -44,6 +45,9 @@ _ARMV8 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
 _ARMV82_DOT = _ARMV8 + " atomics fphp asimdhp asimdrdm lrcpc dcpop asimddp"
 _ARMV9 = _ARMV82_DOT + " jscvt fcma sha3 sm3 sm4 sha512 asimdfhm dit uscat ilrcpc flagm sb paca pacg dcpodp" \
                        " sve sve2 i8mm bf16 bti"
+
+if TYPE_CHECKING:
+    from edgepress.runtime.isa import Isa
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ def qemu_cpus(qemu: str) -> tuple[str, ...]:
 
 
 def from_name(name: str, options: TargetOptions) -> "QemuTarget":
-    from edgepress.schema import closest
+    from edgepress.core.schema import closest
 
     scheme, sep, cpu = name.partition(":")
     if scheme != SCHEME or (sep and not cpu.strip()):
@@ -222,7 +226,7 @@ class QemuTarget:
     name: str  # qemu-aarch64:CPU
     cpu: str
     qemu: str  # path of the qemu-aarch64 binary
-    emulated: bool = True
+    emulated: bool = SCHEMES[SCHEME].emulated
 
     def command(self, setup: Prepared, root: Path, *args: str) -> list[str]:
         return [self.qemu, "-cpu", self.cpu, "-L", str(root), str(setup.python), *args]
@@ -244,3 +248,10 @@ class QemuTarget:
         if isinstance(result.get("device"), dict):
             result["device"]["emulated_cpu"] = self.cpu
         return result
+
+
+def known_isa(name: str) -> Isa:
+    from edgepress.runtime.isa import Isa
+
+    cpu = CPUS.get(name.partition(":")[2] or DEFAULT_CPU)
+    return Isa(arch="aarch64", dot_product=bool(cpu and cpu.dot_product))

@@ -34,9 +34,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from edgepress import children
-from edgepress.errors import UserError
-from edgepress.progress import say
+from edgepress.core import children
+from edgepress.core.errors import UserError
+from edgepress.core.progress import say
 from edgepress.targets import qemu
 
 DEBIAN_SUITE = "bookworm"

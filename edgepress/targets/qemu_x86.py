@@ -14,10 +14,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from edgepress.errors import UserError
-from edgepress.targets import RUNNER, TargetOptions, parse_runner_output, place_runner, require_files
+from edgepress.core.errors import UserError
+from edgepress.targets import SCHEMES
+from edgepress.targets.base import RUNNER, TargetOptions, parse_runner_output, place_runner, require_files
 from edgepress.targets.qemu import run_emulated
 
 SCHEME = "qemu-x86_64"
@@ -30,6 +31,9 @@ CPUS = {
 }
 DEFAULT_CPU = "Haswell"
 
+if TYPE_CHECKING:
+    from edgepress.runtime.isa import Isa
+
 
 def find_qemu() -> str:
     found = shutil.which(SCHEME)
@@ -40,7 +44,7 @@ def find_qemu() -> str:
 
 
 def from_name(name: str, options: TargetOptions) -> "QemuX86Target":
-    from edgepress.schema import closest
+    from edgepress.core.schema import closest
 
     scheme, sep, cpu = name.partition(":")
     if scheme != SCHEME or (sep and not cpu.strip()):
@@ -60,7 +64,7 @@ class QemuX86Target:
     cpu: str
     qemu: str
     python: str  # an x86_64 Python binary (not a shell shim: qemu runs ELF files)
-    emulated: bool = True
+    emulated: bool = SCHEMES[SCHEME].emulated
 
     def run(self, *, files: Sequence[Path], args: Sequence[str], fetch: Sequence[str] = (),
             into: Path | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
@@ -78,3 +82,9 @@ class QemuX86Target:
         if isinstance(result.get("device"), dict):
             result["device"]["emulated_cpu"] = self.cpu
         return result
+
+
+def known_isa(name: str) -> Isa:
+    from edgepress.runtime.isa import Isa
+
+    return Isa(arch="x86_64", vnni=False)  # qemu emulates no VNNI

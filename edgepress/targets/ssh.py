@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
-from edgepress import children
-from edgepress.errors import UserError
-from edgepress.targets import (RUNNER, TargetOptions, output_so_far, parse_runner_output, relayed, require_files,
-                               runner_stopped)
+from edgepress.core import children
+from edgepress.core.errors import UserError
+from edgepress.targets import SCHEMES
+from edgepress.targets.base import (RUNNER, TargetOptions, output_so_far, parse_runner_output, relayed, require_files,
+                                    runner_stopped)
 
 DEFAULT_PYTHON = "python3"
 FOLDER_PREFIX = "edgepress-ssh-"
@@ -98,7 +99,7 @@ class SshTarget:
     connect_timeout_s: float = 10.0
     retries: int = 1
     strict_host_key_checking: bool = True
-    emulated: bool = False
+    emulated: bool = SCHEMES["ssh"].emulated
 
     def run(self, *, files: Sequence[Path], args: Sequence[str], fetch: Sequence[str] = (),
             into: Path | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
@@ -359,3 +360,7 @@ def _is_our_folder(line: str) -> bool:
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip() and STARTED not in line]
     return relayed((lines or ["no output"])[-1])
+
+
+def known_isa(name: str) -> None:
+    return None  # a device's CPU is known only once it is reached

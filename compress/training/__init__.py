@@ -1,0 +1,1 @@
+"""The training loop the torch stages share: epochs, resume, torchrun, distillation hints."""

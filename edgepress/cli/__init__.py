@@ -1,0 +1,1 @@
+"""The command line: `edgepress run|check|bench|gate|metrics|target|stages`, one module per command family."""

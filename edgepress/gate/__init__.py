@@ -1,0 +1,1 @@
+"""Release gates: budgets, policies across runs, regression against a baseline, verdicts, JUnit and summaries."""
