@@ -11,6 +11,7 @@ from edgepress.core import datapath
 from edgepress.measure import metrics
 from edgepress.measure.datasets import DataSpec
 from edgepress.measure.metrics import usable_budgets
+from edgepress.stages.registry import REGISTRY
 from edgepress.core.schema import (SAMPLES, SEEDS, THREADS, SchemaError, bounded, closest, parse, read_toml,
                               unknown_key_error, within)
 
@@ -165,8 +166,6 @@ class Recipe:
         """The stage every later ONNX model is timed against, interleaved, and whose size `size_ratio` divides
         by: the reference stage if it produces ONNX, else the first ONNX stage after it (its export: what the
         reference model costs as ONNX). None when no ONNX stage follows it."""
-        from edgepress.stages.registry import REGISTRY
-
         current = "onnx" if self.model.onnx is not None else "torch"
         steps = [("model", current)] + [(s.name, REGISTRY[s.kind].output_format) for s in self.stages]
         names = [name for name, _ in steps]
@@ -202,8 +201,6 @@ def load(path: Path) -> Recipe:
 
 
 def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
-    from edgepress.stages.registry import REGISTRY  # the registry imports stage modules, which import this one
-
     def resolve(value: str) -> Path:
         return datapath.resolve(value, base=path.parent)
 
@@ -352,8 +349,6 @@ def _all_budgets(recipe: Recipe) -> list[Budgets]:
 
 def _check_formats(recipe: Recipe) -> None:
     """Stages must chain: each one's input format is what the previous one produced."""
-    from edgepress.stages.registry import REGISTRY
-
     current = "onnx" if recipe.model.onnx is not None else "torch"
     modality = recipe.data.modality
     for stage in recipe.stages:

@@ -211,7 +211,7 @@ def test_a_finished_bench_is_marked_complete_and_streams_its_progress(models, tm
     streamed = [value for line in progress for epoch in line["new_epochs_ms"][0] for value in epoch]
     epochs = sum(len(line["new_epochs_ms"][0]) for line in progress)
     assert streamed == final["samples_ms"][:len(streamed)] and progress[-1]["epochs"] == epochs
-    from edgepress.targets import partial_result
+    from edgepress.targets.base import partial_result
 
     rebuilt = partial_result(proc.stdout)
     assert rebuilt["complete"] is False and rebuilt["runs"] == len(streamed)

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import os
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     redo.add_argument("--force", action="store_true",
                       help="redo every stage (by default a rerun keeps stages whose input, settings and code are unchanged)")
     redo.add_argument("--from", dest="rerun_from", metavar="STAGE", help="redo this stage and every stage after it")
-    demo = sub.add_parser("demo", help="the built-in default: train a small CNN on digits, export, INT8, gate")
+    demo = sub.add_parser("demo", help="the built-in default: train an MLP on digits, export, INT8, gate")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     for command in (run, demo):
         command.add_argument("--adopt", action="store_true",
@@ -69,24 +68,14 @@ def _version() -> str:
 
 
 def _check(recipe_path: Path) -> int:
-    from edgepress import recipe as recipe_mod
-    from edgepress.run.pipeline import Pipeline, build_source, check_layer_names
+    from edgepress import api
 
-    recipe = recipe_mod.load(recipe_path)
-    pipeline = Pipeline(recipe, out_dir=Path(tempfile.gettempdir()))
-    data = pipeline.prepare()
-    with tempfile.TemporaryDirectory() as scratch:
-        source = build_source(recipe, work_dir=Path(scratch), input_shape=data.input_shape, log=lambda _: None)
-        check_layer_names(recipe, source.artifact)
-    stages = " -> ".join(["model"] + [s.name for s in recipe.stages])
-    task = pipeline.task
-    judged = task.metric.key + (f" on output {task.output!r}" if task.output else "")
-    sample = data.evaluation[0].sample()
-    shapes = (", ".join(f"{name} {list(v.shape)}" for name, v in sample.items()) if isinstance(sample, dict)
-              and len(sample) > 1 and recipe.data.modality != "text" else None)
-    shown = f"inputs {shapes}" if shapes else f"input shape {list(data.input_shape or [])}"
-    print(f"recipe {recipe.name} is valid: {stages}; {shown}; "
-          f"evaluation on {', '.join(s.name for s in data.evaluation)}, judged by {judged}")
+    result = api.check(recipe_path)
+    judged = result.metric + (f" on output {result.output!r}" if result.output else "")
+    shapes = ", ".join(f"{name} {list(shape)}" for name, shape in result.input_shapes.items())
+    shown = f"inputs {shapes}" if shapes else f"input shape {list(result.input_shape)}"
+    print(f"recipe {result.recipe} is valid: {' -> '.join(result.stages)}; {shown}; "
+          f"evaluation on {', '.join(result.evaluation_sets)}, judged by {judged}")
     return EXIT_OK
 
 
