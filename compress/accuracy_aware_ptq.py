@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -25,7 +25,7 @@ from edgepress.compress.ptq import PtqSettings, quantize
 from edgepress.compress.quant.static import compute_nodes, node_precision_map
 from edgepress.core.errors import UserError
 from edgepress.measure.metrics import usable_budgets
-from edgepress.core.schema import SAMPLES, SEEDS, bounded, closest, within
+from edgepress.core.schema import SAMPLES, SEEDS, bounded, closest, setting, within
 from edgepress.measure.task import Task
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
@@ -37,27 +37,43 @@ MIN_VALIDATION_SAMPLES = 200
 @dataclass(frozen=True)
 @bounded
 class AccuracyAwarePtqSettings:
-    min_agreement: float | None = None  # share of top-1 predictions equal to FP32's, on the validation images
-    max_accuracy_drop_points: float | None = None  # FP32 top-1 minus INT8 top-1, in points, same images
-    # Any model's goal, as budgets of the recipe's metric against FP32 on the validation samples (names from
-    # edgepress/measure/metrics.py): {snr_db_min = 30}, {mae_rise_max = 0.5}, {map50_drop_points = 1}, ...
-    goal: dict[str, float] = field(default_factory=dict)
-    schemes: tuple[Scheme, ...] = ()  # empty: every scheme with fast kernels on the target
-    calibration_methods: tuple[Method, ...] = ("percentile", "minmax")
-    percentile: float = 99.999
-    calibration_samples: int = within(*SAMPLES, default=512)
-    # Validation images: calibration images after the first calibration_samples (a seeded shuffle).
-    validation_samples: int = within(*SAMPLES, default=1000)
-    sensitivity_samples: int = within(*SAMPLES, default=128)
-    fallback_candidates: int = within(1, 100, default=2)  # the fastest candidates that miss the goal get node fallback
-    max_fp32_nodes: int | None = within(0, 10**6, default=None)
-    nodes_to_exclude: tuple[str, ...] = ()  # always FP32, whatever the search finds
-    latency_rounds: int = within(1, 1000, default=8)
-    latency_runs_per_round: int = within(1, 100000, default=30)
-    seed: int = within(*SEEDS, default=0)
-    # The chosen model's convs then steered to their fastest INT8 kernels, timed here, bit-exact (ptq's
-    # choose_conv_kernels, compress/quant/conv_kernels.py); only where the recipe's first target is this machine.
-    choose_conv_kernels: bool = True
+    min_agreement: float | None = setting(
+        None, help="goal: the least share, in (0, 1], of top-1 predictions equal to FP32's, on the validation samples")
+    max_accuracy_drop_points: float | None = setting(
+        None, help="goal: FP32 top-1 minus INT8 top-1, in points, at most this, on the same samples")
+    goal: dict[str, float] = setting(
+        default_factory=dict,
+        help="any model's goal, as budgets of the recipe's metric against FP32 on the validation samples (names as "
+             "`edgepress metrics` lists them): {snr_db_min = 30}, {mae_rise_max = 0.5}, {map50_drop_points = 1}, ...")
+    schemes: tuple[Scheme, ...] = setting(
+        (), help="the schemes to search (u8s8, s8s8, u8u8); empty: every scheme with fast kernels on the target")
+    calibration_methods: tuple[Method, ...] = setting(
+        ("percentile", "minmax"), help="the calibration methods to search, each with every scheme (minmax, entropy, "
+                                       "percentile)")
+    percentile: float = setting(99.999, help='calibration method "percentile": the percentile, in (90, 100], of each '
+                                             "activation's values its range covers")
+    calibration_samples: int = within(*SAMPLES, default=512,
+                                      help="calibration samples (of a seeded shuffle) that set activation ranges")
+    validation_samples: int = within(*SAMPLES, default=1000,
+                                     help="samples the goal is checked on: calibration samples after the first "
+                                          "calibration_samples of the shuffle, never used to calibrate")
+    sensitivity_samples: int = within(*SAMPLES, default=128,
+                                      help="validation samples on which each node's gain from staying in FP32 is "
+                                           "scored, for node fallback")
+    fallback_candidates: int = within(1, 100, default=2,
+                                      help="how many of the fastest candidates that miss the goal get node fallback")
+    max_fp32_nodes: int | None = within(0, 10**6, default=None,
+                                        help="node fallback keeps at most this many nodes in FP32; unset: any number")
+    nodes_to_exclude: tuple[str, ...] = setting((), help="ONNX node names always kept in FP32, whatever the search "
+                                                         "finds")
+    latency_rounds: int = within(1, 1000, default=8,
+                                 help="rounds of interleaved timing of the candidates and FP32 on the target")
+    latency_runs_per_round: int = within(1, 100000, default=30, help="timed runs of each model in every round")
+    seed: int = within(*SEEDS, default=0,
+                       help="seeds the shuffle that splits the calibration set into calibration and validation")
+    choose_conv_kernels: bool = setting(
+        True, help="the chosen model's convs then steered to their fastest INT8 kernels, timed here, bit-exact (as "
+                   "ptq's choose_conv_kernels); only where the recipe's first target is this machine")
 
     def __post_init__(self) -> None:
         if self.min_agreement is None and self.max_accuracy_drop_points is None and not self.goal:

@@ -10,22 +10,31 @@ from dataclasses import dataclass
 
 from edgepress.compress.training.loop import LoopSettings, call, fit, resume_key
 from edgepress.core.errors import UserError
-from edgepress.core.schema import bounded, within
+from edgepress.core.schema import bounded, setting, within
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
 @bounded
 class DistillSettings(LoopSettings):
-    alpha: float = 0.9
-    temperature: float = within(0, 1000, default=4.0, low_open=True)
-    teacher: str = "reference"  # a stage name whose model teaches; "reference" = the recipe's reference_stage
-    hint_layers: tuple[str, ...] = ()  # student module names whose outputs follow the teacher's (feature loss)
-    hint_teacher_layers: tuple[str, ...] = ()  # the teacher's module for each; empty = the same names
-    hint_weight: float = within(0, 10**6, default=1.0)
-    # The (1 - alpha) part on the targets for a model whose metric has no loss of its own (a detector's heads):
-    # "package.module:function(outputs, targets) -> scalar tensor", as the train stage's loss.
-    loss: str | None = None
+    alpha: float = setting(0.9, help="weight of matching the teacher (KL on class scores, squared error on other "
+                                     "outputs), in [0, 1]; the rest, 1 - alpha, goes to the task's loss on the labels")
+    temperature: float = within(0, 1000, default=4.0, low_open=True,
+                                help="softmax temperature T of the teacher-matching KL term (scaled by T^2): higher "
+                                     "spreads the teacher's probabilities, so the student learns how it ranks the "
+                                     "wrong classes too")
+    teacher: str = setting("reference", help='the finished torch stage whose model teaches, by name; "reference": '
+                                             "the recipe's reference_stage")
+    hint_layers: tuple[str, ...] = setting((), help="student module names whose outputs, through a learned adapter, "
+                                                    "follow the teacher's (a feature loss); empty: no hints")
+    hint_teacher_layers: tuple[str, ...] = setting(
+        (), help="the teacher's module for each hint_layers entry, in order; empty: the same names")
+    hint_weight: float = within(0, 10**6, default=1.0,
+                                help="weight of the hint loss (the summed mean squared errors of the hint pairs)")
+    loss: str | None = setting(
+        None, help="the (1 - alpha) part, on the targets, for a model whose metric has no loss of its own (a "
+                   "detector's heads): \"package.module:function\", called as function(outputs, targets) -> scalar "
+                   "tensor, as the train stage's loss")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -13,7 +13,7 @@ from typing import Literal
 
 from edgepress.compress.quant.dynamic import check_node_names, quantized_or_error
 from edgepress.core.progress import tool_output_to
-from edgepress.core.schema import closest
+from edgepress.core.schema import closest, setting
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 # onnxruntime.quantization's IntegerOpsRegistry: what quantize_dynamic can quantize.
@@ -22,11 +22,14 @@ DYNAMIC_OP_TYPES = ("Conv", "MatMul", "Attention", "LSTM", "Gather", "Transpose"
 
 @dataclass(frozen=True)
 class DynamicInt8Settings:
-    weight_type: Literal["int8", "uint8"] = "int8"  # U8S8 (fast on x86 and ARM) or U8U8
-    per_channel: bool = True  # per output channel weight scales: per-tensor costs MiniLM 0.03 of cosine
-    reduce_range: bool = False  # 7-bit weights against x86 U8S8 saturation; costs precision
-    op_types: tuple[str, ...] = ()  # empty: every type in DYNAMIC_OP_TYPES
-    nodes_to_exclude: tuple[str, ...] = ()
+    weight_type: Literal["int8", "uint8"] = setting(
+        "int8", help='weight type: "int8" for U8S8 kernels (fast on x86 and ARM), "uint8" for U8U8')
+    per_channel: bool = setting(True, help="a weight scale per output channel; per tensor (false) costs MiniLM 0.03 "
+                                           "of cosine")
+    reduce_range: bool = setting(False, help="7-bit weights against x86 U8S8 saturation; costs precision")
+    op_types: tuple[str, ...] = setting((), help="ONNX op types to quantize, of " + ", ".join(DYNAMIC_OP_TYPES)
+                                        + "; empty: all of them")
+    nodes_to_exclude: tuple[str, ...] = setting((), help="ONNX node names left in float")
 
     def __post_init__(self) -> None:
         _check_op_types(self.op_types, DYNAMIC_OP_TYPES)

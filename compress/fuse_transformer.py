@@ -17,7 +17,7 @@ from typing import Literal
 
 from edgepress.core.errors import UserError
 from edgepress.core.progress import tool_output_to
-from edgepress.core.schema import bounded, within
+from edgepress.core.schema import bounded, setting, within
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "BiasGelu", "Gelu", "FastGelu",
@@ -27,15 +27,19 @@ FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "
 @dataclass(frozen=True)
 @bounded
 class FusionSettings:
-    model_type: Literal["bert"] = "bert"
-    num_heads: int = within(0, 4096, default=0)  # 0: the count export_transformer wrote into the model's metadata
-    hidden_size: int = within(0, 1 << 20, default=0)  # 0: likewise
-    require_attention: bool = True  # a fusion that finds no attention is an error, not a silent no-op
-    # "all": ONNX Runtime's BERT fusions. "attention": the attention fusion alone; every other op stays as
-    # exported. With ONNX Runtime 1.32 on x86 the other fused kernels (SkipLayerNormalization, BiasGelu,
+    model_type: Literal["bert"] = setting("bert", help="the architecture ONNX Runtime's transformer optimizer fuses "
+                                                       "for (BERT-style encoders)")
+    num_heads: int = within(0, 4096, default=0, help="attention heads; 0: the count export_transformer wrote into the "
+                                                     "model's metadata")
+    hidden_size: int = within(0, 1 << 20, default=0, help="the model's hidden width; 0: the one export_transformer "
+                                                          "wrote into the model's metadata")
+    require_attention: bool = setting(True, help="a fusion that finds no attention is an error, not a silent no-op")
+    # With ONNX Runtime 1.32 on x86 the other fused kernels (SkipLayerNormalization, BiasGelu,
     # EmbedLayerNormalization) are slower than the plain ops, while Attention (QAttention once dynamic INT8
     # quantizes it) is faster: MiniLM INT8 at sequence 128, 0.960x [0.954-0.969] the unfused INT8 model.
-    fusions: Literal["all", "attention"] = "all"
+    fusions: Literal["all", "attention"] = setting(
+        "all", help='"all": ONNX Runtime\'s BERT fusions; "attention": the attention fusion alone, every other op '
+                    "stays as exported (on x86 the other fused kernels can be slower than the plain ops)")
 
     def __post_init__(self) -> None:
         if self.num_heads and self.hidden_size and self.hidden_size % self.num_heads:

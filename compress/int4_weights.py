@@ -14,18 +14,19 @@ from typing import Literal
 
 from edgepress.compress.quant.dynamic import check_node_names, quantized_or_error
 from edgepress.core.progress import tool_output_to
-from edgepress.core.schema import bounded, within
+from edgepress.core.schema import bounded, setting, within
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
 @bounded
 class Int4WeightsSettings:
-    block_size: int = within(16, 1 << 16, default=32)  # weights per scale, along the input axis
-    symmetric: bool = True
-    # 0: float activations (ONNX Runtime's default); 4: activations INT8 inside the kernel (no faster on AVX2).
-    accuracy_level: Literal[0, 1, 2, 3, 4] = 0
-    nodes_to_exclude: tuple[str, ...] = ()
+    block_size: int = within(16, 1 << 16, default=32, help="weights per scale, along the input axis; a power of two")
+    symmetric: bool = setting(True, help="symmetric 4-bit blocks (no zero point); false: asymmetric, with one")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = setting(
+        0, help="MatMulNBits' accuracy level: 0, float activations (ONNX Runtime's default); 1 to 3, computed in "
+                "float32, float16, bfloat16; 4, activations INT8 inside the kernel (no faster on AVX2)")
+    nodes_to_exclude: tuple[str, ...] = setting((), help="ONNX node names left in float")
 
     def __post_init__(self) -> None:
         if self.block_size < 16 or self.block_size & (self.block_size - 1):

@@ -17,19 +17,22 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from edgepress.core.errors import UserError
-from edgepress.core.schema import SAMPLES, bounded, closest, within
+from edgepress.core.schema import SAMPLES, bounded, closest, setting, within
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
 @bounded
 class DepthSettings:
-    blocks: int | None = within(1, 10000, default=None)  # remove this many blocks
-    macs_target: float | None = None  # or remove blocks until MACs are at most this share
-    ranking: Literal["greedy", "one_shot"] = "greedy"
-    keep: tuple[str, ...] = ()  # blocks never removed
-    # Calibration images used to score blocks (each removal re-scores every block).
-    samples: int = within(*SAMPLES, default=256)
+    blocks: int | None = within(1, 10000, default=None, help="remove this many residual blocks")
+    macs_target: float | None = setting(None, help="or remove blocks until the MACs are at most this share, in "
+                                                   "(0, 1), of the input model's")
+    ranking: Literal["greedy", "one_shot"] = setting(
+        "greedy", help='"greedy": every block re-scored after each removal (removing two neighbours hurts more than '
+                       'the sum of each); "one_shot": scored once, faster')
+    keep: tuple[str, ...] = setting((), help="blocks never removed, by the names the model's removable_blocks() gives")
+    samples: int = within(*SAMPLES, default=256, help="calibration samples used to score blocks (each removal "
+                                                      "re-scores every block)")
 
     def __post_init__(self) -> None:
         if (self.blocks is None) == (self.macs_target is None):

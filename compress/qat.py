@@ -18,42 +18,59 @@ from edgepress.compress.distill import check_distillation
 from edgepress.compress.training.loop import LoopSettings, fit, resume_key
 from edgepress.compress.train import check_loss
 from edgepress.core.errors import UserError
-from edgepress.core.schema import SAMPLES, bounded, within
+from edgepress.core.schema import SAMPLES, bounded, setting, within
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
 @bounded
 class QatSettings(LoopSettings):
-    # Fine-tuning a converged model: a short, gentle schedule; no weight decay, which would also
-    # shrink the learned quantization scales. AdamW at 2e-5: on ResNet-56, SGD at 1e-4 with the
+    # Fine-tuning a converged model: a short, gentle schedule. AdamW at 2e-5: on ResNet-56, SGD at 1e-4 with the
     # logit loss diverged in the first epoch, and on ResNet-20 AdamW agreed more (bench/RESULTS.md).
-    epochs: int = 1
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.0
-    teacher: str = "input"  # "input" = this stage's own FP32 input; else a finished torch stage's name
-    # "logits_mse" matches the teacher's logits themselves: a flip needs only a small change in the
-    # gap between the top two logits, which KL at T = 1 barely weighs once the top class is confident.
-    loss: Literal["kl", "logits_mse"] = "logits_mse"
-    alpha: float = 1.0  # weight of the teacher term; 1 - alpha goes to cross-entropy on the labels
-    temperature: float = within(0, 1000, default=1.0, low_open=True)  # kl only
-    # 7-bit weights where the target's U8S8 kernels add products in int16 (x86 without VNNI);
-    # "auto" asks the target's CPU.
-    weight_bits: Literal["auto", "7", "8"] = "auto"
-    calibration_method: Literal["minmax", "percentile"] = "percentile"
-    percentile: float = 99.999
-    calibration_samples: int = within(*SAMPLES, default=512)
-    learn_ranges: bool = True
-    # Conv/Linear layers (torch module names) left in FP32, e.g. the first conv, whose input is the
-    # normalised image: cheap to run in FP32, and one uint8 grid loses pixel levels of its three channels.
-    fp32_layers: tuple[str, ...] = ()
-    parity_samples: int = within(*SAMPLES, default=1000)
-    min_parity: float = 0.995
-    opset: int = 17
-    # The exported convs steered to their fastest INT8 kernels, timed here, bit-exact (ptq's choose_conv_kernels,
-    # compress/quant/conv_kernels.py); only where the recipe's first target is this machine.
-    choose_conv_kernels: bool = False
+    epochs: int = setting(1, help="passes over the training set; short, as qat fine-tunes a converged model")
+    optimizer: Literal["sgd", "adamw"] = setting(
+        "adamw", help='"adamw": AdamW; "sgd": SGD with Nesterov momentum (on ResNet-56, SGD at 1e-4 diverged in '
+                      "the first epoch)")
+    learning_rate: float = setting(2e-5, help="the peak learning rate: small, to fine-tune without undoing training")
+    weight_decay: float = setting(0.0, help="the optimizer's weight decay; 0 by default, since decay would also "
+                                            "shrink the learned quantization scales")
+    teacher: str = setting("input", help="the model the quantized one learns from: \"input\", this stage's own "
+                                         "FP32 input; else a finished torch stage's name")
+    # A flip needs only a small change in the gap between the top two logits, which KL at T = 1 barely weighs once
+    # the top class is confident.
+    loss: Literal["kl", "logits_mse"] = setting(
+        "logits_mse", help='how a classifier matches its teacher: "logits_mse", the squared error of the logits '
+                           'themselves; "kl", the KL divergence of their softmax at temperature')
+    alpha: float = setting(1.0, help="weight of the teacher term, in [0, 1]; 1 - alpha goes to the task's loss on the "
+                                     "labels (cross-entropy for a classifier)")
+    temperature: float = within(0, 1000, default=1.0, low_open=True,
+                                help='loss "kl": the softmax temperature T (the term is scaled by T^2)')
+    weight_bits: Literal["auto", "7", "8"] = setting(
+        "auto", help='"7": 7-bit weights, for a target whose U8S8 kernels add products in int16 (x86 without VNNI), '
+                     'where 8-bit weights can saturate; "8": 8-bit weights; "auto": 7 where the CPU running the stage '
+                     "adds them in int16, else 8")
+    calibration_method: Literal["minmax", "percentile"] = setting(
+        "percentile", help='how the activation ranges that training starts from are set: "percentile" clips the '
+                           'calibration values at percentile, "minmax" spans all of them')
+    percentile: float = setting(99.999, help='calibration_method "percentile": the percentile, in (90, 100], at '
+                                             "which each activation's range clips its values on either side")
+    calibration_samples: int = within(*SAMPLES, default=512,
+                                      help="calibration samples that set the initial activation ranges")
+    learn_ranges: bool = setting(True, help="the activation ranges (quantization scales) are trained with the "
+                                            "weights; false: they stay as calibrated")
+    fp32_layers: tuple[str, ...] = setting(
+        (), help="Conv/Linear layers (torch module names) left in FP32, e.g. the first conv, whose input is the "
+                 "normalised image: cheap to run in FP32, and one uint8 grid loses pixel levels of its three channels")
+    parity_samples: int = within(*SAMPLES, default=1000,
+                                 help="samples of the first evaluation set on which the ONNX model is checked against "
+                                      "the torch QAT model, and teacher agreement is measured before and after")
+    min_parity: float = setting(0.995, help="the least share, in (0, 1], of parity_samples on which ONNX Runtime's "
+                                            "integer model agrees with the torch QAT model (top-1 class, or the "
+                                            "worst output's cosine); below it the stage fails")
+    opset: int = setting(17, help="the ONNX opset of the export (TorchScript exporter)")
+    choose_conv_kernels: bool = setting(
+        False, help="the exported convs steered to their fastest INT8 kernels, timed here, bit-exact (as ptq's "
+                    "choose_conv_kernels); only where the recipe's first target is this machine")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 
 from edgepress.core.errors import UserError
 from edgepress.core.layer_names import require_layers
+from edgepress.core.schema import setting
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
 class SparsifySettings:
-    sparsity: float = 0.5  # share of the prunable weights set to zero, ranked globally by |w|
-    ignored_layers: tuple[str, ...] = ()
-    skip_first_and_last: bool = True  # the stem and classifier are small and the most sensitive
+    sparsity: float = setting(0.5, help="share, in (0, 1), of the prunable weights set to zero, ranked globally by |w|")
+    ignored_layers: tuple[str, ...] = setting((), help="Conv2d/Linear layers (torch module names) left dense")
+    skip_first_and_last: bool = setting(True, help="leave the first and last Conv2d/Linear layers dense: the stem and "
+                                                   "classifier are small and the most sensitive")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sparsity < 1.0:

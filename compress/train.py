@@ -6,14 +6,17 @@ from dataclasses import dataclass
 
 from edgepress.compress.training.loop import LoopSettings, call, fit, resume_key
 from edgepress.core.errors import UserError
+from edgepress.core.schema import setting
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 
 @dataclass(frozen=True)
 class TrainSettings(LoopSettings):
-    # A user's loss, "package.module:function(outputs, targets) -> scalar tensor" (dicts of tensors by name), for
-    # models the recipe's metric has no loss for (a detector's heads). Default: the metric's own (below).
-    loss: str | None = None
+    loss: str | None = setting(
+        None, help='your own loss, "package.module:function", called as function(outputs, targets) -> scalar tensor '
+                   "(dicts of tensors by name), for a model the recipe's metric has no loss for (a detector's heads); "
+                   "unset: the metric's own (cross-entropy for classes and segmentation, mean squared error for "
+                   "regression)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -9,19 +9,26 @@ import numpy as np
 
 from edgepress.core.errors import UserError
 from edgepress.core.progress import tool_output_to
+from edgepress.core.schema import setting
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 @dataclass(frozen=True)
 class ExportSettings:
-    opset: int = 18  # the dynamo exporter's own; converting down to 17 fails for Pad
-    exporter: Literal["dynamo", "torchscript"] = "dynamo"
-    parity_atol: float = 1e-3
-    # Float32 rounding grows with the numbers rounded: the allowed gap is parity_atol plus this share of
-    # the largest |logit| (a barely-trained net with BatchNorm still at its initial statistics can give
-    # logits of 1e6, where the two runtimes' different summation orders alone differ by 10).
-    parity_rtol: float = 1e-5
-    parity_min_agreement: float = 1.0
-    parity_samples: int = 256
+    opset: int = setting(18, help="the ONNX opset, 17 or later; 18 is the dynamo exporter's own (converting down to "
+                                  "17 fails for Pad)")
+    exporter: Literal["dynamo", "torchscript"] = setting(
+        "dynamo", help='torch.onnx.export\'s exporter: "dynamo" (torch.export) or "torchscript" (tracing); try the '
+                       "other when one fails")
+    parity_atol: float = setting(1e-3, help="the largest |difference| allowed between torch's and ONNX Runtime's "
+                                            "outputs on the parity samples, plus parity_rtol's share")
+    # A barely-trained net with BatchNorm still at its initial statistics can give logits of 1e6, where the two
+    # runtimes' different summation orders alone differ by 10.
+    parity_rtol: float = setting(1e-5, help="float32 rounding grows with the numbers rounded: the allowed gap is "
+                                            "parity_atol plus this share, in [0, 1), of the largest |output|")
+    parity_min_agreement: float = setting(1.0, help="a classifier's least share, in [0, 1], of parity samples on "
+                                                    "which torch and ONNX Runtime pick the same top-1 class")
+    parity_samples: int = setting(256, help="samples of the first evaluation set on which the export is checked "
+                                            "against torch")
 
     def __post_init__(self) -> None:
         if self.opset < 17:

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgepress.core.errors import UserError
 from edgepress.core.progress import tool_output_to
+from edgepress.core.schema import setting
 from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 
 # ONNX metadata keys: what onnxruntime.transformers.optimizer needs to know about the attention.
@@ -25,9 +26,11 @@ HIDDEN_SIZE_KEY = "edgepress.hidden_size"
 
 @dataclass(frozen=True)
 class TransformerExportSettings:
-    opset: int = 17
-    parity_atol: float = 1e-4  # largest |difference| allowed between torch and ONNX Runtime embeddings
-    parity_samples: int = 64
+    opset: int = setting(17, help="the ONNX opset, 14 to 20 (the TorchScript exporter's range)")
+    parity_atol: float = setting(1e-4, help="the largest |difference| allowed between torch's and ONNX Runtime's "
+                                            "embeddings")
+    parity_samples: int = setting(64, help="sentences of the first evaluation set on which the export is checked "
+                                           "against torch")
 
     def __post_init__(self) -> None:
         if not 14 <= self.opset <= 20:

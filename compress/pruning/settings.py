@@ -6,31 +6,55 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from edgepress.core.schema import BATCH, EPOCHS, SAMPLES, bounded, within
+from edgepress.core.schema import BATCH, EPOCHS, SAMPLES, bounded, setting, within
 
 
 @dataclass(frozen=True)
 @bounded
 class PruneSettings:
-    importance: Literal["l1", "l2", "bn_scale", "taylor"] = "l1"
-    channel_ratio: float | None = None  # share of each prunable layer's channels to remove
-    macs_target: float | None = None  # keep at most this share of the MACs (of macs_reference)
-    macs_reference: Literal["input", "source"] = "input"  # source: the recipe's model, before earlier stages
-    latency_ratio: float | None = None  # ONNX Runtime p50 at most this share of the unpruned model's, measured
-    # ONNX Runtime p50 at most this, measured on the recipe's target.
-    latency_target_ms: float | None = within(0, 3_600_000, default=None, low_open=True)
-    global_ranking: bool = False
-    ignored_layers: tuple[str, ...] = ()
-    round_to: int | None = within(1, 1024, default=None)  # kept channels a multiple of this (8 or 16 suit SIMD kernels)
-    taylor_samples: int = within(*SAMPLES, default=256)
-    sensitivity: Literal["off", "report", "allocate"] = "off"  # allocate: per-layer ratios from the analysis
-    sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
-    sensitivity_samples: int = within(*SAMPLES, default=512)  # calibration images scoring each pruned copy
-    steps: int = within(1, 100, default=1)  # iterative schedule: prune a share, fine-tune, repeat
-    # Fine-tuning epochs after every step but the last (distillation from the input model).
-    step_epochs: int = within(0, EPOCHS[1], default=1)
-    step_learning_rate: float = within(0, 10, default=0.01, low_open=True)
-    step_batch_size: int = within(*BATCH, default=128)
+    importance: Literal["l1", "l2", "bn_scale", "taylor"] = setting(
+        "l1", help='how channels are scored, the lowest cut first: "l1" or "l2" the norm of their weights, '
+                   '"bn_scale" the magnitude of their BatchNorm scale, "taylor" weight times cross-entropy gradient '
+                   "on taylor_samples labelled samples")
+    channel_ratio: float | None = setting(None, help="share, in (0, 1), of each prunable layer's channels to remove; "
+                                                     "or give a MACs or latency target instead")
+    macs_target: float | None = setting(None, help="keep at most this share, in (0, 1), of the MACs (of "
+                                                   "macs_reference)")
+    macs_reference: Literal["input", "source"] = setting(
+        "input", help="what macs_target is a share of: \"input\", this stage's input model; \"source\", the "
+                      "recipe's model, before earlier stages")
+    latency_ratio: float | None = setting(None, help="ONNX Runtime p50 at most this share, in (0, 1), of the "
+                                                     "unpruned model's, measured on the recipe's target")
+    latency_target_ms: float | None = within(0, 3_600_000, default=None, low_open=True,
+                                             help="ONNX Runtime p50 at most this, in ms, measured on the recipe's "
+                                                  "target")
+    global_ranking: bool = setting(False, help="rank channels across all layers together, so layers lose different "
+                                               "shares; false: every layer loses the same share")
+    ignored_layers: tuple[str, ...] = setting(
+        (), help="layers (torch module names) never pruned, beside those the model declares unprunable and its "
+                 "output layers")
+    round_to: int | None = within(1, 1024, default=None,
+                                  help="kept channels a multiple of this (8 or 16 suit SIMD kernels); unset: any count")
+    taylor_samples: int = within(*SAMPLES, default=256,
+                                 help='importance "taylor": labelled samples (training set, else calibration) whose '
+                                      "gradients score the channels")
+    sensitivity: Literal["off", "report", "allocate"] = setting(
+        "off", help='each layer\'s accuracy against the share of it pruned (classifiers): "report" measures and '
+                    'reports it, "allocate" also spreads the cut over the layers by it (for a MACs or latency '
+                    'target); "off": no analysis')
+    sensitivity_ratios: tuple[float, ...] = setting(
+        (0.25, 0.5, 0.75), help="shares, each in (0, 1), at which every layer is pruned alone and scored by the "
+                                "sensitivity analysis")
+    sensitivity_samples: int = within(*SAMPLES, default=512,
+                                      help="calibration images scoring each pruned copy in the sensitivity analysis")
+    steps: int = within(1, 100, default=1, help="iterative schedule: prune a share, fine-tune, repeat, in this many "
+                                                "steps; 1: one cut")
+    step_epochs: int = within(0, EPOCHS[1], default=1,
+                              help="fine-tuning epochs after every step but the last (distillation from the input "
+                                   "model); 0: none")
+    step_learning_rate: float = within(0, 10, default=0.01, low_open=True,
+                                       help="learning rate of the fine-tuning between steps")
+    step_batch_size: int = within(*BATCH, default=128, help="batch size of the fine-tuning between steps")
 
     def __post_init__(self) -> None:
         targets = [k for k in ("macs_target", "latency_ratio", "latency_target_ms") if getattr(self, k) is not None]

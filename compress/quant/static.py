@@ -18,7 +18,7 @@ from edgepress.compress.quant.keep_float import pin_float_nodes
 from edgepress.compress.quant.qdq_cleanup import pads_on_quantized_data, spatial_means_to_global_pool
 from edgepress.core.errors import UserError
 from edgepress.compress.quant.saturation import signed_input_nodes, weight_tensors
-from edgepress.core.schema import BATCH, SAMPLES, bounded, closest, within
+from edgepress.core.schema import BATCH, SAMPLES, bounded, closest, setting, within
 from edgepress.runtime.isa import Isa, local_isa, saturation_guard_for
 
 # scheme = activation type + weight type, as ONNX Runtime's docs name them.
@@ -28,57 +28,73 @@ SCHEMES = {"u8s8": ("QUInt8", "QInt8"), "s8s8": ("QInt8", "QInt8"), "u8u8": ("QU
 @dataclass(frozen=True)
 @bounded
 class PtqSettings:
-    scheme: Literal["u8s8", "s8s8", "u8u8"] = "u8s8"
-    # Nodes fed by possibly-negative activations saturate x86 U8S8 kernels without VNNI (see saturation.py):
-    # "fp32" keeps them in float, "uint8_weights" runs them with the U8U8 kernel, "off" leaves them be.
-    # "auto": "uint8_weights" where one of the recipe's targets may saturate (x86 without VNNI, or an ssh device
-    # whose CPU is not known here), else "off". The guard is not free: a U8U8 conv has no symmetric (indirect)
-    # kernel; on a VNNI Xeon dropping it made ResNet-20's INT8 3 % and a MobileNetV3-style net's 18 % faster.
-    saturation_guard: Literal["auto", "off", "uint8_weights", "fp32"] = "auto"
-    # 7-bit weights everywhere: the blunt alternative to the guard, at a cost in precision.
-    reduce_range: bool = False
-    per_channel: bool = True
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "percentile"
-    calibration_samples: int = within(*SAMPLES, default=512)
-    calibration_batch: int = within(*BATCH, default=32)
-    percentile: float = 99.999
-    nodes_to_exclude: tuple[str, ...] = ()
-    op_types: tuple[str, ...] = ()
-    preprocess: bool = True
+    scheme: Literal["u8s8", "s8s8", "u8u8"] = setting(
+        "u8s8", help="activation and weight integer types: u8s8 uint8 activations and int8 weights (ONNX Runtime's "
+                     "fast default on x86 and ARM), s8s8 both int8, u8u8 both uint8")
+    # The guard is not free: a U8U8 conv has no symmetric (indirect) kernel; on a VNNI Xeon dropping it made
+    # ResNet-20's INT8 3 % and a MobileNetV3-style net's 18 % faster. See saturation.py.
+    saturation_guard: Literal["auto", "off", "uint8_weights", "fp32"] = setting(
+        "auto", help='nodes fed by possibly-negative activations saturate x86 U8S8 kernels without VNNI: "fp32" '
+                     'keeps them in float, "uint8_weights" runs them with the U8U8 kernel, "off" leaves them be; '
+                     '"auto": "uint8_weights" where one of the recipe\'s targets may saturate (x86 without VNNI, or '
+                     'an ssh device whose CPU is not known here), else "off"')
+    reduce_range: bool = setting(False, help="7-bit weights everywhere: the blunt alternative to saturation_guard, "
+                                             "at a cost in precision")
+    per_channel: bool = setting(True, help="a weight scale per output channel; false: one per tensor, coarser")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = setting(
+        "percentile", help='how activation ranges are set from the calibration data: "percentile" clips at '
+                           'percentile, "minmax" spans every value, "entropy" minimises the KL divergence of the '
+                           "quantized histogram")
+    calibration_samples: int = within(*SAMPLES, default=512,
+                                      help="calibration samples run through the model to set activation ranges")
+    calibration_batch: int = within(*BATCH, default=32,
+                                    help="samples per calibration batch, at most (lowered to give equal batches)")
+    percentile: float = setting(99.999, help='calibration_method "percentile": the percentile, in (90, 100], of '
+                                             "each activation's values its range covers")
+    nodes_to_exclude: tuple[str, ...] = setting((), help="ONNX node names kept in FP32")
+    op_types: tuple[str, ...] = setting((), help="ONNX op types to quantize (e.g. Conv, MatMul); empty: every type "
+                                                 "ONNX Runtime's static quantization handles")
+    preprocess: bool = setting(True, help="ONNX Runtime's quant_pre_process first: shape inference and basic graph "
+                                          "optimisation (constant folding, Conv+BatchNormalization fusion)")
     # Transforms that lower quantization error (README, "Quantization transforms"); each one is a switch
     # so the benchmark can measure it on and off.
-    # BatchNormalization folded into the conv before it (by ONNX Runtime's graph optimisation in `preprocess`):
-    # the conv then quantizes the weights it really uses and no float BN runs between integer kernels. False
-    # keeps every BN a separate node through quantization. Both torch exporters already fold BN in eval mode,
-    # so it matters for ONNX models that arrive with BatchNormalization nodes. Needs `preprocess`.
-    fold_batchnorm: bool = True
-    # Cross-layer equalization (compress/quant/equalize.py): rescales consecutive convs so per-channel weight
-    # ranges even out, which helps depthwise networks (MobileNetV2) whose channels differ by orders of magnitude.
-    # The float function is unchanged (ReLU6 channels that reach 6 on calibration data stay unscaled).
-    equalize: bool = False
-    # Empirical bias correction (compress/quant/bias_correction.py): the per-channel mean output shift that int8
-    # rounding causes, estimated on the calibration images and removed through each int8 Conv/Gemm's bias.
-    bias_correction: bool = False
-    # Closes float islands ONNX Runtime's QDQ fusion leaves (compress/quant/qdq_cleanup.py): a Pad between a
-    # DequantizeLinear and a QuantizeLinear, a spatial ReduceMean; every output bit stays the same. ResNet-20's
-    # two shortcut Pads and its pooling: 1.4 % faster on a VNNI Xeon (bench/RESULTS.md, issue 20).
-    simplify_qdq: bool = True
-    # Measure, on the recipe's primary target's threads, whether each compute node and its activation tail runs
-    # faster in float, and keep it there where it surely does (compress/quant/speed_fallback.py). Costs a quantization
-    # and a short interleaved timing per node; on a net that ONNX Runtime runs faster in float (hardswish, small
-    # maps) the INT8 model gets faster, and larger.
-    float_where_faster: bool = False
-    # Each conv shape timed alone in ONNX Runtime's INT8 kernels on this CPU, and steered to the fastest by a
-    # rewrite that changes no output bit (compress/quant/conv_kernels.py): input channels padded to a multiple of 4
-    # for the dot-product kernel, or weights offset to the general GEMM (AMX where present). Done when the
-    # recipe's first target is this machine (`local`) and no target adds products in int16 (x86 without VNNI);
-    # a fraction of a second per distinct conv shape. Off by default because the file then depends on timings
-    # (its outputs do not), like float_where_faster's.
+    fold_batchnorm: bool = setting(
+        True, help="BatchNormalization folded into the conv before it (needs preprocess): the conv then quantizes "
+                   "the weights it really uses and no float BN runs between integer kernels; false keeps every BN a "
+                   "separate node. Matters for ONNX models that arrive with BatchNormalization nodes (both torch "
+                   "exporters already fold BN in eval mode)")
+    # compress/quant/equalize.py; ReLU6 channels that reach 6 on calibration data stay unscaled.
+    equalize: bool = setting(
+        False, help="cross-layer equalization: rescales consecutive convs so per-channel weight ranges even out, "
+                    "which helps depthwise networks (MobileNetV2) whose channels differ by orders of magnitude; the "
+                    "float function is unchanged. Needs fold_batchnorm")
+    # compress/quant/bias_correction.py
+    bias_correction: bool = setting(
+        False, help="empirical bias correction: the per-channel mean output shift that int8 rounding causes, "
+                    "estimated on the calibration samples and removed through each int8 Conv/Gemm's bias")
+    # compress/quant/qdq_cleanup.py. ResNet-20's two shortcut Pads and its pooling: 1.4 % faster on a VNNI Xeon
+    # (bench/RESULTS.md, issue 20).
+    simplify_qdq: bool = setting(
+        True, help="closes float islands ONNX Runtime's QDQ fusion leaves (a Pad between a DequantizeLinear and a "
+                   "QuantizeLinear, a spatial ReduceMean); every output bit stays the same")
+    # compress/quant/speed_fallback.py
+    float_where_faster: bool = setting(
+        False, help="measure, on the primary target's threads, whether each compute node and its activation tail "
+                    "runs faster in float, and keep it there where it surely does. Costs a quantization and a short "
+                    "timing per node; on a net ONNX Runtime runs faster in float (hardswish, small maps) the INT8 "
+                    "model gets faster, and larger. The file then depends on timings")
+    # compress/quant/conv_kernels.py: input channels padded to a multiple of 4 for the dot-product kernel, or
+    # weights offset to the general GEMM (AMX where present); a fraction of a second per distinct conv shape.
     # On a VNNI + AMX Xeon: ResNet-20's 3-channel first conv, padded, 0.69x as long; the whole model 0.93x.
-    choose_conv_kernels: bool = False
-    # Share of the calibration samples kept out of the bias estimate, on which its effect is measured and
-    # reported (output error and top-1 agreement against the source model, before and after).
-    bias_correction_holdout: float = 0.25
+    choose_conv_kernels: bool = setting(
+        False, help="each conv shape timed alone in ONNX Runtime's INT8 kernels on this CPU, and steered to the "
+                    "fastest by a rewrite that changes no output bit. Done when the recipe's first target is this "
+                    "machine (local) and no target adds products in int16 (x86 without VNNI). Off by default because "
+                    "the file then depends on timings (its outputs do not), like float_where_faster's")
+    bias_correction_holdout: float = setting(
+        0.25, help="bias_correction: the share, in (0, 1), of the calibration samples kept out of the bias estimate, "
+                   "on which its effect is measured and reported (output error and top-1 agreement against the "
+                   "source model, before and after)")
 
     def __post_init__(self) -> None:
         if not 90.0 < self.percentile <= 100.0:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from edgepress.compress.training import distributed
 from edgepress.core.errors import UserError
 from edgepress.core.progress import Progress
-from edgepress.core.schema import BATCH, EPOCHS, SAMPLES, SEEDS, bounded, within
+from edgepress.core.schema import BATCH, EPOCHS, SAMPLES, SEEDS, bounded, setting, within
 
 if TYPE_CHECKING:
     import torch
@@ -23,32 +23,58 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 @bounded
 class LoopSettings:
-    epochs: int = within(*EPOCHS, default=10)
-    batch_size: int = within(*BATCH, default=64)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    learning_rate: float = within(0, 10, default=0.05, low_open=True)
-    momentum: float = within(0, 1, default=0.9)
-    weight_decay: float = within(0, 1, default=5e-4)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: int = within(0, EPOCHS[1], default=0)
-    step_epochs: int = within(*EPOCHS, default=30)
-    step_gamma: float = within(0, 1, default=0.1, low_open=True)
-    label_smoothing: float = 0.0
-    augment: Literal["none", "crop_flip"] = "none"
-    crop_padding: int = within(0, 1024, default=4)
-    # Teacher-matching losses only: each sample is blended with another of its batch, weight drawn from
-    # Beta(mixup, mixup), so the student also matches the teacher between classes, where flips happen.
-    mixup: float = within(0, 1000, default=0.0)
-    validation_split: float = 0.0
-    early_stopping_patience: int | None = within(*EPOCHS, default=None)
-    precision: Literal["fp32", "bf16"] = "fp32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = within(*SEEDS, default=0)
-    # After training, every BatchNorm's running statistics recomputed as the plain average over this many
-    # training samples (0: keep the running averages training left). A short run from scratch leaves them
-    # partly at their initial values (torchvision's MobileNetV3 moves them 1 % a step), and in eval mode a
-    # deep net then gives nearly the same logits for every image.
-    batchnorm_recalibration: int = within(0, SAMPLES[1], default=0)
+    epochs: int = within(*EPOCHS, default=10, help="passes over the training set")
+    batch_size: int = within(*BATCH, default=64,
+                             help="samples per optimizer step; under torchrun the global batch, split across the ranks")
+    optimizer: Literal["sgd", "adamw"] = setting(
+        "sgd", help='"sgd": SGD with Nesterov momentum (plain SGD at momentum 0); "adamw": AdamW')
+    learning_rate: float = within(0, 10, default=0.05, low_open=True,
+                                  help="the peak learning rate, which warmup and the schedule scale")
+    momentum: float = within(0, 1, default=0.9, help="SGD's momentum, Nesterov's when above 0; AdamW ignores it")
+    weight_decay: float = within(0, 1, default=5e-4, help="the optimizer's weight decay (decoupled in AdamW)")
+    schedule: Literal["cosine", "step", "constant"] = setting(
+        "cosine", help='the learning rate after warmup: "cosine" decays it to 0 by the last epoch, "step" multiplies '
+                       'it by step_gamma every step_epochs epochs, "constant" keeps it')
+    warmup_epochs: int = within(0, EPOCHS[1], default=0,
+                                help="epochs of linear warmup to learning_rate before the schedule; fewer than epochs")
+    step_epochs: int = within(*EPOCHS, default=30,
+                              help='schedule "step": epochs between two multiplications by step_gamma')
+    step_gamma: float = within(0, 1, default=0.1, low_open=True,
+                               help='schedule "step": the factor applied to the learning rate every step_epochs epochs')
+    label_smoothing: float = setting(
+        0.0, help="label smoothing of the cross-entropy on the labels, in [0, 1): that share of each label's weight "
+                  "is spread over all classes")
+    augment: Literal["none", "crop_flip"] = setting(
+        "none", help='"crop_flip": each training image randomly cropped after zero padding of crop_padding pixels, '
+                     'and flipped left-right half the time (models with one image input); "none": images as given')
+    crop_padding: int = within(0, 1024, default=4,
+                               help='augment "crop_flip": zero padding, in pixels on each side, before the crop')
+    # Flips between the top two classes happen between classes, which the blends reach.
+    mixup: float = within(0, 1000, default=0.0,
+                          help="teacher-matching losses only (distill, qat with alpha = 1): each sample is blended "
+                               "with another of its batch, weight drawn from Beta(mixup, mixup), so the student also "
+                               "matches the teacher between classes; 0 turns it off")
+    validation_split: float = setting(
+        0.0, help="share of the training set held out, in [0, 0.5), to score every epoch (accuracy for a classifier, "
+                  "else the loss); the best epoch's weights are kept. 0: train on every sample")
+    early_stopping_patience: int | None = within(
+        *EPOCHS, default=None, help="stop after this many epochs without a better validation score (needs "
+                                    "validation_split); unset: run every epoch")
+    precision: Literal["fp32", "bf16"] = setting(
+        "fp32", help='"bf16": bf16 autocast where the CPU or GPU has native bf16 (elsewhere fp32, with a warning; '
+                     'emulated it is many times slower); "fp32": float32 throughout')
+    device: Literal["auto", "cpu", "cuda"] = setting("auto",
+                                                      help='where to train; "auto": CUDA when available, else CPU')
+    seed: int = within(*SEEDS, default=0,
+                       help="seeds torch, the validation split, every epoch's batch order and augmentation: "
+                            "the same seed trains the same")
+    # A short run from scratch leaves BatchNorm statistics partly at their initial values (torchvision's
+    # MobileNetV3 moves them 1 % a step), and in eval mode a deep net then gives nearly the same logits for
+    # every image.
+    batchnorm_recalibration: int = within(
+        0, SAMPLES[1], default=0,
+        help="after training, every BatchNorm's running statistics recomputed as the plain average over this many "
+             "training samples; worth it after a short run from scratch. 0: keep the running averages training left")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_split < 0.5:

@@ -16,7 +16,7 @@ from edgepress.core.errors import UserError
 EXIT_OK, EXIT_BUDGET, EXIT_ERROR = 0, 1, 2
 # Commands with a module of their own: each has HELP, add_arguments(parser) and run(args) -> exit code.
 COMMAND_MODULES = {"bench": "edgepress.cli.bench", "gate": "edgepress.cli.gate", "target": "edgepress.cli.target",
-                   "metrics": "edgepress.cli.metrics"}
+                   "metrics": "edgepress.cli.metrics", "stages": "edgepress.cli.stages"}
 
 
 class _Parser(argparse.ArgumentParser):

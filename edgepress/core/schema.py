@@ -63,10 +63,23 @@ def _number(value: float) -> str:
     return f"{value:_}" if isinstance(value, int) and abs(value) > 99999 else f"{value:g}"  # TOML reads 1_000_000
 
 
-def within(low: float, high: float, *, default: Any, low_open: bool = False) -> Any:
+def within(low: float, high: float, *, default: Any, low_open: bool = False, help: str = "") -> Any:
     """A dataclass field holding a number (or a tuple of numbers) in `Bounds(low, high)`; parse() enforces it.
-    Its bounds hold in subclasses that redeclare the field with another default."""
-    return dataclasses.field(default=default, metadata={"bounds": Bounds(low, high, low_open=low_open)})
+    Its bounds (and its help) hold in subclasses that redeclare the field with another default.
+    `help`: what the setting does, for `edgepress stages KIND` (see `setting`)."""
+    metadata: dict[str, Any] = {"bounds": Bounds(low, high, low_open=low_open)}
+    if help:
+        metadata["help"] = help
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def setting(default: Any = dataclasses.MISSING, *, default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+            help: str) -> Any:
+    """A dataclass field without bounds, with its help beside it: what the setting does and what its values mean,
+    as `edgepress stages KIND` prints it. Give `default`, or `default_factory` for a mutable one (a table)."""
+    if (default is dataclasses.MISSING) == (default_factory is dataclasses.MISSING):
+        raise TypeError("setting() takes exactly one of default and default_factory")
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"help": help})
 
 
 def bounded(cls: type) -> type:
@@ -96,12 +109,50 @@ THREADS = (1, 256)
 EPOCHS = (1, 10000)
 
 
-def _bounds(cls: type, name: str) -> Bounds | None:
-    for klass in cls.__mro__:  # a subclass redeclaring `epochs: int = 1` keeps its parent's range
+def _metadata(cls: type, name: str, key: str) -> Any:
+    for klass in cls.__mro__:  # a subclass redeclaring `epochs: int = 1` keeps its parent's range and help
         found = getattr(klass, "__dataclass_fields__", {}).get(name)
-        if found is not None and "bounds" in found.metadata:
-            return found.metadata["bounds"]
+        if found is not None and key in found.metadata:
+            return found.metadata[key]
     return None
+
+
+def _bounds(cls: type, name: str) -> Bounds | None:
+    return _metadata(cls, name, "bounds")
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldDoc:
+    """One setting of a settings dataclass, as `edgepress stages KIND` shows it."""
+
+    name: str
+    type: str  # as a recipe writes it: "int", "a list of str", "'u8s8' or 's8s8'"
+    default: Any  # the value itself (a default_factory's result); dataclasses.MISSING where the key is required
+    bounds: Bounds | None
+    help: str  # "" where the field has none
+
+    @property
+    def required(self) -> bool:
+        return self.default is dataclasses.MISSING
+
+
+def describe(cls: type) -> list[FieldDoc]:
+    """Every setting `parse(cls, ...)` reads, in declaration order, with its type, default, bounds and help (a
+    subclass's redeclared field keeps its parent's bounds and, unless it gives its own, its parent's help)."""
+    hints = typing.get_type_hints(cls)
+    docs = []
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        docs.append(FieldDoc(name=field.name, type=_type_name(hints[field.name]), default=default,
+                             bounds=_bounds(cls, field.name), help=_metadata(cls, field.name, "help") or ""))
+    return docs
 
 
 def _check_bounds(bounds: Bounds | None, value: Any, place: str) -> None:
@@ -142,9 +193,31 @@ def read_toml(path: Path, *, what: str) -> dict[str, Any]:
                         fix="write the settings as flat key = value lines") from None
 
 
-def closest(name: str, valid: typing.Iterable[str]) -> str | None:
-    matches = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return matches[0] if matches else None
+def closest(name: str, valid: typing.Iterable[str], *, fewest_edits: bool = False) -> str | None:
+    """The valid name most like `name` (difflib's ratio, at least 0.5), or None. Where several are equally alike,
+    difflib's pick is the alphabetically last; with `fewest_edits`, the one the fewest edits away (a swap of two
+    neighbouring letters counts as one: "pqt" is "ptq", not "qat"), difflib's pick where that ties too."""
+    valid = list(valid)
+    matches = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if not matches or not fewest_edits:
+        return matches[0] if matches else None
+    ratio = lambda candidate: difflib.SequenceMatcher(None, candidate, name).ratio()  # noqa: E731 - as difflib scores
+    best = ratio(matches[0])
+    tied = [candidate for candidate in valid if ratio(candidate) == best]
+    return min(tied, key=lambda candidate: (_edits(name, candidate), candidate != matches[0]))
+
+
+def _edits(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of neighbouring letters that turn `a` into `b`."""
+    previous2, previous = [], list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], previous2[j - 2] + 1)
+        previous2, previous = previous, row
+    return previous[len(b)]
 
 
 def unknown_key_error(key: str, where: str, valid: typing.Iterable[str]) -> SchemaError:

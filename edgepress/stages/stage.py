@@ -47,11 +47,12 @@ class StageDef:
     """One registry entry: the settings schema, the formats it chains, and the function that runs it."""
 
     kind: str
+    # A frozen dataclass; each field carries its help (and range) as metadata, schema.setting / schema.within.
     settings_type: type
     input_format: ArtifactFormat
     output_format: ArtifactFormat
     run: Callable[..., StageOutput]
-    summary: str
+    summary: str  # what the stage does, in one line: `edgepress stages` lists it beside the kind
     needs: tuple[Literal["calibration", "training"], ...] = ()
     # The models it works on: image classifiers, text encoders (the recipe's data.metric says which), or both.
     modalities: tuple[Literal["image", "text"], ...] = ("image",)
