@@ -14,10 +14,6 @@ from edgepress.core import schema
 from edgepress.stages.registry import REGISTRY
 from tests.conftest import assert_one_line_error, run_main
 
-def _bounds(bounds: schema.Bounds | None):
-    return None if bounds is None else (bounds.low, bounds.high, bounds.low_open)
-
-
 def _default(field: dataclasses.Field):
     return field.default if field.default is not dataclasses.MISSING else field.default_factory()
 
