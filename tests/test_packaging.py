@@ -21,7 +21,8 @@ def test_wheel_installs_and_runtime_never_imports_torch(tmp_path):
                    check=True, capture_output=True, cwd=tmp_path)
     wheel = next(dist.glob("edgepress-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("edgepress/cli/main.py", "edgepress/compress/ptq.py", "export/export.py",
+    for module in ("edgepress/cli/main.py", "edgepress/compress/ptq.py", "edgepress/export/export.py",
+                   "edgepress/compress/quant/static.py", "edgepress/core/errors.py", "edgepress/api.py",
                    "edgepress/runtime/session.py", "edgepress/models/zoo.py", "edgepress/builtin/demo.toml",
                    "edgepress/runtime/device_runner.py", "edgepress/targets/ssh.py", "edgepress/targets/qemu.py"):
         assert module in names, module
