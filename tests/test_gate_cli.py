@@ -16,7 +16,7 @@ import pytest
 from edgepress.gate import regression
 from edgepress.report import writer as report
 from edgepress.report import plots as report_plots
-from edgepress.report.view import target_names
+from edgepress.report.model import Gate, GateCheck, read_report
 from tests.conftest import assert_one_line_error, run_main, write_recipe
 
 QEMU = "qemu-aarch64:cortex-a53"
@@ -98,26 +98,37 @@ def _budgets(runs, text: str, name: str = "budgets.toml") -> Path:
     return path
 
 
+def _schema_1(plain: dict) -> dict:
+    """The report as edgepress wrote it under schema edgepress.report/1 since targets: the same shape."""
+    return {**copy.deepcopy(plain), "schema": "edgepress.report/1"}
+
+
 def _before_targets(plain: dict) -> dict:
-    """The report as edgepress wrote it before targets: headline metrics only, budgets only in the gate."""
-    old = copy.deepcopy(plain)
-    for key in ("targets", "budgets"):
-        old.pop(key, None)
+    """The report as edgepress wrote it before targets (schema /1 too): one target, a stage's timing only in its
+    headline latency_ms (with the runs, threads, batch and target), budgets only in the gate's checks."""
+    old = _schema_1(plain)
+    for key in ("targets", "budgets", "onnx_reference_stage", "metric_values", "warnings"):
+        old.pop(key)
     for stage in old["stages"]:
-        stage["metrics"].pop("targets", None)
+        metrics = stage["metrics"]
+        for key in ("targets", "size_gzip_bytes", "size_ratio", "latency_ratio", "peak_memory_bytes", "warnings"):
+            metrics.pop(key, None)
+    for check in old["gate"]["checks"]:
+        check.pop("note")
+    old["gate"]["checks"] = [c for c in old["gate"]["checks"] if c["budget"] in ("size_bytes", "agreement_min")]
     return old
 
 
-@pytest.mark.parametrize("version", ["current", "before-targets"])
+@pytest.mark.parametrize("version", ["current", "schema-1", "before-targets"])
 def test_report_alone_repeats_the_runs_own_gate(runs, tmp_path, version):
     plain = json.loads(runs["plain"].read_text())
-    data = plain if version == "current" else _before_targets(plain)
+    data = {"current": plain, "schema-1": _schema_1(plain), "before-targets": _before_targets(plain)}[version]
     path = tmp_path / "report.json"
     path.write_text(json.dumps(data))
     proc = run_main("gate", str(path), "--junit", str(tmp_path / "j.xml"), "--markdown", str(tmp_path / "g.md"))
     assert proc.returncode == 0, proc.stderr
     suites = _junit(tmp_path / "j.xml")
-    assert list(suites) == target_names(data) == ["local"]
+    assert list(suites) == read_report(data).target_names() == ["local"]
     expected = {(c.get("target", "local"), c["budget"]): c["value"] for c in plain["gate"]["checks"]}
     found = {(t, n.split(" [")[0]): float(c.find("system-out").text.split(" = ")[1].split(" ")[0])
              for t, cases in suites.items() for n, c in cases.items()}  # "size_bytes = 15086 (limit 1e+06): ok"
@@ -269,8 +280,7 @@ def test_an_absolute_latency_budget_on_a_noisy_run_says_so(p90_ms, noisy):
     assert (check.note is not None) is noisy
     if noisy:
         assert "noisy run: p90 is 17.8x p50" in check.note and "latency_ratio_max" in check.note
-        row = report._gate_rows({"gate": {"checks": [dict(vars(check))]}, "targets": [{"name": "local"}],
-                                 "target": {"name": "local"}})
+        row = report._gate_rows(Gate(stage="ptq", checks=(GateCheck(**vars(check)),)), primary="local")
         assert "VIOLATED (noisy run" in row[0][-1]
 
 

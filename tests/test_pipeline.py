@@ -41,7 +41,7 @@ def test_run_passes_gate_and_writes_every_stage(tiny_run):
 def test_report_follows_the_contract(tiny_run):
     folder, _ = tiny_run
     report = json.loads((folder / "out" / "report.json").read_text())
-    assert report["schema"] == "edgepress.report/1"
+    assert report["schema"] == "edgepress.report/2"
     assert [s["kind"] for s in report["stages"]] == ["model", "train", "export", "ptq"]
     for stage in report["stages"]:
         assert STAGE_KEYS <= stage.keys()

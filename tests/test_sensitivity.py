@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from edgepress.report import writer as report
+from edgepress.report.model import Gate, Report, Stage, StageMetrics, TargetInfo
 from edgepress.io import torch_artifact
 from edgepress.compress.pruning import sensitivity
 from edgepress.compress.prune import PruneSettings, prune_to_macs
@@ -131,10 +132,14 @@ def test_plot_has_one_line_per_layer_and_the_report_shows_it(real, tmp_path):
     assert sorted(groups) == sorted(f"sensitivity-{name}" for name in BLOCK_CONV1)
     assert all(len(list(g.iter("{http://www.w3.org/2000/svg}path"))) >= 1 for g in groups.values())
 
-    metrics = {"accuracy": 0.9, "size_bytes": 1000, "params": 10, "macs": 1e6, "sensitivity": table.to_json()}
-    stage = {"name": "prune", "kind": "prune", "format": "torch", "seconds": 1.0, "metrics": metrics}
-    run = {"name": "r", "target": {"name": "local", "threads": 1}, "reference_stage": "model", "stages": [stage],
-           "gate": {"stage": "prune", "passed": True, "checks": []}}
+    metrics = StageMetrics(values={"accuracy": 0.9}, size_bytes=1000, params=10, macs=1_000_000,
+                           own={"sensitivity": table.to_json()})
+    stage = Stage(name="prune", kind="prune", artifact="01-prune/model.pt", format="torch", sha256="0" * 64,
+                  seconds=1.0, metrics=metrics)
+    run = Report(recipe="r.toml", name="r", reference_stage="model", onnx_reference_stage=None, metric="top1",
+                 metric_values=(), targets=(TargetInfo(name="local", threads=1, emulated=False, evaluate=False,
+                                                       budgets={}),),
+                 budgets={}, stages=(stage,), gate=Gate(stage="prune", checks=()))
     report.write_all(run, out_dir=tmp_path)
     md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
     assert "## Pruning sensitivity: stage `prune`" in md and "| layer3.2.conv1 |" in md

@@ -13,9 +13,9 @@ from edgepress.gate import policy as gate_policy
 from edgepress.gate import summary as gate_summary
 from edgepress.gate import junit
 from edgepress.gate import regression
-from edgepress.report import view as report_view
 from edgepress.gate import verdicts
 from edgepress.core.errors import UserError
+from edgepress.report.model import read_report
 from edgepress.run.folder import check_output_file
 
 HELP = "gate a run's report.json on budgets and against a baseline report; JUnit XML and Markdown for CI"
@@ -59,18 +59,18 @@ def _growth(args: argparse.Namespace, policy: gate_policy.Policy) -> float:
 def run(args: argparse.Namespace) -> int:
     # Everything that can fail on bad input is read and checked before anything is written.
     _check_options(args)
-    report = report_view.load_report(args.report)
+    report = read_report(args.report)
     policy = gate_policy.load(args.budgets, report=report) if args.budgets else gate_policy.from_report(report)
     gate_policy.check_against(policy, report)
     outcomes = verdicts.budget_outcomes(report, policy)
     comparison = None
     if args.baseline is not None:
-        baseline = report_view.load_report(args.baseline, role="baseline")
+        baseline = read_report(args.baseline, role="baseline")
         comparison = regression.compare(report, baseline, max_growth_percent=_growth(args, policy))
         outcomes += regression.outcomes(comparison)
 
     if args.junit is not None:
-        junit.write(args.junit, outcomes, recipe=report["name"], targets=report_view.target_names(report))
+        junit.write(args.junit, outcomes, recipe=report.name, targets=report.target_names())
     if args.markdown is not None:
         atomic.write_text(args.markdown, gate_summary.markdown(
             report, outcomes, policy_source=policy.source, comparison=comparison,
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     failed = verdicts.failed(outcomes)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("failed", "inconclusive", "skipped")}
     written = [f"{label} {path}" for label, path in (("junit", args.junit), ("markdown", args.markdown)) if path]
-    print(f"gate {'FAILED' if failed else 'passed'} on stage {report_view.final_stage(report)['name']}: "
+    print(f"gate {'FAILED' if failed else 'passed'} on stage {report.final_stage.name}: "
           f"{len(outcomes)} checks, {counts['failed']} failed, {counts['inconclusive']} inconclusive, "
           f"{counts['skipped']} skipped" + (f"; wrote {', '.join(written)}" if written else ""))
     return 1 if failed else 0

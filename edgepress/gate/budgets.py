@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from edgepress.measure import metrics
@@ -84,12 +84,3 @@ def reference_for(reference: dict[str, Any], measured: dict[str, Any]) -> dict[s
     if "reference_accuracy" in measured:  # a report written before any-metric scoring
         return {**reference, "accuracy": measured["reference_accuracy"]}
     return reference
-
-
-def summary(checks: list[Check], *, stage: str) -> dict[str, Any]:
-    return {
-        "passed": all(c.passed for c in checks),
-        "stage": stage,
-        "violations": [{"budget": c.budget, "limit": c.limit, "value": c.value} for c in checks if not c.passed],
-        "checks": [asdict(c) for c in checks],
-    }

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepress.report import view as report_view
 from edgepress.core.errors import UserError
 from edgepress.measure import metrics
 from edgepress.recipe import Budgets, _no_paths, parse_budgets
-from edgepress.measure.task import metric_of_report
+from edgepress.report.model import Report
+from edgepress.report.view import metric_of
 from edgepress.core.schema import SchemaError, closest, parse, read_toml
 
 LATENCY_BUDGETS = metrics.TIMED_BUDGETS  # read from a target's runner: never from an emulated one
@@ -61,8 +61,8 @@ class Policy:
             (name, budgets, f'[targets."{name}"]') for name, budgets in self.targets.items()]
 
 
-def _user(report: dict[str, Any]) -> metrics.Metric | None:
-    metric = metric_of_report(report)
+def _user(report: Report) -> metrics.Metric | None:
+    metric = metric_of(report)
     return metric if ":" in metric.key else None
 
 
@@ -73,24 +73,15 @@ def _budgets_of(table: Any, user: metrics.Metric | None) -> Budgets:
     return Budgets(**values).with_custom({k: v for k, v in (table or {}).items() if k in custom_names})
 
 
-def from_report(report: dict[str, Any]) -> Policy:
-    """The recipe's budgets as the report recorded them: its `budgets` and `targets[].budgets`, or, in a
-    report from before those were written, the limits of the run's own gate checks."""
+def from_report(report: Report) -> Policy:
+    """The recipe's budgets as the report recorded them: its `budgets` and `targets[].budgets` (a report from
+    before those were written has them read from the limits of the run's own gate checks)."""
     user = _user(report)
-    if isinstance(report.get("budgets"), dict):
-        per_target = {t["name"]: _budgets_of(t.get("budgets"), user) for t in report.get("targets", [])
-                      if isinstance(t, dict) and t.get("budgets")}
-        return Policy(budgets=_budgets_of(report["budgets"], user), targets=per_target, user=user)
-    checks = report.get("gate", {}).get("checks", []) if isinstance(report.get("gate"), dict) else []
-    overall = {c["budget"]: c["limit"] for c in checks if "target" not in c}
-    per_target: dict[str, dict[str, Any]] = {}
-    for check in (c for c in checks if "target" in c):
-        per_target.setdefault(check["target"], {})[check["budget"]] = check["limit"]
-    return Policy(budgets=_budgets_of(overall, user), targets={k: _budgets_of(v, user) for k, v in per_target.items()},
-                  user=user)
+    per_target = {t.name: _budgets_of(t.budgets, user) for t in report.targets if t.budgets}
+    return Policy(budgets=_budgets_of(report.budgets, user), targets=per_target, user=user)
 
 
-def load(path: Path, *, report: dict[str, Any]) -> Policy:
+def load(path: Path, *, report: Report) -> Policy:
     """A budgets file, read for `report` (whose user metric's budgets it may name)."""
     table = read_toml(path, what="budgets file")
     user = _user(report)
@@ -107,14 +98,13 @@ def load(path: Path, *, report: dict[str, Any]) -> Policy:
                   source=f"budgets file {path.name}", user=user)
 
 
-def check_against(policy: Policy, report: dict[str, Any]) -> None:
+def check_against(policy: Policy, report: Report) -> None:
     """Every budget must be one the report can answer: its target measured, not latency under emulation,
     its metric measured on that target's final stage. Said before anything is judged or written."""
-    names = report_view.target_names(report)
-    final = report_view.final_stage(report)
-    measured = report_view.stage_targets(final, report=report)
-    primary = report_view.primary_target(report)
-    for target, budgets, where in policy.every(primary):
+    names = report.target_names()
+    final = report.final_stage
+    measured = {name: entry.to_json_dict() for name, entry in report.on_targets(final).items()}
+    for target, budgets, where in policy.every(report.primary_target):
         if target not in names:
             guess = closest(target, names)
             raise UserError(f"{policy.source}: {where}: the report measured nothing on {target!r}",
@@ -130,5 +120,5 @@ def check_against(policy: Policy, report: dict[str, Any]) -> None:
                 how = ("set evaluate = true for that target in the recipe"
                        if key not in ("size_bytes", "size_ratio", "latency_ms", "latency_ratio", "peak_memory_bytes")
                        else "time the models there (latency = true) after the ONNX reference, or drop that budget")
-                raise UserError(f"{policy.source}: {where} set {budget}, but stage {final['name']!r} has no "
+                raise UserError(f"{policy.source}: {where} set {budget}, but stage {final.name!r} has no "
                                 f"{key} on {target}", fix=how)

@@ -22,11 +22,11 @@ per stage, without a limit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from edgepress.report import view as report_view
 from edgepress.core.errors import UserError
 from edgepress.gate.verdicts import Outcome
+from edgepress.report.model import Report, TargetEntry
 
 DEFAULT_MAX_P50_GROWTH_PERCENT = 10.0
 P50Verdict = Literal["pass", "regression", "inconclusive"]
@@ -88,64 +88,62 @@ class Comparison:
     sizes: tuple[SizeChange, ...]
 
 
-def _interval(entry: dict[str, Any]) -> tuple[float, float] | None:
-    ci = entry.get("p50_ci95_ms")
+def _interval(entry: TargetEntry) -> tuple[float, float] | None:
+    ci = entry.p50_ci95_ms
     return (float(ci[0]), float(ci[1])) if ci else None
 
 
-def _judged_numbers(base: dict[str, Any], entry: dict[str, Any]):
+def _judged_numbers(base: TargetEntry, entry: TargetEntry):
     """(reference stage or None, (baseline p50, interval), (p50, interval)): p50 ratios to the same ONNX reference
     where both entries have one, p50 ms otherwise."""
-    old, new = base.get("latency_ratio"), entry.get("latency_ratio")
-    if isinstance(old, dict) and isinstance(new, dict) and old.get("reference_stage") == new.get("reference_stage"):
-        return (new["reference_stage"], (float(old["p50"]), tuple(map(float, old["ci95"]))),
-                (float(new["p50"]), tuple(map(float, new["ci95"]))))
-    return (None, (float(base["latency_ms"]["p50"]), _interval(base)),
-            (float(entry["latency_ms"]["p50"]), _interval(entry)))
+    old, new = base.latency_ratio, entry.latency_ratio
+    if old is not None and new is not None and old.reference_stage == new.reference_stage:
+        return (new.reference_stage, (float(old.p50), tuple(map(float, old.ci95))),
+                (float(new.p50), tuple(map(float, new.ci95))))
+    return (None, (float(base.latency_ms.p50), _interval(base)), (float(entry.latency_ms.p50), _interval(entry)))
 
 
-def _setting(entry: dict[str, Any], key: str) -> Any:
-    """threads or batch: on the entry since targets, inside latency_ms before."""
-    return entry.get(key, entry["latency_ms"].get(key))
+def _setting(entry: TargetEntry, key: str) -> int | None:
+    """threads or batch: on the entry since targets, inside a stage's headline latency_ms before."""
+    value = getattr(entry, key)
+    return value if value is not None else getattr(entry.latency_ms, key)
 
 
-def _check_same_recipe(report: dict[str, Any], baseline: dict[str, Any]) -> None:
+def _check_same_recipe(report: Report, baseline: Report) -> None:
     fix = "pass the report.json of an earlier run of the same recipe as --baseline"
-    if baseline["name"] != report["name"]:
-        raise UserError(f"the baseline is a report of recipe {baseline['name']!r}, not {report['name']!r}", fix=fix)
-    if baseline.get("metric", "top1") != report.get("metric", "top1"):
-        raise UserError(f"the baseline measures {baseline.get('metric', 'top1')!r}, the report "
-                        f"{report.get('metric', 'top1')!r}", fix=fix)
+    if baseline.name != report.name:
+        raise UserError(f"the baseline is a report of recipe {baseline.name!r}, not {report.name!r}", fix=fix)
+    if baseline.metric != report.metric:
+        raise UserError(f"the baseline measures {baseline.metric!r}, the report {report.metric!r}", fix=fix)
 
 
-def compare(report: dict[str, Any], baseline: dict[str, Any], *, max_growth_percent: float) -> Comparison:
+def compare(report: Report, baseline: Report, *, max_growth_percent: float) -> Comparison:
     _check_same_recipe(report, baseline)
     changes, emulated, sizes = [], [], []
-    for stage in report["stages"]:
-        old = report_view.stage_named(baseline, stage["name"])
+    for stage in report.stages:
+        old = baseline.stage_named(stage.name)
         if old is None:
             continue
-        if "size_bytes" in stage["metrics"] and "size_bytes" in old["metrics"]:
-            sizes.append(SizeChange(stage=stage["name"], baseline_bytes=int(old["metrics"]["size_bytes"]),
-                                    size_bytes=int(stage["metrics"]["size_bytes"])))
-        before = report_view.stage_targets(old, report=baseline)
-        for target, entry in report_view.stage_targets(stage, report=report).items():
+        sizes.append(SizeChange(stage=stage.name, baseline_bytes=int(old.metrics.size_bytes),
+                                size_bytes=int(stage.metrics.size_bytes)))
+        before = baseline.on_targets(old)
+        for target, entry in report.on_targets(stage).items():
             base = before.get(target)
-            if base is None or "latency_ms" not in entry or "latency_ms" not in base:
+            if base is None or entry.latency_ms is None or base.latency_ms is None:
                 continue
-            if entry["emulated"] or base["emulated"]:
-                emulated.append((stage["name"], target))
+            if entry.emulated or base.emulated:
+                emulated.append((stage.name, target))
                 continue
             for key in ("threads", "batch"):
                 if _setting(base, key) is not None and _setting(entry, key) is not None \
                         and _setting(base, key) != _setting(entry, key):
-                    raise UserError(f"stage {stage['name']!r} on {target} was timed with {key} = "
+                    raise UserError(f"stage {stage.name!r} on {target} was timed with {key} = "
                                     f"{_setting(entry, key)}, its baseline with {_setting(base, key)}: their p50s "
                                     "do not compare", fix=f"rerun the baseline with the same {key}")
             against, (baseline_p50, baseline_ci), (p50, ci) = _judged_numbers(base, entry)
             verdict = judge(baseline_p50_ms=baseline_p50, baseline_ci95_ms=baseline_ci, p50_ms=p50, ci95_ms=ci,
                             max_growth_percent=max_growth_percent)
-            changes.append(P50Change(stage=stage["name"], target=target, baseline_p50_ms=baseline_p50, p50_ms=p50,
+            changes.append(P50Change(stage=stage.name, target=target, baseline_p50_ms=baseline_p50, p50_ms=p50,
                                      baseline_ci95_ms=baseline_ci, ci95_ms=ci, max_growth_percent=max_growth_percent,
                                      verdict=verdict, against=against))
     if not changes and not emulated:

@@ -3,12 +3,10 @@ comparison with the baseline, and the per-target table folded away."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from edgepress.report import writer as report
-from edgepress.report import view as report_view
 from edgepress.gate.regression import Comparison
 from edgepress.gate.verdicts import Outcome
+from edgepress.report import writer as report
+from edgepress.report.model import Report
 
 RESULT = {"passed": "ok", "failed": "FAILED", "inconclusive": "inconclusive", "skipped": "skipped"}
 
@@ -57,13 +55,13 @@ def _comparison_lines(comparison: Comparison, *, baseline_label: str) -> list[st
     return lines
 
 
-def markdown(run: dict[str, Any], outcomes: list[Outcome], *, policy_source: str,
+def markdown(run: Report, outcomes: list[Outcome], *, policy_source: str,
              comparison: Comparison | None, baseline_label: str | None) -> str:
     failures = [o for o in outcomes if o.status == "failed"]
     unsure = [o for o in outcomes if o.status == "inconclusive"]
     verdict = "FAILED" if failures else "PASSED"
-    stage = report_view.final_stage(run)["name"]
-    lines = [f"## edgepress gate: {run['name']}: {verdict}", "",
+    stage = run.final_stage.name
+    lines = [f"## edgepress gate: {run.name}: {verdict}", "",
              f"Budgets ({policy_source}) on stage `{stage}`"
              + (f"; p50 and size against the baseline {baseline_label}." if comparison else "; no baseline.")]
     for title, listed in (("Failed", failures), ("Inconclusive (not failing)", unsure)):

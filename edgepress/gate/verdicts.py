@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from edgepress.gate import budgets as gate
-from edgepress.report import view as report_view
 from edgepress.gate.policy import Policy
+from edgepress.report.model import Report
 
 # passed and failed as usual; inconclusive: a p50 above its limit whose intervals overlap the baseline's
 # (reported, never failing); skipped: a check that does not apply (timings under emulation).
@@ -30,23 +30,24 @@ class Outcome:
         return f"{self.check} [{self.stage}]"
 
 
-def _reference(report: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+def _reference(report: Report, entry: dict[str, Any]) -> dict[str, Any]:
     """The reference stage's headline metrics, as the run's gate used them."""
-    stage = report_view.stage_named(report, report.get("reference_stage", "model"))
-    return gate.reference_for(dict(stage["metrics"]) if stage else {}, entry)
+    stage = report.stage_named(report.reference_stage)
+    return gate.reference_for(stage.metrics.to_json_dict() if stage else {}, entry)
 
 
-def budget_outcomes(report: dict[str, Any], policy: Policy) -> list[Outcome]:
+def budget_outcomes(report: Report, policy: Policy) -> list[Outcome]:
     """Each budget of the policy on its target's numbers for the final stage (gate_policy.check_against has
     made sure every one of them is measured)."""
-    final = report_view.final_stage(report)
-    measured = report_view.stage_targets(final, report=report)
+    final = report.final_stage
+    measured = report.on_targets(final)
     found = []
-    for target, budgets, _ in policy.every(report_view.primary_target(report)):
-        entry = measured.get(target, {})  # a target not measured on this stage may only hold empty budgets
+    for target, budgets, _ in policy.every(report.primary_target):
+        # A target not measured on this stage may only hold empty budgets.
+        entry = measured[target].to_json_dict() if target in measured else {}
         for check in gate.evaluate(budgets, final=entry, reference=_reference(report, entry),
-                                   stage=f"{final['name']} on {target}", user=policy.user):
-            found.append(Outcome(target=target, stage=final["name"], check=check.budget,
+                                   stage=f"{final.name} on {target}", user=policy.user):
+            found.append(Outcome(target=target, stage=final.name, check=check.budget,
                                  status="passed" if check.passed else "failed", limit=check.limit, value=check.value,
                                  message=check.line(), note=check.note))
     return found

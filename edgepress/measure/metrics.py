@@ -12,7 +12,7 @@ output's figures as the stage's, so `snr_db_min` gates any model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import numpy as np

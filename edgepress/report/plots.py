@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from edgepress.report import view as report_view
+from edgepress.report.model import Report, TargetEntry
+from edgepress.report.view import metric_of
 
 NO_MATPLOTLIB = "<p>(matplotlib is not installed: no plots)</p>"
 # A qualitative palette; the primary target takes the first colour in every plot.
@@ -46,30 +47,27 @@ def plot_id(kind: str, stage: str, target: str | None = None) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{kind}-{stage}" + (f"-at-{target}" if target is not None else ""))
 
 
-def quality_key(report: dict[str, Any]) -> tuple[str, str, float]:
+def quality_key(report: Report) -> tuple[str, str, float]:
     """(metrics key, axis label, scale) of the report's metric's first value: shares and cosines x 100."""
-    from edgepress.measure.task import metric_of_report
-
-    value = metric_of_report(report).values[0]
+    value = metric_of(report).values[0]
     label = {"share": f"{value.label} (%)", "cosine": f"{value.label} x 100"}.get(value.unit, value.label)
     return value.key, label, 100.0 if value.unit in ("share", "cosine") else 1.0
 
 
-def _color(report: dict[str, Any], target: str) -> str:
-    names = report_view.target_names(report)
+def _color(report: Report, target: str) -> str:
+    names = report.target_names()
     return COLORS[names.index(target) % len(COLORS)] if target in names else COLORS[-1]
 
 
-def size_svg(report: dict[str, Any]) -> str:
+def size_svg(report: Report) -> str:
     plt = pyplot()
     if plt is None:
         return NO_MATPLOTLIB
-    stages = report["stages"]
+    stages = report.stages
     fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(stages), 3.4))
-    bars = ax.bar([s["name"] for s in stages], [s["metrics"].get("size_bytes", 0) / 1024 for s in stages],
-                  color=COLORS[0])
+    bars = ax.bar([s.name for s in stages], [s.metrics.size_bytes / 1024 for s in stages], color=COLORS[0])
     for bar, stage in zip(bars, stages):
-        bar.set_gid(plot_id("size", stage["name"]))
+        bar.set_gid(plot_id("size", stage.name))
     ax.set_title("size per stage (KiB)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
@@ -79,13 +77,13 @@ def size_svg(report: dict[str, Any]) -> str:
 PROFILE_OP_TYPES = 7  # op types drawn apart in the profile plot; the rest are "other"
 
 
-def profile_svg(report: dict[str, Any]) -> str:
+def profile_svg(report: Report) -> str:
     """Each profiled ONNX stage's kernel time per run on the primary target, stacked by op type: where an INT8
     model spends what its FP32 reference did not (quantize/dequantize, reorders) shows beside the GEMMs."""
-    primary = report_view.primary_target(report)
-    rows = [(stage["name"], entry["profile"]) for stage in report["stages"]
-            for target, entry in report_view.stage_targets(stage, report=report).items()
-            if target == primary and not entry.get("emulated") and isinstance(entry.get("profile"), dict)]
+    primary = report.primary_target
+    rows = [(stage.name, entry.profile) for stage in report.stages
+            for target, entry in report.on_targets(stage).items()
+            if target == primary and not entry.emulated and entry.profile is not None]
     if not rows:
         return ""
     plt = pyplot()
@@ -114,14 +112,14 @@ def profile_svg(report: dict[str, Any]) -> str:
     return figure_svg(fig, plt)
 
 
-def _timed(report: dict[str, Any]) -> tuple[list[tuple[str, str, dict[str, Any]]], list[str]]:
+def _timed(report: Report) -> tuple[list[tuple[str, str, TargetEntry]], list[str]]:
     """(stage, target, entry) timed on a real device, and the targets whose timings were emulated."""
     rows, emulated = [], []
-    for stage in report["stages"]:
-        for target, entry in report_view.stage_targets(stage, report=report).items():
-            if report_view.latency_of(entry) is not None:
-                rows.append((stage["name"], target, entry))
-            elif entry.get("latency_ms") is not None and target not in emulated:
+    for stage in report.stages:
+        for target, entry in report.on_targets(stage).items():
+            if entry.timed_latency is not None:
+                rows.append((stage.name, target, entry))
+            elif entry.latency_ms is not None and target not in emulated:
                 emulated.append(target)
     return rows, emulated
 
@@ -132,7 +130,7 @@ def _horizontal(ax) -> dict[str, Any]:
             else {"vert": False})
 
 
-def latency_svg(report: dict[str, Any]) -> str:
+def latency_svg(report: Report) -> str:
     """One row per stage and target: the timings' box (quartiles, whiskers at the 1st and 99th percentile)
     where the report kept every timing, and in every row the p50 with its 95% interval and the p90."""
     rows, emulated = _timed(report)
@@ -148,8 +146,8 @@ def latency_svg(report: dict[str, Any]) -> str:
         y = len(rows) - 1 - index  # the first stage on top
         labels.append((y, f"{stage} @ {target}"))
         color = _color(report, target)
-        lat = entry["latency_ms"]
-        samples = entry.get("samples_ms")
+        lat = entry.latency_ms
+        samples = entry.samples_ms
         if samples:
             p1, q1, med, q3, p99 = np.percentile(np.asarray(samples, dtype=np.float64), [1, 25, 50, 75, 99])
             drawn = ax.bxp([{"med": med, "q1": q1, "q3": q3, "whislo": p1, "whishi": p99, "fliers": []}],
@@ -157,12 +155,12 @@ def latency_svg(report: dict[str, Any]) -> str:
                            boxprops={"facecolor": color, "alpha": 0.35, "edgecolor": color},
                            medianprops={"color": color}, whiskerprops={"color": color}, capprops={"color": color})
             drawn["boxes"][0].set_gid(plot_id("latency-box", stage, target))
-        ci = entry.get("p50_ci95_ms") or [lat["p50"], lat["p50"]]
-        below, above = max(lat["p50"] - ci[0], 0.0), max(ci[1] - lat["p50"], 0.0)  # a bootstrap CI may miss p50
-        marker, _, _ = ax.errorbar([lat["p50"]], [y], xerr=[[below], [above]], fmt="o", color=color, capsize=4,
+        ci = entry.p50_ci95_ms or (lat.p50, lat.p50)
+        below, above = max(lat.p50 - ci[0], 0.0), max(ci[1] - lat.p50, 0.0)  # a bootstrap CI may miss p50
+        marker, _, _ = ax.errorbar([lat.p50], [y], xerr=[[below], [above]], fmt="o", color=color, capsize=4,
                                    markersize=4, zorder=3)
         marker.set_gid(plot_id("latency", stage, target))
-        ax.plot([lat["p90"]], [y], marker="x", markersize=7, color="k", zorder=3)
+        ax.plot([lat.p90], [y], marker="x", markersize=7, color="k", zorder=3)
     ax.set_yticks([y for y, _ in labels], [label for _, label in labels])
     ax.set_xlabel("ms per run (dot: p50 with its 95% interval; x: p90; box: quartiles, whiskers p1-p99)")
     ax.set_title("latency per stage and target")
@@ -171,23 +169,24 @@ def latency_svg(report: dict[str, Any]) -> str:
     return figure_svg(fig, plt) + note
 
 
-def quality_svg(report: dict[str, Any]) -> str:
+def quality_svg(report: Report) -> str:
     """Quality against p50 for every stage and target; an emulated target's points are hollow, at the p50
     of the stage's first real target (their own timings are not latency)."""
     key, label, scale = quality_key(report)
     points = []  # (stage, target, p50, quality, hollow, x taken from, samples when a subset)
-    for stage in report["stages"]:
-        entries = report_view.stage_targets(stage, report=report)
-        real = next(((t, e) for t, e in entries.items() if report_view.latency_of(e) is not None), None)
+    for stage in report.stages:
+        entries = report.on_targets(stage)
+        real = next(((t, e) for t, e in entries.items() if e.timed_latency is not None), None)
         for target, entry in entries.items():
-            if key not in entry:
+            if key not in entry.values:
                 continue
             # A target that evaluated only the first N samples scores a different subset: the legend says so.
-            subset = next(iter(entry.get("evaluation", {}).values()), {}).get("samples")
-            if report_view.latency_of(entry) is not None:
-                points.append((stage["name"], target, entry["latency_ms"]["p50"], entry[key], False, target, subset))
-            elif entry["emulated"] and real is not None:
-                points.append((stage["name"], target, real[1]["latency_ms"]["p50"], entry[key], True, real[0], subset))
+            first = next(iter(entry.evaluation.values()), None)
+            subset = first.samples if first is not None else None
+            if entry.timed_latency is not None:
+                points.append((stage.name, target, entry.latency_ms.p50, entry.values[key], False, target, subset))
+            elif entry.emulated and real is not None:
+                points.append((stage.name, target, real[1].latency_ms.p50, entry.values[key], True, real[0], subset))
     if not points:
         return f"<p>No stage has both {key} and a latency: no quality plot.</p>"
     plt = pyplot()

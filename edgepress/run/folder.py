@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgepress.core import atomic
 from edgepress.core.errors import UserError
+from edgepress.report.model import is_report_json
 
 MARKER = ".edgepress-run.json"
 MARKER_SCHEMA = "edgepress.run-folder/1"
@@ -88,8 +89,7 @@ def earlier_run_names(folder: Path) -> set[str]:
     alone: NN-stage folders holding a stage record, a report.json of edgepress's schema with its report.md,
     report.html and plots, resume folders and target records of stages. A rerun on such a folder goes on from
     it; anything else in the folder stays the user's."""
-    report = _json_table(folder / "report.json")
-    ours_report = "schema" in report and str(report["schema"]).startswith("edgepress.report/")
+    ours_report = is_report_json(_json_table(folder / "report.json"))
     owned = set()
     for entry in folder.iterdir():
         name = entry.name

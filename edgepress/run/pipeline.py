@@ -18,6 +18,7 @@ from edgepress.measure import evaluation
 from edgepress.gate import budgets as gate
 from edgepress.measure import sizes as measure
 from edgepress.run import on_target
+from edgepress.report import model as report_model
 from edgepress.report import writer as report
 from edgepress.run import resume
 from edgepress.compress.training import distributed
@@ -488,43 +489,36 @@ class Pipeline:
         final = self.records[-1]
         checks = gate.evaluate(self.recipe.budgets, final=final["metrics"], reference=self.reference_metrics or {},
                                stage=final["name"], user=self._user_metric())
-        result = {
-            "schema": "edgepress.report/1",
-            "recipe": str(self.recipe.path),
-            "name": self.recipe.name,
-            "reference_stage": self.recipe.reference_stage,
-            # every later ONNX model is timed interleaved with this one (latency_ratio) and sized against it
-            "onnx_reference_stage": self.recipe.onnx_reference_stage,
-            "metric": self.task.metric.key,
+        checks = [report_model.GateCheck(**vars(check)) for check in checks]
+        checks += [report_model.GateCheck(**check) for check in self._target_checks(final)]
+        result = report_model.Report(
+            recipe=str(self.recipe.path),
+            name=self.recipe.name,
+            reference_stage=self.recipe.reference_stage,
+            onnx_reference_stage=self.recipe.onnx_reference_stage,
+            metric=self.task.metric.key,
             # What each of the metric's values means, so a reader needs no table (a user metric's included).
-            "metric_values": [{"key": v.key, "label": v.label, "higher_is_better": v.higher_is_better, "unit": v.unit}
-                              for v in self.task.values],
-            **({"metric_higher_is_better": self.recipe.data.higher_is_better} if self._user_metric() else {}),
-            **({"metric_output": self.task.output} if self.task.output else {}),
-            "target": {"name": self.recipe.target.name, "threads": self.recipe.target.threads},
-            "targets": [{"name": t.name, "threads": t.threads, "emulated": t.emulated, "evaluate": t.evaluate,
-                         "budgets": t.budgets.limits()}
-                        | ({"session": {"denormals": t.denormals, "disabled_optimizers": list(t.disabled_optimizers)}}
-                           if (t.denormals, t.disabled_optimizers) != ("keep", ()) else {})
-                        for t in self.recipe.targets],
-            "budgets": self.recipe.budgets.limits(),
-            "stages": self.records,
-            "warnings": [f"stage {r['name']}: {line}" for r in self.records for line in r["metrics"].get("warnings", [])],
-            "gate": gate.summary(checks, stage=final["name"]),
-        }
-        per_target = self._target_checks(final)
-        if per_target:
-            result["gate"]["checks"] += per_target
-            result["gate"]["violations"] += [{k: c[k] for k in ("budget", "limit", "value", "target")}
-                                             for c in per_target if not c["passed"]]
-            result["gate"]["passed"] = not result["gate"]["violations"]
+            metric_values=tuple(report_model.MetricValue(key=v.key, label=v.label, higher_is_better=v.higher_is_better,
+                                                         unit=v.unit) for v in self.task.values),
+            metric_higher_is_better=self.recipe.data.higher_is_better if self._user_metric() else None,
+            metric_output=self.task.output or None,
+            targets=tuple(report_model.TargetInfo(
+                name=t.name, threads=t.threads, emulated=t.emulated, evaluate=t.evaluate, budgets=t.budgets.limits(),
+                session=None if (t.denormals, t.disabled_optimizers) == ("keep", ()) else
+                report_model.SessionSettings(denormals=t.denormals, disabled_optimizers=tuple(t.disabled_optimizers)))
+                for t in self.recipe.targets),
+            budgets=self.recipe.budgets.limits(),
+            stages=tuple(report_model.Stage.from_json_dict(record, metric_values=self.task.keys)
+                         for record in self.records),
+            gate=report_model.Gate(stage=final["name"], checks=tuple(checks)),
+        )
         self.folder.claim(*report.file_names(result))
         try:
             report.write_all(result, out_dir=self.out_dir)
         except Exception as exc:
             self._raise_if_full(exc, self.out_dir, doing="the report was written")
             raise
-        return RunResult(report=result, out_dir=self.out_dir)
+        return RunResult(report=result.to_json_dict(), out_dir=self.out_dir)
 
 
 def slower_than_reference(targets: dict[str, Any]) -> list[str]:
