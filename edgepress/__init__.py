@@ -25,6 +25,11 @@ _API = {
     "check": "edgepress.api:check",
     "run": "edgepress.api:run",
     "bench": "edgepress.api:bench",
+    "gate": "edgepress.api:gate",
+    "output_folder": "edgepress.api:output_folder",
+    "Report": "edgepress.report.model:Report",
+    "read_report": "edgepress.report.model:read_report",
+    "GateResult": "edgepress.gating.release:GateResult",
     "UserError": "edgepress.core.errors:UserError",
     "STAGES": "edgepress.stages.registry:REGISTRY",
     # each stage's pure function and its settings: files or modules in, a result out

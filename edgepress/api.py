@@ -6,15 +6,20 @@ Errors are `edgepress.UserError` (problem and fix on one line) where the command
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgepress.recipe import Recipe, from_table
 from edgepress.recipe import load as _load
 
-__all__ = ["CheckResult", "bench", "check", "load_recipe", "recipe_from_dict", "run"]
+if TYPE_CHECKING:
+    from edgepress.gating.release import GateResult
+    from edgepress.report.model import Report
+
+__all__ = ["CheckResult", "bench", "check", "gate", "load_recipe", "output_folder", "recipe_from_dict", "run"]
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -42,7 +47,7 @@ class CheckResult:
 
 def check(recipe: Recipe | str | Path) -> CheckResult:
     """Validates the recipe, its files and data, and builds its model once to learn its inputs and outputs."""
-    from edgepress.run.pipeline import Pipeline, build_source, check_layer_names
+    from edgepress.running.pipeline import Pipeline, build_source, check_layer_names
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     pipeline = Pipeline(recipe, out_dir=Path(tempfile.gettempdir()))
@@ -59,17 +64,36 @@ def check(recipe: Recipe | str | Path) -> CheckResult:
                        output=pipeline.task.output)
 
 
+def output_folder(recipe: Recipe, out: str | Path | None = None) -> Path:
+    """Where `run` writes: `out`, or runs/<recipe name> under the working folder."""
+    return Path(os.path.abspath(out if out is not None else Path("runs") / recipe.name))
+
+
 def run(recipe: Recipe | str | Path, *, out: str | Path | None = None, force: bool = False,
-        rerun_from: str | None = None, adopt: bool = False):
-    """Runs every stage, measures each artifact on each target, writes the reports into `out` (default
-    runs/<recipe name>) and gates the release; returns the typed report. A violated budget is no exception:
-    read `report.gate.passed`. Reruns keep the stages whose input, settings and code are unchanged."""
-    from edgepress.run.pipeline import Pipeline
+        rerun_from: str | None = None, adopt: bool = False) -> Report | None:
+    """Runs every stage, measures each artifact on each target, writes the reports into `output_folder(recipe,
+    out)` and gates the release; returns the typed report (report.json's content). A violated budget is no
+    exception: read `report.gate.passed`. Reruns keep the stages whose input, settings and code are unchanged.
+    Under torchrun, ranks other than 0 get None: rank 0 reports for all."""
+    from edgepress.running.pipeline import Pipeline
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    result = Pipeline(recipe, out_dir=Path(out) if out is not None else Path("runs") / recipe.name, force=force,
-                      rerun_from=rerun_from, adopt=adopt).run()
-    return result
+    result = Pipeline(recipe, out_dir=output_folder(recipe, out), force=force, rerun_from=rerun_from,
+                      adopt=adopt).run()
+    return None if result is None else result.report
+
+
+def gate(report: Report | str | Path, *, budgets: str | Path | None = None,
+         baseline: Report | str | Path | None = None, max_p50_growth_percent: float | None = None) -> GateResult:
+    """`edgepress gate` in code: a finished run's report (a Report, or its report.json) held to the recipe's
+    budgets it recorded, or to a budgets file, and optionally to a baseline report; `.passed`, `.outcomes`."""
+    from edgepress.gating.release import gate_release
+
+    def path(value):
+        return Path(value) if isinstance(value, (str, Path)) else value
+
+    return gate_release(path(report), budgets=path(budgets), baseline=path(baseline),
+                        max_p50_growth_percent=max_p50_growth_percent)
 
 
 _PATH_OPTIONS = ("compare", "inputs", "identity_file")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -128,11 +127,13 @@ def tiny_recipe_with(stages_toml: str) -> str:
 
 
 def run_and_read_stages(folder: Path, *, text: str) -> dict:
-    """Run a recipe through the CLI, require success, and return {stage name: metrics}."""
-    recipe = write_recipe(folder, text=text)
-    proc = run_main("run", str(recipe), "--out", str(folder / "out"))
-    assert proc.returncode == 0, proc.stderr
-    return {s["name"]: s["metrics"] for s in json.loads((folder / "out" / "report.json").read_text())["stages"]}
+    """Run a recipe through the Python API, require its gate to pass, and return {stage name: metrics} as
+    report.json holds them."""
+    import edgepress
+
+    report = edgepress.run(write_recipe(folder, text=text), out=folder / "out")
+    assert report.gate.passed, report.gate.violations
+    return {s["name"]: s["metrics"] for s in report.to_json_dict()["stages"]}
 
 
 def one_node_model(path: Path, node, inputs, outputs, initializer=()) -> Path:

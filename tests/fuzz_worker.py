@@ -28,7 +28,7 @@ def main() -> int:
     channel = os.fdopen(os.dup(1), "w", buffering=1)  # the JSON answers; fd 1 itself is the case's
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
     from edgepress.cli.main import main as cli_main  # imported once: torch alone takes seconds
-    import edgepress.run.pipeline  # noqa: F401 - the stages and their libraries, before the first case's clock starts
+    import edgepress.running.pipeline  # noqa: F401 - the stages and their libraries, before the first case's clock starts
 
     native = tempfile.TemporaryFile()
     channel.write(json.dumps({"ready": os.getpid()}) + "\n")

@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
+import edgepress
 from edgepress.io.arrays import load_arrays
 from edgepress.core.errors import UserError
 from edgepress.models.tabular import diabetes
-from edgepress.run.pipeline import Pipeline
+from edgepress.running.pipeline import Pipeline
 from edgepress.core.data_spec import DatasetSpec
 from edgepress.recipe import from_table
 from edgepress.core.schema import SchemaError
@@ -39,8 +40,7 @@ def _recipe(name: str, tmp_path: Path, *, epochs: int = 40, **changes):
 
 
 def _run(recipe, tmp_path: Path) -> dict:
-    result = Pipeline(recipe, out_dir=tmp_path / "out").run()
-    return result.report
+    return edgepress.run(recipe, out=tmp_path / "out").to_json_dict()
 
 
 def _stage(report: dict, name: str) -> dict:

@@ -80,3 +80,25 @@ def test_bench_takes_the_commands_options_and_refuses_unknown_ones(tmp_path):
     result = edgepress.bench(model, runs=50, warmup="5", compare=model.with_name("relu.onnx"))
     assert result["target"] == "local" and result["runs"] == 50
     assert np.isfinite(result["latency_ms"]["p50"]) and "p50_ratio" in result["compare"]
+
+
+@pytest.mark.slow
+def test_run_returns_the_report_it_wrote_and_gate_agrees_with_the_command(tmp_path):
+    from tests.conftest import run_main
+
+    # This tiny INT8 file is nine tenths of its FP32 one (the graph weighs most), never a hundredth.
+    table = {**TINY_TABLE, "stages": [{"kind": "train", "epochs": 1, "batch_size": 32}, {"kind": "export"},
+                                      {"kind": "ptq"}], "budgets": {"size_ratio_max": 0.01}}
+    report = edgepress.run(edgepress.recipe_from_dict(table, base_dir=tmp_path), out=tmp_path / "out")
+    assert isinstance(report, edgepress.Report)
+    assert report == edgepress.read_report(tmp_path / "out" / "report.json")
+    assert report.final_stage.name == "ptq" and not report.gate.passed
+    assert [c.budget for c in report.gate.violations] == ["size_ratio_max"]
+    verdict = edgepress.gate(tmp_path / "out" / "report.json")
+    assert isinstance(verdict, edgepress.GateResult) and not verdict.passed
+    assert run_main("gate", str(tmp_path / "out" / "report.json")).returncode == 1
+    (tmp_path / "loose.toml").write_text("size_ratio_max = 0.99\n")
+    assert edgepress.gate(report, budgets=tmp_path / "loose.toml").passed
+    assert run_main("gate", str(tmp_path / "out" / "report.json"), "--budgets", str(tmp_path / "loose.toml")).returncode == 0
+    with pytest.raises(UserError, match="needs --baseline"):
+        edgepress.gate(report, max_p50_growth_percent=5)

@@ -22,8 +22,8 @@ LAYERS = (
     ("stages", ("edgepress.stages", "edgepress.compress", "edgepress.export")),
     ("recipe", ("edgepress.recipe",)),
     ("report", ("edgepress.report",)),
-    ("gate", ("edgepress.gate",)),
-    ("run", ("edgepress.run",)),
+    ("gating", ("edgepress.gating",)),
+    ("running", ("edgepress.running",)),
     ("api and cli", ("edgepress.cli", "edgepress.__main__", "edgepress.api", "edgepress")),
 )
 # Algorithms under compress/ never reach back into a compress/ stage module: stages call them, not the other way.

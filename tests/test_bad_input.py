@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 
-from edgepress.run.folder import MARKER
+from edgepress.running.folder import MARKER
 
 from tests.conftest import TINY_RECIPE, assert_one_line_error, requires_shared_data, run_main, shared_data, write_recipe
 

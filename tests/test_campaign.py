@@ -27,7 +27,7 @@ import pytest
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgepress.run.folder import RunFolder  # noqa: E402 - after the path, in script mode
+from edgepress.running.folder import RunFolder  # noqa: E402 - after the path, in script mode
 from tests import campaign_cases  # noqa: E402
 from tests.fuzz_harness import Case, Ending, classify, run_cases  # noqa: E402
 from tests.test_signals import relu_model, signal_once_timing, slow_run_recipe, start  # noqa: E402

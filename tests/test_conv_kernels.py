@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import edgepress
 from edgepress.compress.quant.conv_kernels import ConvForm, choose_conv_kernels, forms_for, integer_convs, rewrite
 from edgepress.compress.ptq import PtqSettings, quantize
 from edgepress.export.export import ExportSettings, export_onnx
@@ -171,11 +172,10 @@ def _ptq_kernels(report: dict) -> dict:
 
 
 def test_the_ptq_stage_times_its_convs_on_this_machine_and_records_the_choice(tmp_path):
-    from edgepress.run.pipeline import Pipeline
     from edgepress.runtime.isa import local_isa
 
     recipe = _tiny_recipe(tmp_path, '\n[target]\nname = "local"\nlatency = false\n')
-    kernels = _ptq_kernels(Pipeline(recipe, out_dir=tmp_path / "out").run().report)
+    kernels = _ptq_kernels(edgepress.run(recipe, out=tmp_path / "out").to_json_dict())
     if local_isa().u8s8_saturates:  # an AVX2 machine: the rewrites would not be exact here
         assert "int16" in kernels["skipped"]
         return
@@ -195,9 +195,8 @@ def test_the_ptq_stage_times_its_convs_on_this_machine_and_records_the_choice(tm
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-x86_64 (apt install qemu-user)")
 def test_a_target_whose_kernels_add_in_int16_turns_the_rewrites_off(tmp_path):
-    from edgepress.run.pipeline import Pipeline
 
     recipe = _tiny_recipe(tmp_path, '\n[[targets]]\nname = "local"\nlatency = false\n'
                                     '\n[[targets]]\nname = "qemu-x86_64:Haswell"\nlatency = false\n')
-    kernels = _ptq_kernels(Pipeline(recipe, out_dir=tmp_path / "out").run().report)
+    kernels = _ptq_kernels(edgepress.run(recipe, out=tmp_path / "out").to_json_dict())
     assert "int16" in kernels["skipped"] and "integer_convs" not in kernels

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from edgepress.run.folder import MARKER
+from edgepress.running.folder import MARKER
 
 # 541 training samples after the 10 % validation split: 8 full global batches of 64 and a last one
 # of 29, which splits 14 / 15 across two ranks, so the uneven-share loss weighting is exercised.

@@ -9,7 +9,7 @@ import tomllib
 
 import onnx
 
-from edgepress.run.pipeline import Pipeline
+import edgepress
 from edgepress.recipe import from_table
 from tests.conftest import ROOT, requires_shared_data
 
@@ -22,7 +22,7 @@ def test_the_detector_recipe_trains_quantizes_and_gates_on_map(tmp_path):
     table["data"]["training"]["kwargs"]["count"] = 1500
     table["data"]["evaluation"][0]["kwargs"]["count"] = 200
     table["target"]["latency"] = False  # the models are what is checked here, not their timing
-    report = Pipeline(from_table(table, path=tmp_path / "d.toml"), out_dir=tmp_path / "out").run().report
+    report = edgepress.run(from_table(table, path=tmp_path / "d.toml"), out=tmp_path / "out").to_json_dict()
     assert report["metric"] == "detection"
     by_name = {s["name"]: s["metrics"] for s in report["stages"]}
     untrained, trained, int8 = by_name["model"], by_name["train"], by_name["int8"]

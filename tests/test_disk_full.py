@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepress.run.folder import MARKER
+from edgepress.running.folder import MARKER
 from tests.conftest import TINY_RECIPE, write_recipe
 from tests.test_resume import STARTED, kept
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from edgepress.run.folder import MARKER
+from edgepress.running.folder import MARKER
 from edgepress.compress.distill import DistillSettings, distillation_loss
 from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, run_main, tiny_recipe_with, write_recipe
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepress.gate import regression
+from edgepress.gating import regression
 from edgepress.report import writer as report
 from edgepress.report import plots as report_plots
 from edgepress.report.model import Gate, GateCheck, read_report
@@ -271,7 +271,7 @@ def test_point_above_the_limit_with_overlapping_intervals_is_inconclusive(runs, 
 @pytest.mark.parametrize("p90_ms,noisy", [(8.7, True), (0.55, False)])
 def test_an_absolute_latency_budget_on_a_noisy_run_says_so(p90_ms, noisy):
     """A real case: p50 0.49 ms and p90 8.7 ms from a neighbour's spikes. The verdict stands, with its reason."""
-    from edgepress.gate import budgets as gate
+    from edgepress.gating import budgets as gate
     from edgepress.recipe import Budgets
 
     numbers = {"latency_ms": {"p50": 0.49, "p90": p90_ms}, "size_bytes": 1000}

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgepress.gate import budgets as gate
+from edgepress.gating import budgets as gate
 from edgepress.compress.int4_weights import Int4WeightsSettings, quantize_int4
 from edgepress.core.errors import UserError
 from edgepress.measure.metrics import METRICS

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from edgepress.report import plots as report_plots
-from edgepress.run.folder import MARKER
+from edgepress.running.folder import MARKER
 from tests.conftest import run_cli, run_main, write_recipe
 
 STAGE_KEYS = {"name", "kind", "artifact", "format", "sha256", "seconds", "metrics"}
@@ -91,7 +91,7 @@ def test_every_onnx_stage_after_the_reference_is_timed_against_it(tiny_run):
 def test_a_stage_surely_slower_than_its_reference_warns_in_every_report(tiny_run):
     """The tiny CNN's INT8 model (8 channels on 8x8 images) is all quantize/dequantize overhead: slower than FP32.
     Whichever way it measures, the warning is there exactly when the ratio's interval lies above 1."""
-    from edgepress.run.pipeline import slower_than_reference
+    from edgepress.running.pipeline import slower_than_reference
 
     folder, proc = tiny_run
     report = json.loads((folder / "out" / "report.json").read_text())

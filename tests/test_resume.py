@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepress.run.folder import MARKER, RunFolder
+from edgepress.running.folder import MARKER, RunFolder
 from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, write_recipe
 
 KEPT = re.compile(r"\[\d+/\d+\] \S+ -> (\d\d-\S+): kept")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepress.run import resume
+from edgepress.running import resume
 from edgepress.cli.main import main
 
 STAGES = ("00-model", "01-train", "02-export", "03-ptq")
@@ -189,7 +189,7 @@ def test_edgepress_code_redoes_everything(project, monkeypatch):
 def test_timings_against_the_onnx_reference_are_keyed_by_its_file():
     """A stage timed against the ONNX reference is re-timed when the reference's file changed, even when the stage
     itself did not (its ratio is to that file)."""
-    from edgepress.run import resume
+    from edgepress.running import resume
     from edgepress.recipe import BenchSpec, TargetSpec
 
     def key(reference):

@@ -1,4 +1,4 @@
-"""The run folder is edgepress's alone (edgepress/run/folder.py, edgepress/core/atomic.py): what it may claim,
+"""The run folder is edgepress's alone (edgepress/running/folder.py, edgepress/core/atomic.py): what it may claim,
 replace and clean, and the modes of what it writes. In process, on real folders."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from edgepress.core import atomic
 from edgepress.cli.main import main
 from edgepress.core.errors import UserError
-from edgepress.run.folder import MARKER, RunFolder
+from edgepress.running.folder import MARKER, RunFolder
 from tests.conftest import TINY_RECIPE, write_recipe
 
 

@@ -29,7 +29,7 @@ from edgepress.cli import main as cli
 from edgepress.core.errors import UserError
 from edgepress.targets import TargetOptions, open_target
 from edgepress.targets.ssh import PID_FILE
-from edgepress.run.pipeline import INCOMPLETE_TARGETS
+from edgepress.running.pipeline import INCOMPLETE_TARGETS
 from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, write_recipe
 from tests.runner_processes import kill_once_timing, wait_for
 

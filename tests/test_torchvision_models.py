@@ -119,7 +119,7 @@ def _assert_int8_follows(int8: np.ndarray, fp32: np.ndarray) -> None:
 
 
 def _evaluation_inputs(recipe, tmp_path: Path) -> np.ndarray:
-    from edgepress.run.pipeline import Pipeline
+    from edgepress.running.pipeline import Pipeline
 
     return Pipeline(recipe, out_dir=tmp_path / "data").prepare(probe_targets=False).evaluation[0].inputs
 
@@ -129,12 +129,12 @@ def _evaluation_inputs(recipe, tmp_path: Path) -> np.ndarray:
 @requires_torchvision
 @pytest.mark.parametrize("model", list(ENTRIES))
 def test_recipe_runs_through_every_stage(model, tmp_path):
-    from edgepress.run.pipeline import Pipeline
+    from edgepress.running.pipeline import Pipeline
 
     recipe = _short_recipe(f"cifar10-tv-{model}")
     assert recipe.model.entry == ENTRIES[model]
     result = Pipeline(recipe, out_dir=tmp_path / "run").run()
-    stages = {s["name"]: s for s in result.report["stages"]}
+    stages = {s["name"]: s for s in result.report.to_json_dict()["stages"]}
     assert list(stages) == ["model", "train", "prune", "distill", "export", "ptq"]
 
     trained, pruned = stages["train"]["metrics"], stages["prune"]["metrics"]
@@ -155,11 +155,11 @@ def test_recipe_runs_through_every_stage(model, tmp_path):
 @requires_torchvision
 def test_resnet18_qat_recipe(tmp_path):
     """The QAT recipe starts from the full recipe's trained model; here a short train stage stands in."""
-    from edgepress.run.pipeline import Pipeline
+    from edgepress.running.pipeline import Pipeline
 
     recipe = _short_recipe("cifar10-tv-resnet18-qat", stages_before=({"kind": "train", "epochs": 1},))
     result = Pipeline(recipe, out_dir=tmp_path / "run").run()
-    stages = {s["name"]: s for s in result.report["stages"]}
+    stages = {s["name"]: s for s in result.report.to_json_dict()["stages"]}
     assert list(stages) == ["model", "train", "qat"]
     int8_path = result.out_dir / stages["qat"]["artifact"]
     assert stages["qat"]["metrics"]["size_bytes"] < 0.3 * stages["train"]["metrics"]["size_bytes"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from edgepress.core import atomic
 from edgepress.core.errors import UserError
-from edgepress.run.folder import check_output_file
+from edgepress.running.folder import check_output_file
 from edgepress.core.schema import THREADS, Bounds
 from edgepress.targets import FORMS
 

@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 
 from edgepress.core import atomic
-from edgepress.gate import policy as gate_policy
-from edgepress.gate import summary as gate_summary
-from edgepress.gate import junit
-from edgepress.gate import regression
-from edgepress.gate import verdicts
+from edgepress.gating import summary as gate_summary
+from edgepress.gating import junit
+from edgepress.gating import regression
+from edgepress.gating import verdicts
+from edgepress.gating.release import check_growth_option, gate_release
 from edgepress.core.errors import UserError
-from edgepress.report.model import read_report
-from edgepress.run.folder import check_output_file
+from edgepress.running.folder import check_output_file
 
 HELP = "gate a run's report.json on budgets and against a baseline report; JUnit XML and Markdown for CI"
 
@@ -33,14 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="write a Markdown summary here (for a PR comment)")
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    if args.max_p50_growth_percent is not None:
-        if args.baseline is None:
-            raise UserError("--max-p50-growth-percent needs --baseline", fix="pass --baseline OLD_REPORT.json, "
-                            "or drop --max-p50-growth-percent")
-        if args.max_p50_growth_percent < 0:
-            raise UserError(f"--max-p50-growth-percent {args.max_p50_growth_percent:g} is negative",
-                            fix="pass 0 or more, e.g. --max-p50-growth-percent 10")
+def _check_outputs(args: argparse.Namespace) -> None:
     outputs = [p for p in (args.junit, args.markdown) if p is not None]
     for flag, path in (("--junit", args.junit), ("--markdown", args.markdown)):
         if path is not None:
@@ -49,25 +41,13 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UserError("--junit and --markdown name the same file", fix="give each its own path")
 
 
-def _growth(args: argparse.Namespace, policy: gate_policy.Policy) -> float:
-    for value in (args.max_p50_growth_percent, policy.max_p50_growth_percent):
-        if value is not None:
-            return value
-    return regression.DEFAULT_MAX_P50_GROWTH_PERCENT
-
-
 def run(args: argparse.Namespace) -> int:
     # Everything that can fail on bad input is read and checked before anything is written.
-    _check_options(args)
-    report = read_report(args.report)
-    policy = gate_policy.load(args.budgets, report=report) if args.budgets else gate_policy.from_report(report)
-    gate_policy.check_against(policy, report)
-    outcomes = verdicts.budget_outcomes(report, policy)
-    comparison = None
-    if args.baseline is not None:
-        baseline = read_report(args.baseline, role="baseline")
-        comparison = regression.compare(report, baseline, max_growth_percent=_growth(args, policy))
-        outcomes += regression.outcomes(comparison)
+    check_growth_option(args.max_p50_growth_percent, has_baseline=args.baseline is not None)
+    _check_outputs(args)
+    result = gate_release(args.report, budgets=args.budgets, baseline=args.baseline,
+                          max_p50_growth_percent=args.max_p50_growth_percent)
+    report, outcomes, policy, comparison = result.report, list(result.outcomes), result.policy, result.comparison
 
     if args.junit is not None:
         junit.write(args.junit, outcomes, recipe=report.name, targets=report.target_names())

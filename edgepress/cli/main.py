@@ -81,33 +81,30 @@ def _check(recipe_path: Path) -> int:
 
 def _run(recipe_path: Path, out: Path | None, *, force: bool = False, rerun_from: str | None = None,
          adopt: bool = False) -> int:
-    from edgepress import recipe as recipe_mod
-    from edgepress.run.pipeline import Pipeline
+    from edgepress import api
 
-    recipe = recipe_mod.load(recipe_path)
+    recipe = api.load_recipe(recipe_path)
     # Under `torchrun --nproc_per_node N -m edgepress run ...` every rank trains; rank 0 alone writes and reports.
     joined = distributed.init()
     try:
-        result = Pipeline(recipe, out_dir=out or Path("runs") / recipe.name, force=force, rerun_from=rerun_from,
-                          adopt=adopt).run()
+        report = api.run(recipe, out=out, force=force, rerun_from=rerun_from, adopt=adopt)
     finally:
         if joined:
             distributed.teardown()
-    if result is None:
+    if report is None:
         return EXIT_OK  # a rank other than 0: rank 0 reports for all
-    gate = result.report["gate"]
-    for line in result.report.get("warnings", []):
+    for line in report.warnings:
         print(f"edgepress: warning: {line}", file=sys.stderr)
-    for check in gate["checks"]:
-        note = f" ({check['note']})" if check.get("note") else ""
-        if not check["passed"]:
-            print(f"edgepress: budget violated: {check['budget']} = {check['value']:.4g} (limit {check['limit']:g})"
-                  + note, file=sys.stderr)
+    for check in report.gate.checks:
+        note = f" ({check.note})" if check.note else ""
+        if not check.passed:
+            print(f"edgepress: budget violated: {check.budget} = {check.value:.4g} (limit {check.limit:g})" + note,
+                  file=sys.stderr)
         elif note:
-            print(f"edgepress: budget held: {check['budget']}{note}", file=sys.stderr)
-    verdict = "passed" if gate["passed"] else "FAILED"
-    print(f"gate {verdict}; report: {result.out_dir / 'report.md'} and report.html, machine-readable report.json")
-    return EXIT_OK if gate["passed"] else EXIT_BUDGET
+            print(f"edgepress: budget held: {check.budget}{note}", file=sys.stderr)
+    verdict = "passed" if report.gate.passed else "FAILED"
+    print(f"gate {verdict}; report: {api.output_folder(recipe, out) / 'report.md'} and report.html, machine-readable report.json")
+    return EXIT_OK if report.gate.passed else EXIT_BUDGET
 
 
 def main(argv: list[str] | None = None) -> int:

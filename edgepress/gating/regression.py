@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgepress.core.errors import UserError
-from edgepress.gate.verdicts import Outcome
+from edgepress.gating.verdicts import Outcome
 from edgepress.report.model import Report, TargetEntry
 
 DEFAULT_MAX_P50_GROWTH_PERCENT = 10.0

@@ -3,8 +3,8 @@ comparison with the baseline, and the per-target table folded away."""
 
 from __future__ import annotations
 
-from edgepress.gate.regression import Comparison
-from edgepress.gate.verdicts import Outcome
+from edgepress.gating.regression import Comparison
+from edgepress.gating.verdicts import Outcome
 from edgepress.report import writer as report
 from edgepress.report.model import Report
 

@@ -15,20 +15,20 @@ import numpy as np
 
 from edgepress.core import atomic
 from edgepress.measure import evaluation
-from edgepress.gate import budgets as gate
+from edgepress.gating import budgets as gate
 from edgepress.measure import sizes as measure
-from edgepress.run import on_target
+from edgepress.running import on_target
 from edgepress.report import model as report_model
 from edgepress.report import writer as report
-from edgepress.run import resume
+from edgepress.running import resume
 from edgepress.compress.training import distributed
 from edgepress.measure.datasets import DataProvider
 from edgepress.core.errors import UserError
-from edgepress.run.model_inputs import input_names_of, input_shape_of, output_infos, tokenizer_of
+from edgepress.running.model_inputs import input_names_of, input_shape_of, output_infos, tokenizer_of
 from edgepress.core.progress import say
 from edgepress.recipe import Recipe
-from edgepress.run.folder import RunFolder, write_error
-from edgepress.run.lock import output_lock
+from edgepress.running.folder import RunFolder, write_error
+from edgepress.running.lock import output_lock
 from edgepress.stages.stage import ARTIFACT_FILE, Artifact, StageContext, StageOutput
 from edgepress.stages.registry import REGISTRY
 from edgepress.targets import PartialMeasurement
@@ -37,12 +37,12 @@ from edgepress.measure.task import Task, resolve
 
 @dataclass(frozen=True)
 class RunResult:
-    report: dict[str, Any]
+    report: report_model.Report  # what report.json holds
     out_dir: Path
 
     @property
     def passed(self) -> bool:
-        return bool(self.report["gate"]["passed"])
+        return self.report.gate.passed
 
 
 def build_source(recipe: Recipe, *, work_dir: Path, input_shape: tuple[int, ...], log,
@@ -518,7 +518,7 @@ class Pipeline:
         except Exception as exc:
             self._raise_if_full(exc, self.out_dir, doing="the report was written")
             raise
-        return RunResult(report=result.to_json_dict(), out_dir=self.out_dir)
+        return RunResult(report=result, out_dir=self.out_dir)
 
 
 def slower_than_reference(targets: dict[str, Any]) -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edgepress.gate import budgets as gate
-from edgepress.gate.policy import Policy
+from edgepress.gating import budgets as gate
+from edgepress.gating.policy import Policy
 from edgepress.report.model import Report
 
 # passed and failed as usual; inconclusive: a p50 above its limit whose intervals overlap the baseline's

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from edgepress.core import atomic
-from edgepress.gate.verdicts import Outcome
+from edgepress.gating.verdicts import Outcome
 
 
 def _counts(outcomes: list[Outcome]) -> dict[str, str]:
