@@ -12,6 +12,7 @@ from edgepress.measure import metrics
 from edgepress.measure.datasets import DataSpec
 from edgepress.measure.metrics import usable_budgets
 from edgepress.stages.registry import REGISTRY
+from edgepress.targets import check_name, is_emulated
 from edgepress.core.schema import (SAMPLES, SEEDS, THREADS, SchemaError, bounded, closest, parse, read_toml,
                               unknown_key_error, within)
 
@@ -116,8 +117,6 @@ class TargetSpec:
     budgets: Budgets = Budgets()
 
     def __post_init__(self) -> None:
-        from edgepress.targets import check_name
-
         check_name(self.name)
         for name in self.disabled_optimizers:
             if not name.isidentifier():
@@ -130,7 +129,7 @@ class TargetSpec:
 
     @property
     def emulated(self) -> bool:
-        return self.name.startswith("qemu-")
+        return is_emulated(self.name)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 
+import edgepress
 from edgepress.io import torch_artifact
 from edgepress.compress.distill import DistillSettings, distillation_loss
 from edgepress.compress.training.hints import FeatureHints
@@ -153,9 +153,9 @@ def test_prune_then_distill_with_hints_runs_and_saves_the_student_only(tmp_path)
     recipe = write_recipe(tmp_path, text=HINT_RECIPE.format(epochs=2, budgets="",
                                                             layers='"features.5", "classifier"'))
     out = tmp_path / "out"
-    proc = run_main("run", str(recipe), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    stages = {s["name"]: s for s in json.loads((out / "report.json").read_text())["stages"]}
+    report = edgepress.run(recipe, out=out)
+    assert report.gate.passed, report.gate.violations
+    stages = {s["name"]: s for s in report.to_json_dict()["stages"]}
     hints = stages["distill"]["metrics"]["distill"]["hints"]
     assert hints["weight"] == 0.5
     assert [(p["student_layer"], p["student_width"], p["teacher_width"], p["adapter"]) for p in hints["pairs"]] == [

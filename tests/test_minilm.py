@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
+import edgepress
 from edgepress.gating import budgets as gate
 from edgepress.compress.int4_weights import Int4WeightsSettings, quantize_int4
 from edgepress.core.errors import UserError
@@ -67,8 +68,8 @@ size_bytes = 25000000
 @pytest.fixture(scope="module")
 def minilm_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("minilm")
-    proc = run_main("run", str(write_recipe(folder, text=RECIPE)), "--out", str(folder / "out"))
-    assert proc.returncode == 0, proc.stderr
+    report = edgepress.run(write_recipe(folder, text=RECIPE), out=folder / "out")
+    assert report.gate.passed, report.gate.violations
     return folder / "out"
 
 

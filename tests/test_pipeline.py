@@ -7,6 +7,7 @@ import json
 import onnx
 import pytest
 
+import edgepress
 from edgepress.report import plots as report_plots
 from edgepress.running.folder import MARKER
 from tests.conftest import run_cli, run_main, write_recipe
@@ -230,7 +231,7 @@ def test_runs_without_checkpoint_are_reproducible(tmp_path):
     recipe = write_recipe(tmp_path, epochs=1)
     reports = []
     for out in ("a", "b"):
-        assert run_main("run", str(recipe), "--out", str(tmp_path / out)).returncode == 0
+        assert edgepress.run(recipe, out=tmp_path / out).gate.passed
         reports.append(json.loads((tmp_path / out / "report.json").read_text()))
     for first, second in zip(*(r["stages"] for r in reports)):
         assert first["metrics"]["accuracy"] == second["metrics"]["accuracy"], first["name"]

@@ -15,7 +15,7 @@ from edgepress.compress.accuracy_aware_ptq import AccuracyAwarePtqSettings, cand
 from edgepress.core.errors import UserError
 from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.runtime.isa import Isa, local_isa, parse_cpuinfo
-from tests.conftest import requires_shared_data, run_cli, write_recipe
+from tests.conftest import requires_shared_data, run_main, write_recipe
 
 AVX2 = Isa(arch="x86_64")
 
@@ -187,7 +187,7 @@ def test_stage_in_a_recipe_reports_every_node_precision(tmp_path):
         [target]
         threads = 1
         ''')
-    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     quantization = report["stages"][-1]["metrics"]["quantization"]

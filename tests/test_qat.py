@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import onnx
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import TINY_RECIPE, assert_one_line_error, requires_shared_data, run_main, write_recipe
+import edgepress
 from edgepress.compress.quant.conv_kernels import ConvForm, integer_convs, rewrite
 from edgepress.compress.quant.qat_export import check_integer_kernels, int8_weights
 from edgepress.compress.quant.qat_graph import QatGraph
@@ -166,9 +166,8 @@ def _tiny_qat_recipe(settings: str) -> str:
 def test_qat_stage_in_a_recipe_reports_parity_and_integer_kernels(tmp_path):
     text = _tiny_qat_recipe("epochs = 1\nparity_samples = 300\nchoose_conv_kernels = true")
     recipe = write_recipe(tmp_path, text=text.format(epochs=3, budgets=""))
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = edgepress.run(recipe, out=tmp_path / "out").to_json_dict()
+    assert report["gate"]["passed"], report["gate"]
     stage = next(s for s in report["stages"] if s["name"] == "qat")
     qat = stage["metrics"]["qat"]
     assert qat["parity"]["top1_agreement"] >= 0.995
@@ -242,9 +241,7 @@ def test_real_resnet20_qat_recipe_shortened(tmp_path):
     assert shortened.count("limit = 256") == 2 and "limit = 500" in shortened
     recipe = tmp_path / "resnet20-qat.toml"
     recipe.write_text(shortened)
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode in (0, 1), proc.stderr[-2000:]
-    stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
+    stages = {s["name"]: s["metrics"] for s in edgepress.run(recipe, out=tmp_path / "out").to_json_dict()["stages"]}
     qat = stages["qat"]["qat"]
     assert qat["weight_bits"] in (7, 8) and qat["int8_weights"] == 19  # 18 convolutions + the classifier
     assert qat["onnxruntime_kernels"]["float_compute_nodes"] == 1  # the first conv, as the recipe asks

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+import edgepress
 from edgepress.measure.metrics import TIMED_BUDGETS
 from edgepress.runtime.isa import local_isa
-from tests.conftest import requires_shared_data, run_main
+from tests.conftest import requires_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,9 +30,7 @@ def test_recipe_reproduces_fp32_and_gates_int8(tmp_path, recipe, raw_accuracy, j
         text = text.replace(JPEG_SET, "")
     path = tmp_path / recipe  # its only path is {data}/..., which resolves the same from here
     path.write_text(text)
-    proc = run_main("run", str(path), "--out", str(tmp_path / "out"))
-    assert proc.returncode in (0, 1), proc.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = edgepress.run(path, out=tmp_path / "out").to_json_dict()
     stages = {s["name"]: s["metrics"] for s in report["stages"]}
     for fp32 in ("model", "export"):  # torch, then the ONNX model under ONNX Runtime
         evaluation = stages[fp32]["evaluation"]
@@ -74,9 +72,7 @@ def test_prune_kd_recipe_flows_through_export_ptq_and_gate(tmp_path):
     assert "limit = 500" in shortened and "limit = 250" in shortened
     recipe = tmp_path / "prune-kd.toml"  # its only path is {data}/..., which resolves the same from here
     recipe.write_text(shortened)
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode in (0, 1), proc.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = edgepress.run(recipe, out=tmp_path / "out").to_json_dict()
     stages = {s["name"]: s["metrics"] for s in report["stages"]}
     assert list(stages) == ["model", "teacher", "prune_depth", "prune", "distill", "export", "ptq"]
     assert stages["distill"]["distill"]["teacher"] == "teacher"

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import edgepress
 from tests.conftest import TINY_RECIPE, assert_one_line_error, run_main, write_recipe
 
 LOCAL_EVALUATED = """
@@ -25,9 +26,8 @@ def recipe_text(targets: str, *, budgets: str = "") -> str:
 
 def test_a_target_that_evaluates_reports_and_gates_its_own_numbers(tmp_path):
     recipe = write_recipe(tmp_path, text=recipe_text(LOCAL_EVALUATED.format(agreement_min=0.9)))
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = edgepress.run(recipe, out=tmp_path / "out").to_json_dict()
+    assert report["gate"]["passed"], report["gate"]
     assert report["targets"] == [{"name": "local", "threads": 1, "emulated": False, "evaluate": True,
                                   "budgets": {"agreement_min": 0.9}}]
     for stage in report["stages"]:
@@ -97,9 +97,8 @@ def test_a_targets_session_settings_reach_the_runner_and_the_report(tmp_path):
     targets = ('[[targets]]\nname = "local"\nthreads = 1\ndenormals = "zero"\n'
                'disabled_optimizers = ["SkipLayerNormFusion"]\n')
     recipe = write_recipe(tmp_path, text=recipe_text(targets))
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = edgepress.run(recipe, out=tmp_path / "out").to_json_dict()
+    assert report["gate"]["passed"], report["gate"]
     wanted = {"denormals": "zero", "disabled_optimizers": ["SkipLayerNormFusion"]}
     assert report["targets"][0]["session"] == wanted
     timed = [stage["metrics"]["targets"]["local"] for stage in report["stages"] if stage["format"] == "onnx"]

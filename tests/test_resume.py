@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgepress.running.folder import MARKER, RunFolder
-from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, write_recipe
+from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, run_main, write_recipe
 
 KEPT = re.compile(r"\[\d+/\d+\] \S+ -> (\d\d-\S+): kept")
 STARTED = re.compile(r"\[\d+/\d+\] \S+ -> (\d\d-\S+)$")
@@ -39,6 +39,19 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def edgepress_run(*args: str):
+    """`edgepress run` in this process, on one torch thread as the subprocess runs compute on: the same floats."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_main("run", *args, env=ONE_THREAD)
+    finally:
+        torch.set_num_threads(before)
+
+
+def edgepress_run_process(*args: str):
+    """The command in a process of its own: for reruns that go on two at a time, in threads."""
     return run_cli("run", *args, env=ONE_THREAD)
 
 
@@ -189,7 +202,7 @@ def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and
         printed, _ = _run_until(recipe, out, stage=stage, delay_s=delay)
         landed = ([m for _, line in printed if (m := STARTED.search(line))] or [None])[-1]
         complete = _complete(out)
-        rerun = edgepress_run(str(recipe), "--out", str(out))
+        rerun = edgepress_run_process(str(recipe), "--out", str(out))
         train_log = out / "01-train" / "stage.log"
         resumed = re.search(r"resuming train after epoch (\d+)", train_log.read_text()) if train_log.exists() else None
         return {"moment": (stage, round(delay, 2)), "landed": landed.group(1) if landed else "startup",

@@ -214,8 +214,8 @@ def test_guest_sees_the_chosen_cpu(cache_env, tmp_path):
 @pytest.mark.slow
 def test_bench_cli_on_cortex_a53_is_marked_emulated(prepared, tmp_path):
     model = _tiny_model(tmp_path / "tiny.onnx")
-    proc = run_cli("bench", str(model), "--target", "qemu-aarch64:cortex-a53", "--runs", "20", "--warmup", "2",
-                   env={"EDGEPRESS_CACHE": str(prepared.cache)})
+    proc = run_main("bench", str(model), "--target", "qemu-aarch64:cortex-a53", "--runs", "20", "--warmup", "2",
+                    env={"EDGEPRESS_CACHE": str(prepared.cache)})
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["target"] == "qemu-aarch64:cortex-a53"
@@ -282,15 +282,15 @@ def test_unknown_cpu_names_the_closest(tmp_path):
 def test_missing_setup_names_the_setup_command(tmp_path):
     model = _tiny_model(tmp_path / "tiny.onnx")
     (tmp_path / "empty-cache").mkdir()
-    proc = run_cli("bench", str(model), "--target", "qemu-aarch64",
-                   env={"EDGEPRESS_CACHE": str(tmp_path / "empty-cache")})
+    proc = run_main("bench", str(model), "--target", "qemu-aarch64",
+                    env={"EDGEPRESS_CACHE": str(tmp_path / "empty-cache")})
     assert_one_line_error(proc, "not set up", "`edgepress target setup qemu-aarch64`")
 
 
 def test_missing_qemu_names_the_debian_package(tmp_path):
     model = _tiny_model(tmp_path / "tiny.onnx")
     (tmp_path / "bin").mkdir()
-    proc = run_cli("bench", str(model), "--target", "qemu-aarch64:cortex-a53", env={"PATH": str(tmp_path / "bin")})
+    proc = run_main("bench", str(model), "--target", "qemu-aarch64:cortex-a53", env={"PATH": str(tmp_path / "bin")})
     assert_one_line_error(proc, "qemu-aarch64 is not installed", "qemu-user")
 
 
@@ -348,7 +348,7 @@ stages = ["ptq"]
 budgets = { accuracy_drop_points = 100.0 }
 """ % DOT_CPU
     recipe = write_recipe(tmp_path, text=TINY_RECIPE.format(epochs=2, budgets="agreement_min = 0.9") + targets)
-    proc = run_cli("run", str(recipe), "--out", str(tmp_path / "out"), env={"EDGEPRESS_CACHE": str(prepared.cache)})
+    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"), env={"EDGEPRESS_CACHE": str(prepared.cache)})
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     ptq = report["stages"][-1]["metrics"]

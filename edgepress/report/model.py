@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Union
 
 from edgepress.core.errors import UserError
 from edgepress.measure.metrics import VALUES
+from edgepress.targets import is_emulated
 
 SCHEMA = "edgepress.report/2"
 SCHEMA_PREFIX = SCHEMA.rpartition("/")[0] + "/"
@@ -43,7 +44,6 @@ READABLE = (SCHEMA, SCHEMA_V1)
 # Quality numbers whatever the metric: every value of the metric table, and a target's answers against the host's.
 BUILTIN_VALUES = frozenset(VALUES) | {"same_as_host"}
 # Not latency: a target whose timings are emulated. A report that does not list a target says so by its name.
-EMULATED_PREFIX = "qemu-"
 
 
 class ReportShapeError(ValueError):
@@ -321,7 +321,7 @@ class Report:
 
     def emulated(self, target: str) -> bool:
         listed = next((t for t in self.targets if t.name == target), None)
-        return listed.emulated if listed is not None else target.startswith(EMULATED_PREFIX)
+        return listed.emulated if listed is not None else is_emulated(target)
 
     def on_targets(self, stage: Stage) -> dict[str, TargetEntry]:
         """{target name: that target's numbers for this stage, with the artifact's size, params and MACs}, in
@@ -448,14 +448,14 @@ def _upgrade_v1(table: dict[str, Any]) -> dict[str, Any]:
     if "targets" not in table and isinstance(target, dict) and isinstance(target.get("name"), str):
         name = target["name"]
         table["targets"] = [{"name": name, "threads": target.get("threads", 1),
-                             "emulated": name.startswith(EMULATED_PREFIX), "evaluate": False,
+                             "emulated": is_emulated(name), "evaluate": False,
                              "budgets": {c["budget"]: c["limit"] for c in checks if c.get("target") == name}}]
     listed = table.get("targets")
     listed = {t["name"]: t for t in listed if isinstance(t, dict) and "name" in t} if isinstance(listed, list) else {}
     primary = target["name"] if isinstance(target, dict) and "name" in target else next(iter(listed), None)
 
     def emulated(name: str) -> bool:
-        return bool(listed[name].get("emulated", False)) if name in listed else name.startswith(EMULATED_PREFIX)
+        return bool(listed[name].get("emulated", False)) if name in listed else is_emulated(name)
 
     stages = table.get("stages")
     for stage in stages if isinstance(stages, list) else []:

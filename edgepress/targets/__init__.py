@@ -67,7 +67,8 @@ def _module(name: str):
 
 
 def is_emulated(name: str) -> bool:
-    return SCHEMES[scheme_of(name)].emulated
+    scheme = SCHEMES.get(scheme_of(name))
+    return bool(scheme and scheme.emulated)
 
 
 def known_isa(name: str) -> "Isa | None":
