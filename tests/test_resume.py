@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgepress.running.folder import MARKER, RunFolder
-from tests.conftest import TINY_RECIPE, assert_one_line_error, run_cli, run_main, write_recipe
+from tests.conftest import TINY_RECIPE, assert_one_line_error, run_main, write_recipe
 
 KEPT = re.compile(r"\[\d+/\d+\] \S+ -> (\d\d-\S+): kept")
 STARTED = re.compile(r"\[\d+/\d+\] \S+ -> (\d\d-\S+)$")
@@ -50,9 +51,30 @@ def edgepress_run(*args: str):
         torch.set_num_threads(before)
 
 
-def edgepress_run_process(*args: str):
-    """The command in a process of its own: for reruns that go on two at a time, in threads."""
-    return run_cli("run", *args, env=ONE_THREAD)
+class Rerunner:
+    """A process of its own (tests/fuzz_worker.py) that runs `edgepress run` in process, rerun after rerun, on
+    one thread: reruns go on two at a time, in threads, and each then costs its own work, not a fresh
+    interpreter importing torch."""
+
+    def __init__(self, folder: Path) -> None:
+        from tests.fuzz_harness import _Worker
+
+        env = {**{k: v for k, v in os.environ.items() if k != "EDGEPRESS_DEBUG"}, **ONE_THREAD}
+        self.worker = _Worker(env=env, cwd=folder, log=folder / "worker.log")
+        self.count = 0
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        from tests.fuzz_harness import Case
+
+        self.count += 1
+        self.worker.send(Case(id=self.count, kind="recipes/run", label="rerun", argv=["run", *args], timeout_s=300))
+        while True:
+            answers = self.worker.lines()
+            assert answers is not None, (self.worker.log.name, "the rerun worker died")
+            for answer in answers:
+                if answer.get("id") == self.count:
+                    assert answer["escaped"] is None, answer["escaped"]
+                    return subprocess.CompletedProcess(args, answer["code"], answer["stdout"], answer["stderr"])
 
 
 def kept(stderr: str) -> list[str]:
@@ -202,7 +224,11 @@ def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and
         printed, _ = _run_until(recipe, out, stage=stage, delay_s=delay)
         landed = ([m for _, line in printed if (m := STARTED.search(line))] or [None])[-1]
         complete = _complete(out)
-        rerun = edgepress_run_process(str(recipe), "--out", str(out))
+        rerunner = rerunners.get()
+        try:
+            rerun = rerunner.run(str(recipe), "--out", str(out))
+        finally:
+            rerunners.put(rerunner)
         train_log = out / "01-train" / "stage.log"
         resumed = re.search(r"resuming train after epoch (\d+)", train_log.read_text()) if train_log.exists() else None
         return {"moment": (stage, round(delay, 2)), "landed": landed.group(1) if landed else "startup",
@@ -211,8 +237,16 @@ def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and
                 "leftovers": sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != MARKER),
                 "resumed_epoch": int(resumed.group(1)) if resumed else None}
 
-    with ThreadPoolExecutor(max_workers=2) as pool:  # two at once: 2 cores, and the kill moments need not be exact
-        results = list(pool.map(kill_and_rerun, range(len(moments))))
+    rerunners: queue.Queue[Rerunner] = queue.Queue()
+    for index in range(2):
+        (tmp_path / f"rerunner{index}").mkdir()
+        rerunners.put(Rerunner(tmp_path / f"rerunner{index}"))
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:  # two at once: 2 cores, and the kill moments need not be exact
+            results = list(pool.map(kill_and_rerun, range(len(moments))))
+    finally:
+        while not rerunners.empty():
+            rerunners.get().worker.stop(kill=True)
 
     table = "\n".join(f"{r['moment']} landed in {r['landed']}: complete {len(r['complete'])}, rerun rc {r['rc']}, "
                       f"kept {len(r['kept'])}, same {r['same']}" for r in results)
