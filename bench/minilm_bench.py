@@ -31,7 +31,8 @@ import numpy as np
 from edgepress.compress.dynamic_int8 import DynamicInt8Settings, quantize_int8
 from edgepress.compress.int4_weights import Int4WeightsSettings, quantize_int4
 from edgepress.compress.fuse_transformer import fuse_transformer
-from edgepress.measure.evaluation import embedding_similarity
+from edgepress.measure.metrics import METRICS
+from edgepress.measure.scores.fidelity import cosine_per_sample
 from edgepress.export.export_transformer import export_transformer
 from edgepress.models.minilm import minilm_l6, minilm_tokenizer
 from edgepress.models.text import load_pydoc, tokenize
@@ -65,7 +66,6 @@ def thread_flushes_denormals(denormals: str) -> bool:
 
     ONNX Runtime (1.32) sets the calling thread's flag once, from the first session a process opens, so
     call this before any other session: it multiplies 1e-30 by 1e-10, a denormal 1e-40 unless flushed."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -100,7 +100,10 @@ def measure_minilm(*, threads: list[int], sentences: int = 300, seq_len: int = 1
         log(f"built {', '.join(paths)} at sequence length {seq_len}")
         embeddings = {name: predict_feeds(open_session(path, threads=os.cpu_count() or 1, **session), feeds, batch_size=32)
                       for name, path in paths.items()}
-        quality = {name: embedding_similarity(values, embeddings[FP32]) for name, values in embeddings.items()}
+        # the recipe's text metric, as the pipeline scores a stage against its reference
+        quality = {name: METRICS["cosine"].compare({"output": values}, {"output": embeddings[FP32]}, None)
+                   | {"cosine": float(cosine_per_sample(values, embeddings[FP32]).mean())}
+                   for name, values in embeddings.items()}
         sample = {name: values[:1] for name, values in feeds.items()}  # batch 1: one sentence, padded to seq_len
         for count in threads:
             times = interleaved_latency(paths, sample, threads=count, rounds=ROUNDS, runs_per_round=RUNS_PER_ROUND,
