@@ -22,7 +22,8 @@ from edgepress.stages.stage import Artifact, StageContext, StageDef, StageOutput
 @bounded
 class Int4WeightsSettings:
     block_size: int = within(16, 1 << 16, default=32, help="weights per scale, along the input axis; a power of two")
-    symmetric: bool = setting(True, help="symmetric 4-bit blocks (no zero point); false: asymmetric, with one")
+    symmetric: bool = setting(True, help="symmetric 4-bit blocks (no zero point); false: asymmetric, with a zero "
+                                         "point per block")
     accuracy_level: Literal[0, 1, 2, 3, 4] = setting(
         0, help="MatMulNBits' accuracy level: 0, float activations (ONNX Runtime's default); 1 to 3, computed in "
                 "float32, float16, bfloat16; 4, activations INT8 inside the kernel (no faster on AVX2)")
