@@ -1,4 +1,5 @@
-"""`edgepress check | run | demo | bench`: exit 0 ok, 1 a budget is violated, 2 bad input or any error."""
+"""`edgepress check | run | demo | bench | gate | metrics | stages | target`: exit 0 ok, 1 a budget is violated,
+2 bad input or any error."""
 
 from __future__ import annotations
 
