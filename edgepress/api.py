@@ -96,9 +96,6 @@ def gate(report: Report | str | Path, *, budgets: str | Path | None = None,
                         max_p50_growth_percent=max_p50_growth_percent)
 
 
-_PATH_OPTIONS = ("compare", "inputs", "identity_file")
-
-
 def bench(model: str | Path, **options: Any) -> dict[str, Any]:
     """`edgepress bench` in code: the latency JSON of an ONNX model on a target. Options are the command's flags
     with underscores (target="qemu-aarch64", compare=path, threads=2, runs=500, duration=5.0, inputs=path,
@@ -110,11 +107,12 @@ def bench(model: str | Path, **options: Any) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="edgepress bench", add_help=False)
     bench_command.add_arguments(parser)
     args = parser.parse_args([str(model)])
-    names = sorted(vars(args).keys() - {"model", "json_path"})
+    # Each option's type as the command declares it (paths become Path, as the command line makes them).
+    types = {action.dest: action.type for action in parser._actions if action.dest not in ("model", "json_path")}
     for key, value in options.items():
-        if key not in names:
-            guess = closest(key, names)
+        if key not in types:
+            guess = closest(key, sorted(types))
             raise UserError(f"bench() has no option {key!r}",
-                            fix=f"did you mean {guess!r}?" if guess else f"use one of {', '.join(names)}")
-        setattr(args, key, Path(value) if key in _PATH_OPTIONS and value is not None else value)
+                            fix=f"did you mean {guess!r}?" if guess else f"use one of {', '.join(sorted(types))}")
+        setattr(args, key, Path(value) if types[key] is Path and value is not None else value)
     return bench_command.measure(args)

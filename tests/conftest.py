@@ -110,6 +110,23 @@ def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     return subprocess.CompletedProcess(["edgepress", *args], code, out.getvalue(), err.getvalue())
 
 
+# One thread for torch (OMP_NUM_THREADS in a child): runs that must compute the same floats as each other.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def run_main_on_one_thread(*args: str) -> subprocess.CompletedProcess:
+    """`run_main` on one torch thread, as a child started with ONE_THREAD computes: the same floats, bit for bit
+    (a resumed run against an uninterrupted one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_main(*args, env=ONE_THREAD)
+    finally:
+        torch.set_num_threads(before)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr

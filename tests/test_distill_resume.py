@@ -14,7 +14,8 @@ import torch
 
 from edgepress.running.folder import MARKER
 from edgepress.compress.distill import DistillSettings, distillation_loss
-from tests.conftest import TINY_RECIPE, assert_one_line_error, run_main, tiny_recipe_with, write_recipe
+from tests.conftest import (ONE_THREAD, TINY_RECIPE, assert_one_line_error, run_main, run_main_on_one_thread,
+                            tiny_recipe_with, write_recipe)
 
 
 def test_distillation_loss_matches_its_formula():
@@ -99,25 +100,12 @@ def test_teacher_that_is_not_a_finished_stage(tmp_path):
     assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'export'")
 
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def _run_on_one_thread(recipe, out):
-    """`edgepress run` in this process, on the one torch thread the killed process trains on: the same floats."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run_main("run", str(recipe), "--out", str(out), env=ONE_THREAD)
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_training_killed_mid_run_resumes_to_identical_weights(tmp_path):
     text = TINY_RECIPE.format(epochs=12, budgets="").replace("limit = 400", "limit = 1400")
     text = text.replace('[[stages]]\nkind = "export"\n\n[[stages]]\nkind = "ptq"\n', "")
     recipe = write_recipe(tmp_path, text=text)
-    clean = _run_on_one_thread(recipe, tmp_path / "clean")
+    clean = run_main_on_one_thread("run", str(recipe), "--out", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr
 
     out = tmp_path / "killed"
@@ -133,7 +121,7 @@ def test_training_killed_mid_run_resumes_to_identical_weights(tmp_path):
     victim.wait()
     assert not (out / "01-train").exists() and checkpoint.exists()
 
-    resumed = _run_on_one_thread(recipe, out)
+    resumed = run_main_on_one_thread("run", str(recipe), "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr
     log = (out / "01-train" / "stage.log").read_text()
     assert "resuming train after epoch" in log

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgepress.running.folder import MARKER, RunFolder
-from tests.conftest import TINY_RECIPE, assert_one_line_error, run_main, write_recipe
+from tests.conftest import ONE_THREAD, TINY_RECIPE, assert_one_line_error, run_main_on_one_thread, write_recipe
 
 KEPT = re.compile(r"\[\d+/\d+\] \S+ -> (\d\d-\S+): kept")
 STARTED = re.compile(r"\[\d+/\d+\] \S+ -> (\d\d-\S+)$")
@@ -34,21 +34,12 @@ FIVE_STAGES = TINY_RECIPE.format(epochs=40, budgets="").replace(
     # exported does not matter here, only that the stage is redone or kept.
     '[[stages]]\nkind = "export"\nexporter = "torchscript"\n').replace("warmup_runs = 5\nruns = 200", "warmup_runs = 2\nruns = 200")
 STAGES = ["00-model", "01-train", "02-prune", "03-distill", "04-export", "05-ptq"]
+
+
 # Two runs at once on two cores: torch's second thread would spin against the other run and slow both
-# a hundredfold. One thread everywhere in this file, so every run computes the same floats.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
+# a hundredfold. One thread everywhere in this file (ONE_THREAD), so every run computes the same floats.
 def edgepress_run(*args: str):
-    """`edgepress run` in this process, on one torch thread as the subprocess runs compute on: the same floats."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run_main("run", *args, env=ONE_THREAD)
-    finally:
-        torch.set_num_threads(before)
+    return run_main_on_one_thread("run", *args)
 
 
 class Rerunner:

@@ -128,12 +128,6 @@ INCOMPLETE_TARGETS = ".targets-incomplete.json"
 STAGE_WAIT_S = 4 * 3600
 
 
-def where_stages_run(recipe: Recipe) -> dict[str, Any]:
-    """The StageContext fields a recipe decides: its targets (primary first), their threads, the reference stage."""
-    return {"targets": tuple(target.name for target in recipe.targets), "threads": recipe.target.threads,
-            "reference_stage": recipe.reference_stage}
-
-
 class _StageLog:
     def __init__(self, path: Path) -> None:
         self.fh = open(path, "a", encoding="utf-8")
@@ -255,9 +249,8 @@ class Pipeline:
             with atomic.atomic_dir(folder) as work:
                 log = _StageLog(work / "stage.log")
                 try:
-                    ctx = StageContext(data=data, work_dir=work, log=log, resume_dir=resume_dir,
-                                       source_sha256=source_sha256, artifacts=dict(self.artifacts), task=self.task,
-                                       **where_stages_run(recipe))
+                    ctx = self._stage_context(data=data, work_dir=work, log=log, resume_dir=resume_dir,
+                                              source_sha256=source_sha256)
                     started = time.monotonic()
                     if spec is None:
                         first = data.evaluation[0]
@@ -297,6 +290,15 @@ class Pipeline:
         atomic.write_json(folder / "metrics.json", record["metrics"])
         resume.save(folder, key=stage_key, record=record, outputs=None, target_keys=keys)
 
+    def _stage_context(self, *, data: DataProvider, work_dir: Path, log, resume_dir: Path,
+                       source_sha256: str) -> StageContext:
+        """What a stage may know: the run's data, task and finished stages, and from the recipe only where its
+        models run (its targets, primary first, and their threads) and the reference stage."""
+        return StageContext(data=data, work_dir=work_dir, log=log, resume_dir=resume_dir, source_sha256=source_sha256,
+                            artifacts=dict(self.artifacts), task=self.task,
+                            targets=tuple(target.name for target in self.recipe.targets),
+                            threads=self.recipe.target.threads, reference_stage=self.recipe.reference_stage)
+
     def _train_along(self, *, kind: str, spec, source: Artifact | None, data: DataProvider, resume_dir: Path) -> None:
         """A rank other than 0 trains its share of a training stage in lock-step with rank 0 (same
         source artifact, same resume folder), into a scratch folder that is then discarded; it skips
@@ -304,9 +306,8 @@ class Pipeline:
         if spec is None or "training" not in REGISTRY[kind].needs:
             return
         with tempfile.TemporaryDirectory(prefix=f"edgepress-rank{distributed.rank()}-") as scratch:
-            ctx = StageContext(data=data, work_dir=Path(scratch), log=lambda _: None,
-                               resume_dir=resume_dir, source_sha256=resume.file_sha256(source.path) if source else "",
-                               artifacts=dict(self.artifacts), task=self.task, **where_stages_run(self.recipe))
+            ctx = self._stage_context(data=data, work_dir=Path(scratch), log=lambda _: None, resume_dir=resume_dir,
+                                      source_sha256=resume.file_sha256(source.path) if source else "")
             REGISTRY[kind].run(source, spec.settings, ctx)
 
     def _raise_if_full(self, exc: Exception, folder: Path, *, doing: str) -> None:
