@@ -138,6 +138,20 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     return errors[0]
 
 
+def assert_user_error(call, *fragments: str) -> str:
+    """An API call on bad input, as assert_one_line_error checks the command line: `edgepress.UserError` (never
+    another exception), whose one line names the problem, each fragment and the fix. Returns that line."""
+    from edgepress.core.errors import UserError
+
+    with pytest.raises(UserError) as caught:
+        call()
+    line = caught.value.one_line()
+    for fragment in fragments:
+        assert fragment in line, line
+    assert caught.value.fix.strip(), line
+    return line
+
+
 def tiny_recipe_with(stages_toml: str) -> str:
     """TINY_RECIPE with `stages_toml` ([[stages]] tables) inserted after training, before export."""
     return TINY_RECIPE.replace('[[stages]]\nkind = "export"', stages_toml.strip() + '\n\n[[stages]]\nkind = "export"')
