@@ -158,7 +158,7 @@ def test_changed_settings_budgets_force_from_and_a_damaged_artifact(clean, tmp_p
     assert deterministic(report_of(out)) == deterministic(report_of(clean_out))
 
     assert_one_line_error(edgepress_run(str(recipe), "--out", str(out), "--from", "exprot"),
-                          "--from 'exprot'", "did you mean 'export'")
+                          "'exprot' names no stage", "did you mean 'export'")
     assert_one_line_error(edgepress_run(str(recipe), "--out", str(out), "--from", "export", "--force"))
 
 

@@ -43,7 +43,8 @@ def test_an_empty_folder_is_taken_and_any_other_refused_unless_adopted(tmp_path,
     if content:
         with pytest.raises(UserError, match="did not create") as refused:
             RunFolder(out).check()
-        assert "edgepress-run" in refused.value.fix and "--adopt" in refused.value.fix
+        assert "edgepress-run" in refused.value.fix
+        assert "--adopt" in refused.value.fix and "adopt=True" in refused.value.fix  # the CLI's and the API's
     else:
         RunFolder(out).check()
     RunFolder(out, adopt=True).check()

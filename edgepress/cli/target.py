@@ -24,9 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgepress.targets import TargetOptions, scheme_of
+    from edgepress.targets import FORMS, SCHEMES, TargetOptions, scheme_of
     from edgepress.targets import qemu, qemu_setup
 
+    if scheme_of(args.target) not in SCHEMES:
+        raise UserError(f"unknown target {args.target!r}", fix=f"name one of {FORMS}")
     if scheme_of(args.target) != qemu.SCHEME:
         raise UserError(f"target {args.target!r} needs no setup",
                         fix="only qemu-aarch64 is set up here; local and ssh:// devices need `pip install onnxruntime "

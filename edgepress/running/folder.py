@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgepress.core import atomic
 from edgepress.core.errors import UserError
+from edgepress.running.options import ADOPT, OUT
 from edgepress.report.model import is_report_json
 
 MARKER = ".edgepress-run.json"
@@ -32,20 +33,20 @@ def write_error(path: Path, exc: OSError, *, doing: str) -> UserError:
     path = Path(path)
     if exc.errno == errno.ENAMETOOLONG:
         return UserError(f"the output path {path} is too long for the file system ({doing})",
-                         fix="pass a shorter --out, or a shorter recipe name")
+                         fix=f"pass a shorter {OUT}, or a shorter recipe name")
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
         blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
         return UserError(f"the output folder {path} cannot be made: {blocker} is a file ({doing})",
-                         fix="pass --out a folder path that does not lie under a file")
+                         fix=f"pass {OUT} a folder path that does not lie under a file")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
         return UserError(f"cannot write to the output folder {path} ({reason}, {doing})",
-                         fix="pass --out a folder you can write to, or make this one writable")
+                         fix=f"pass {OUT} a folder you can write to, or make this one writable")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(f"the disk holding {path} is full ({doing})",
-                         fix="free space on it, or pass another --out")
+                         fix=f"free space on it, or pass another {OUT}")
     return UserError(f"cannot write to the output folder {path} ({exc.strerror or exc}, {doing})",
-                     fix="pass --out a folder you can write to")
+                     fix=f"pass {OUT} a folder you can write to")
 
 
 def check_output_file(path: Path, *, flag: str, inputs: tuple[Path | None, ...] = ()) -> None:
@@ -141,7 +142,7 @@ class RunFolder:
                 if not ancestor.is_dir():
                     where = "is" if ancestor == path else f"lies under {ancestor}, which is"
                     raise UserError(f"the output folder {path} {where} a file",
-                                    fix="pass --out a new or existing folder, e.g. a subfolder beside that file")
+                                    fix=f"pass {OUT} a new or existing folder, e.g. a subfolder beside that file")
                 break
         if not path.is_dir():
             return
@@ -157,7 +158,7 @@ class RunFolder:
         if entries and not self.adopt:
             raise UserError(f"the output folder {path} already holds files that edgepress did not create "
                             f"({', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''})",
-                            fix=f"pass --out a new subfolder such as {path / 'edgepress-run'}, or add --adopt to "
+                            fix=f"pass {OUT} a new subfolder such as {path / 'edgepress-run'}, or add {ADOPT} to "
                                 "write beside them (edgepress then touches none of them)")
 
     def _read_marker(self) -> set[str] | None:
@@ -190,7 +191,7 @@ class RunFolder:
                    and ((self.path / n).exists() or (self.path / n).is_symlink())]
         if clashes:
             raise UserError(f"{self.path / clashes[0]} exists and is not edgepress's (a run would replace it)",
-                            fix="move it out of the way, or pass --out a new folder")
+                            fix=f"move it out of the way, or pass {OUT} a new folder")
         new = set(names) - self.owned
         if new or not (self.path / MARKER).exists():
             self.owned |= new

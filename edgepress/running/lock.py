@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from edgepress.core.errors import UserError
+from edgepress.running.options import OUT
 
 LOCK_NAME = ".edgepress.lock"
 
@@ -35,7 +36,7 @@ def output_lock(out_dir: Path) -> Iterator[None]:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise UserError(f"another edgepress run is using {out_dir} ({holder})",
-                            fix="wait for it to finish, or pass another --out") from None
+                            fix=f"wait for it to finish, or pass another {OUT}") from None
         # The holder before us may have removed the file between our open and our lock: then we hold a lock
         # on a file nobody else can see, and must take the one now at the path.
         try:

@@ -29,6 +29,7 @@ from edgepress.core.progress import say
 from edgepress.recipe import Recipe
 from edgepress.running.folder import RunFolder, write_error
 from edgepress.running.lock import output_lock
+from edgepress.running.options import OUT
 from edgepress.stages.stage import ARTIFACT_FILE, Artifact, StageContext, StageOutput
 from edgepress.stages.registry import REGISTRY
 from edgepress.targets import PartialMeasurement
@@ -315,7 +316,7 @@ class Pipeline:
             return
         free = shutil.disk_usage(folder).free
         raise UserError(f"the disk holding {self.out_dir} is full ({free / 2**20:.1f} MiB free) while {doing}",
-                        fix="free space on it (or pass another --out) and rerun the same command: finished stages "
+                        fix=f"free space on it (or pass another {OUT}) and rerun the same command: finished stages "
                             "are kept") from None
 
     def _keep(self, record: dict[str, Any], produced: list[dict[str, np.ndarray]]) -> None:

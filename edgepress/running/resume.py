@@ -26,6 +26,7 @@ from edgepress.core import atomic
 from edgepress.core import user_code
 from edgepress.measure.datasets import DataProvider
 from edgepress.core.errors import UserError
+from edgepress.running.options import FROM
 from edgepress.stages.code_version import code_version
 
 STAGE_FILE = "stage.json"
@@ -157,5 +158,5 @@ def check_from(stage: str | None, names: list[str]) -> None:
 
     close = difflib.get_close_matches(stage, names, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise UserError(f"--from {stage!r} names no stage of this recipe",
+    raise UserError(f"{FROM} {stage!r} names no stage of this recipe",
                     fix=f"{hint}the stages are: {', '.join(names)}")
