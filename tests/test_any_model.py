@@ -15,6 +15,7 @@ from edgepress.io.arrays import load_arrays
 from edgepress.core.errors import UserError
 from edgepress.models.tabular import diabetes
 from edgepress.running.pipeline import Pipeline
+from edgepress.report.model import read_report
 from edgepress.core.data_spec import DatasetSpec
 from edgepress.recipe import from_table
 from edgepress.core.schema import SchemaError
@@ -186,6 +187,9 @@ def test_a_multi_output_model_is_judged_per_output_and_a_user_metric_gates_by_na
     assert set(checks) == {"within_20_min", "within_20_drop_max"}
     assert 0.0 <= _stage(report, "export")["within_20"] <= 1.0
     assert checks["within_20_drop_max"]["value"] == pytest.approx(0.0, abs=1e-9)  # export keeps the answers
+    typed = read_report(tmp_path / "user" / "out" / "report.json")
+    for stage in typed.stages:  # the torch stage too: its one row holds the user metric's value, not a dash
+        assert all("within_20" in entry.values for entry in typed.on_targets(stage).values()), stage.name
 
 
 def test_pruning_keeps_every_output_layer_of_a_multi_head_model_whole():

@@ -335,7 +335,7 @@ class Report:
             found[self.primary_target] = TargetEntry(
                 emulated=self.emulated(self.primary_target), latency_ms=metrics.latency_ms,
                 latency_ratio=metrics.latency_ratio, peak_memory_bytes=metrics.peak_memory_bytes,
-                values={k: v for k, v in metrics.values.items() if k in BUILTIN_VALUES}, **shared)
+                values=dict(metrics.values), **shared)
         for name, entry in tables.items():
             found[name] = dataclasses.replace(entry, **{k: v for k, v in shared.items() if getattr(entry, k) is None})
         order = self.target_names()
