@@ -1,4 +1,5 @@
-"""Bad input: one line naming the problem and the fix, exit 2, no traceback, nothing half-written."""
+"""Bad input: edgepress.UserError, one line naming the problem and the fix (the command line's exit 2), nothing
+half-written."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import shutil
 
 import numpy as np
 
+import edgepress
 from edgepress.running.folder import MARKER
 
-from tests.conftest import TINY_RECIPE, assert_one_line_error, requires_shared_data, run_main, shared_data, write_recipe
+from tests.conftest import TINY_RECIPE, assert_user_error, requires_shared_data, shared_data, write_recipe
 
 
 def recipe_with(tmp_path, *, epochs: int = 1, **replace: str):
@@ -21,28 +23,28 @@ def recipe_with(tmp_path, *, epochs: int = 1, **replace: str):
 
 def test_misspelt_key(tmp_path):
     recipe = recipe_with(tmp_path, **{"batch_size = 32": "batchsize = 32"})
-    assert_one_line_error(run_main("check", str(recipe)), "batchsize", "did you mean 'batch_size'")
+    assert_user_error(lambda: edgepress.check(recipe), "batchsize", "did you mean 'batch_size'")
 
 
 def test_wrong_type(tmp_path):
     recipe = recipe_with(tmp_path, **{"limit = 64": "limit = 'many'"})
-    assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "limit", "must be int")
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"), "limit", "must be int")
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_recipe(tmp_path):
-    assert_one_line_error(run_main("check", str(tmp_path / "nope.toml")), "does not exist")
+    assert_user_error(lambda: edgepress.check(tmp_path / "nope.toml"), "does not exist")
 
 
 def test_missing_data_file(tmp_path):
     recipe = recipe_with(tmp_path, **{'evaluation = [{ dataset = "digits:test" }]': 'evaluation = [{ path = "absent.npz" }]'})
-    assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "absent.npz")
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"), "absent.npz")
     assert not (tmp_path / "out").exists()
 
 
 def test_input_shape_that_does_not_fit(tmp_path):
     recipe = recipe_with(tmp_path, **{'name = "small_cnn_8"': 'name = "small_cnn_28"'})
-    assert_one_line_error(run_main("check", str(recipe)), "[1, 8, 8]", "[1, 28, 28]")
+    assert_user_error(lambda: edgepress.check(recipe), "[1, 8, 8]", "[1, 28, 28]")
 
 
 def test_file_that_is_not_onnx(tmp_path):
@@ -54,7 +56,7 @@ def test_file_that_is_not_onnx(tmp_path):
         [data]
         evaluation = [{{ dataset = "digits:test" }}]
     """)
-    assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "not a valid ONNX model")
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"), "not a valid ONNX model")
 
 
 def test_onnx_with_fixed_input_that_does_not_fit_the_data(tmp_path):
@@ -69,7 +71,7 @@ def test_onnx_with_fixed_input_that_does_not_fit_the_data(tmp_path):
         [data]
         evaluation = [{{ dataset = "digits:test" }}]
     """)
-    assert_one_line_error(run_main("check", str(recipe)), "[1, 8, 8]", "[3, 4, 4]")
+    assert_user_error(lambda: edgepress.check(recipe), "[1, 8, 8]", "[3, 4, 4]")
 
 
 @requires_shared_data
@@ -81,7 +83,7 @@ def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path):
         [data]
         evaluation = [{{ dataset = "cifar10:test_raw_1017", limit = 8 }}]
     """)
-    line = assert_one_line_error(run_main("check", str(recipe)), "layer1.3")
+    line = assert_user_error(lambda: edgepress.check(recipe), "layer1.3")
     assert "resnet" in line.lower()
 
 
@@ -89,20 +91,19 @@ def test_corrupt_checkpoint(tmp_path):
     bad = tmp_path / "ck.pt"
     bad.write_bytes(np.random.default_rng(0).bytes(4096))
     recipe = recipe_with(tmp_path, **{'name = "small_cnn_8"': f'name = "small_cnn_8"\ncheckpoint = "{bad}"'})
-    assert_one_line_error(run_main("check", str(recipe)), "ck.pt")
+    assert_user_error(lambda: edgepress.check(recipe), "ck.pt")
 
 
 def test_failing_stage_leaves_no_half_written_folder_and_keeps_earlier_ones(tmp_path):
     good = recipe_with(tmp_path)
     out = tmp_path / "out"
-    assert run_main("run", str(good), "--out", str(out)).returncode == 0
+    assert edgepress.run(good, out=out).gate.passed
     before = (out / "03-ptq" / "model.onnx").read_bytes()
     export_before = (out / "02-export" / "model.onnx").read_bytes()
 
     # Same output folder, a ptq stage that fails mid-run: the finished ptq artifact must survive.
     bad = recipe_with(tmp_path, **{'kind = "ptq"': 'kind = "ptq"\nnodes_to_exclude = ["no_such_node"]'})
-    proc = run_main("run", str(bad), "--out", str(out))
-    assert_one_line_error(proc, "no_such_node", "matches no node")
+    assert_user_error(lambda: edgepress.run(bad, out=out), "no_such_node", "matches no node")
     assert (out / "03-ptq" / "model.onnx").read_bytes() == before
     assert (out / "02-export" / "model.onnx").is_file()
     assert len((out / "02-export" / "model.onnx").read_bytes()) == len(export_before)
@@ -112,7 +113,7 @@ def test_failing_stage_leaves_no_half_written_folder_and_keeps_earlier_ones(tmp_
 def test_failing_stage_in_fresh_folder_leaves_nothing_for_it(tmp_path):
     bad = recipe_with(tmp_path, **{'kind = "ptq"': 'kind = "ptq"\nnodes_to_exclude = ["no_such_node"]'})
     out = tmp_path / "out"
-    assert_one_line_error(run_main("run", str(bad), "--out", str(out)), "no_such_node")
+    assert_user_error(lambda: edgepress.run(bad, out=out), "no_such_node")
     assert (out / "02-export" / "model.onnx").is_file()
     assert not (out / "03-ptq").exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MARKER]

@@ -7,13 +7,14 @@ import onnx
 import pytest
 import torch
 
+import edgepress
 from edgepress.io import torch_artifact
 from edgepress.compress.prune_depth import DepthSettings, remove_blocks
 from edgepress.compress.sparsify import SparsifySettings, sparsify
 from edgepress.core.errors import UserError
 from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.models.zoo import build_model
-from tests.conftest import assert_one_line_error, run_and_read_stages, run_main, tiny_recipe_with, write_recipe
+from tests.conftest import assert_user_error, run_and_read_stages, tiny_recipe_with, write_recipe
 from tests.test_prune import built
 
 
@@ -128,4 +129,4 @@ kind = "prune_depth"
 blocks = 1
 ''')
     recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
-    assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "removable_blocks")
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"), "removable_blocks")

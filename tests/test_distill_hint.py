@@ -14,7 +14,7 @@ from edgepress.compress.training.hints import FeatureHints
 from edgepress.compress.training.loop import fit
 from edgepress.core.errors import UserError
 from edgepress.models.small_cnn import small_cnn
-from tests.conftest import assert_one_line_error, run_main, tiny_recipe_with, write_recipe
+from tests.conftest import assert_user_error, tiny_recipe_with, write_recipe
 
 PROBE = torch.zeros(2, 1, 8, 8)
 
@@ -145,8 +145,8 @@ hint_weight = 0.5
 
 def test_unknown_hint_layer_is_a_one_line_error(tmp_path):
     recipe = write_recipe(tmp_path, text=HINT_RECIPE.format(epochs=1, budgets="", layers='"features.44"'))
-    assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")),
-                          "'features.44'", "did you mean 'features.4'?")
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"),
+                      "'features.44'", "did you mean 'features.4'?")
 
 
 def test_prune_then_distill_with_hints_runs_and_saves_the_student_only(tmp_path):

@@ -12,10 +12,11 @@ import time
 import pytest
 import torch
 
+import edgepress
 from edgepress.running.folder import MARKER
 from edgepress.compress.distill import DistillSettings, distillation_loss
-from tests.conftest import (ONE_THREAD, TINY_RECIPE, assert_one_line_error, run_main, run_main_on_one_thread,
-                            tiny_recipe_with, write_recipe)
+from tests.conftest import (ONE_THREAD, TINY_RECIPE, assert_user_error, run_main_on_one_thread, tiny_recipe_with,
+                            write_recipe)
 
 
 def test_distillation_loss_matches_its_formula():
@@ -83,9 +84,9 @@ early_stopping_patience = 2
 
 def test_prune_then_distill_runs_and_shrinks_the_exported_graph(tmp_path):
     recipe = write_recipe(tmp_path, text=PRUNE_DISTILL.format(epochs=4, budgets=""))
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr
-    stages = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["stages"]}
+    report = edgepress.run(recipe, out=tmp_path / "out")
+    assert report.gate.passed, report.gate.violations
+    stages = {s["name"]: s["metrics"] for s in report.to_json_dict()["stages"]}
     assert stages["prune"]["params"] < 0.6 * stages["train"]["params"]
     assert stages["distill"]["distill"]["teacher"] == "train"
     assert "val_accuracy" in stages["distill"]["distill"]["history"][-1]
@@ -97,7 +98,7 @@ def test_prune_then_distill_runs_and_shrinks_the_exported_graph(tmp_path):
 def test_teacher_that_is_not_a_finished_stage(tmp_path):
     recipe = write_recipe(tmp_path, text=PRUNE_DISTILL.format(epochs=1, budgets="").replace('teacher = "train"',
                                                                                              'teacher = "export"'))
-    assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'export'")
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"), "teacher 'export'")
 
 
 @pytest.mark.slow

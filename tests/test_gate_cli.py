@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import edgepress
 from edgepress.gating import regression
 from edgepress.report import writer as report
 from edgepress.report import plots as report_plots
@@ -29,8 +30,8 @@ def runs(tmp_path_factory):
     sample and the p50 interval) and an emulated qemu-aarch64 entry."""
     folder = tmp_path_factory.mktemp("gate")
     recipe = write_recipe(folder, epochs=1, budgets="size_bytes = 1000000\nagreement_min = 0.5")
-    proc = run_main("run", str(recipe), "--out", str(folder / "out"))
-    assert proc.returncode == 0, proc.stderr
+    ran = edgepress.run(recipe, out=folder / "out")
+    assert ran.gate.passed, ran.gate.violations
     plain = json.loads((folder / "out" / "report.json").read_text())
     two = copy.deepcopy(plain)
     for stage in two["stages"]:

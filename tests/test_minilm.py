@@ -23,7 +23,7 @@ from edgepress.measure.scores.fidelity import cosine_per_sample
 from edgepress.models.text import PYDOC_TEST_SIZE, load_pydoc, minilm_dir, tokenize
 from edgepress.recipe import Budgets, from_table
 from edgepress.runtime.session import open_session, predict_feeds
-from tests.conftest import assert_one_line_error, run_main, write_recipe
+from tests.conftest import assert_user_error, write_recipe
 
 
 def _similarity(embeddings, reference):
@@ -176,8 +176,8 @@ def test_onnx_text_model_fed_a_longer_sequence_is_one_line_error(minilm_run, tmp
         tokenizer = "{minilm_dir() / 'tokenizer.json'}"
         evaluation = [{{ dataset = "pydoc_topics:test", limit = 4 }}]
         """)
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert_one_line_error(proc, "'input_ids' of shape [32]", "takes ['N', 16]", "input_shape")
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"),
+                      "'input_ids' of shape [32]", "takes ['N', 16]", "input_shape")
 
 
 @pytest.mark.slow
@@ -190,12 +190,12 @@ def test_onnx_text_model_without_a_tokenizer_is_one_line_error(minilm_run, tmp_p
         metric = "cosine"
         evaluation = [{{ dataset = "pydoc_topics:test", limit = 4 }}]
         """)
-    assert_one_line_error(run_main("check", str(recipe)), "names no tokenizer", "tokenizer.json")
+    assert_user_error(lambda: edgepress.check(recipe), "names no tokenizer", "tokenizer.json")
 
 
 def test_sequence_longer_than_the_model_reads_is_one_line_error(tmp_path):
     recipe = write_recipe(tmp_path, text=RECIPE.replace(f"input_shape = [{SEQUENCE_LENGTH}]", "input_shape = [600]"))
-    assert_one_line_error(run_main("check", str(recipe)), "at most 512 tokens", "input_shape = [n]")
+    assert_user_error(lambda: edgepress.check(recipe), "at most 512 tokens", "input_shape = [n]")
 
 
 def _table(**changes) -> dict:

@@ -1,8 +1,12 @@
-"""A whole recipe through the real CLI: stage folders, report contract, gate exit codes."""
+"""A whole recipe through the Python API: stage folders, report contract, the gate; and what `edgepress run` itself
+prints and exits with."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -17,17 +21,21 @@ STAGE_KEYS = {"name", "kind", "artifact", "format", "sha256", "seconds", "metric
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The tiny recipe run once through the Python API: its folder, and the run (its typed report, and what it
+    printed on stderr)."""
     folder = tmp_path_factory.mktemp("tiny")
     # A 2.4 k-parameter model's INT8 file is mostly graph (Q/DQ nodes and their scales): about 0.90 of FP32's size.
     recipe = write_recipe(folder, budgets="size_bytes = 1000000\naccuracy_drop_points = 5.0\nagreement_min = 0.9\n"
                                           "latency_ratio_max = 20.0\nsize_ratio_max = 0.95\npeak_memory_bytes = 2000000000")
-    proc = run_main("run", str(recipe), "--out", str(folder / "out"))
-    return folder, proc
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        report = edgepress.run(recipe, out=folder / "out")
+    return folder, SimpleNamespace(report=report, stderr=printed.getvalue())
 
 
 def test_run_passes_gate_and_writes_every_stage(tiny_run):
-    folder, proc = tiny_run
-    assert proc.returncode == 0, proc.stderr
+    folder, ran = tiny_run
+    assert ran.report.gate.passed, ran.report.gate.violations
     out = folder / "out"
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00-model", "01-train", "02-export", "03-ptq"]
     for stage_dir, artifact in (("00-model", "model.pt"), ("01-train", "model.pt"), ("02-export", "model.onnx"),
@@ -36,7 +44,7 @@ def test_run_passes_gate_and_writes_every_stage(tiny_run):
         assert (out / stage_dir / "stage.log").is_file()
         json.loads((out / stage_dir / "metrics.json").read_text())
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MARKER], "temporary files left behind"
-    assert "[edgepress]" in proc.stderr  # progress is shown
+    assert "[edgepress]" in ran.stderr  # progress is shown
 
 
 def test_report_follows_the_contract(tiny_run):
@@ -94,14 +102,15 @@ def test_a_stage_surely_slower_than_its_reference_warns_in_every_report(tiny_run
     Whichever way it measures, the warning is there exactly when the ratio's interval lies above 1."""
     from edgepress.running.pipeline import slower_than_reference
 
-    folder, proc = tiny_run
+    folder, ran = tiny_run
     report = json.loads((folder / "out" / "report.json").read_text())
     ptq = next(s for s in report["stages"] if s["name"] == "ptq")["metrics"]
     slower = ptq["targets"]["local"]["latency_ratio"]["ci95"][0] > 1.0
     assert bool(ptq.get("warnings")) is slower and bool(report["warnings"]) is slower
+    assert list(ran.report.warnings) == report["warnings"]  # the typed report's too
     if slower:
         assert report["warnings"][0].startswith("stage ptq: on local this model is slower than export's: p50 ")
-        assert f"edgepress: warning: {report['warnings'][0]}" in proc.stderr
+        # `edgepress run` printing each as "edgepress: warning: ...": test_violated_budget_exits_1_and_lists_it
         assert "**Warnings:**" in (folder / "out" / "report.md").read_text()
     entry = {"latency_ratio": {"p50": 1.4, "ci95": [1.37, 1.41], "reference_stage": "export"}, "emulated": False}
     assert len(slower_than_reference({"local": entry, "qemu-aarch64": dict(entry, emulated=True)})) == 1
@@ -188,15 +197,19 @@ def test_human_reports_show_every_stage(tiny_run):
 
 def test_violated_budget_exits_1_and_lists_it(tmp_path):
     recipe = write_recipe(tmp_path, epochs=1, budgets="size_bytes = 100\nagreement_min = 0.5")
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 1, proc.stderr
-    assert "budget violated: size_bytes" in proc.stderr
-    assert "agreement_min" not in proc.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = edgepress.run(recipe, out=tmp_path / "out").to_json_dict()
     assert report["gate"]["passed"] is False
     assert [v["budget"] for v in report["gate"]["violations"]] == ["size_bytes"]
     assert report["gate"]["violations"][0]["value"] > 100
     assert "VIOLATED" in (tmp_path / "out" / "report.md").read_text()
+    # What the command line itself says of that gate: exit 1, the violated budget on stderr and not the held one,
+    # and each of the report's warnings. A rerun over the finished folder keeps every stage: the same report.
+    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 1, proc.stderr
+    assert "budget violated: size_bytes" in proc.stderr
+    assert "agreement_min" not in proc.stderr
+    for line in report["warnings"]:
+        assert f"edgepress: warning: {line}" in proc.stderr
 
 
 def test_check_validates_without_running(tmp_path):

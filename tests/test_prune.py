@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+import edgepress
 from edgepress.io import torch_artifact
 from edgepress.compress.prune import PruneSettings, prune_copy
 from edgepress.core.errors import UserError
 from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.models.zoo import build_model
 from edgepress.io.onnx_stats import count_params_and_macs
-from tests.conftest import run_and_read_stages, run_main, tiny_recipe_with
+from tests.conftest import run_and_read_stages, tiny_recipe_with
 
 
 def built(name: str, **kwargs):
@@ -244,7 +245,7 @@ def test_round_to_rounds_to_the_nearest_multiple_so_macs_fall_with_the_ratio():
 
 
 def test_a_misnamed_layer_fails_check_and_run_before_any_stage_runs(tmp_path):
-    from tests.conftest import assert_one_line_error, write_recipe
+    from tests.conftest import assert_user_error, write_recipe
 
     text = tiny_recipe_with('''
 [[stages]]
@@ -253,6 +254,6 @@ channel_ratio = 0.5
 ignored_layers = ["features.4x"]
 ''')
     recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
-    assert_one_line_error(run_main("check", str(recipe)), "stage 'prune'", "'features.4x'", "did you mean")
-    assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "'features.4x'")
+    assert_user_error(lambda: edgepress.check(recipe), "stage 'prune'", "'features.4x'", "did you mean")
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"), "'features.4x'")
     assert not [p for p in (tmp_path / "out").glob("*") if not p.name.startswith(".")], "no stage ran"

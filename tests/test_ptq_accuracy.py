@@ -3,19 +3,18 @@ sensitive node is the one kept in FP32, the search's candidates follow the CPU, 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
+import edgepress
 from edgepress.compress.accuracy_aware_ptq import AccuracyAwarePtqSettings, candidates, search
 from edgepress.core.errors import UserError
 from edgepress.export.export import ExportSettings, export_onnx
 from edgepress.runtime.isa import Isa, local_isa, parse_cpuinfo
-from tests.conftest import requires_shared_data, run_main, write_recipe
+from tests.conftest import requires_shared_data, write_recipe
 
 AVX2 = Isa(arch="x86_64")
 
@@ -187,9 +186,9 @@ def test_stage_in_a_recipe_reports_every_node_precision(tmp_path):
         [target]
         threads = 1
         ''')
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    ran = edgepress.run(recipe, out=tmp_path / "out")
+    assert ran.gate.passed, ran.gate.violations
+    report = ran.to_json_dict()
     quantization = report["stages"][-1]["metrics"]["quantization"]
     assert quantization["search"]["agreement"] >= 0.97 and quantization["search"]["validation_samples"] == 512
     assert len(quantization["node_precision"]) == 20  # 19 convs and the linear layer

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import TINY_RECIPE, assert_one_line_error, requires_shared_data, run_main, write_recipe
+from conftest import TINY_RECIPE, assert_user_error, requires_shared_data, write_recipe
 import edgepress
 from edgepress.compress.quant.conv_kernels import ConvForm, integer_convs, rewrite
 from edgepress.compress.quant.qat_export import check_integer_kernels, int8_weights
@@ -217,13 +217,13 @@ def test_logits_mse_loss_matches_its_formula_and_pulls_the_int8_model_to_the_tea
 def test_an_fp32_layer_that_is_not_a_conv_or_linear_is_one_line_error(tmp_path):
     text = _tiny_qat_recipe('fp32_layers = ["features.1"]')
     recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
-    assert_one_line_error(run_main("check", str(recipe)), "fp32_layers names 'features.1'")
+    assert_user_error(lambda: edgepress.check(recipe), "fp32_layers names 'features.1'")
 
 
 def test_unknown_teacher_is_one_line_error(tmp_path):
     text = _tiny_qat_recipe('teacher = "nope"')
     recipe = write_recipe(tmp_path, text=text.format(epochs=1, budgets=""))
-    assert_one_line_error(run_main("run", str(recipe), "--out", str(tmp_path / "out")), "teacher 'nope'")
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"), "teacher 'nope'")
 
 
 @pytest.mark.slow

@@ -3,12 +3,10 @@ and gated per target."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 import edgepress
-from tests.conftest import TINY_RECIPE, assert_one_line_error, run_main, write_recipe
+from tests.conftest import TINY_RECIPE, assert_user_error, write_recipe
 
 LOCAL_EVALUATED = """
 [[targets]]
@@ -53,9 +51,9 @@ def test_a_target_that_evaluates_reports_and_gates_its_own_numbers(tmp_path):
 def test_a_violated_target_budget_fails_the_gate_and_names_the_target(tmp_path):
     targets = LOCAL_EVALUATED.format(agreement_min=0.5).replace("agreement_min = 0.5", "agreement_min = 0.5, size_bytes = 100")
     recipe = write_recipe(tmp_path, text=recipe_text(targets))
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 1, proc.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    ran = edgepress.run(recipe, out=tmp_path / "out")
+    assert ran.gate.passed is False, ran.gate.violations
+    report = ran.to_json_dict()
     size = report["stages"][-1]["metrics"]["size_bytes"]
     assert report["gate"]["passed"] is False
     assert report["gate"]["violations"] == [{"budget": "size_bytes", "limit": 100, "value": size, "target": "local"}]
@@ -81,15 +79,14 @@ def test_a_violated_target_budget_fails_the_gate_and_names_the_target(tmp_path):
 ])
 def test_bad_target_tables_are_refused_before_any_work(tmp_path, targets, fragments):
     recipe = write_recipe(tmp_path, text=recipe_text(targets))
-    assert_one_line_error(run_main("check", str(recipe)), *fragments)
+    assert_user_error(lambda: edgepress.check(recipe), *fragments)
 
 
 def test_an_unreachable_device_fails_check_and_run_in_one_line_before_any_stage(tmp_path):
     targets = '[[targets]]\nname = "local"\n[[targets]]\nname = "ssh://root@127.0.0.1:1"\n'
     recipe = write_recipe(tmp_path, text=recipe_text(targets))
-    assert_one_line_error(run_main("check", str(recipe)), "127.0.0.1", "1")
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"))
-    assert_one_line_error(proc, "127.0.0.1")
+    assert_user_error(lambda: edgepress.check(recipe), "127.0.0.1", "1")
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"), "127.0.0.1")
     assert not (tmp_path / "out" / "00-model").exists(), "a stage ran before the device was found unreachable"
 
 
@@ -111,4 +108,4 @@ def test_a_targets_session_settings_reach_the_runner_and_the_report(tmp_path):
 ])
 def test_bad_session_settings_are_refused_before_any_work(tmp_path, line, fragments):
     recipe = write_recipe(tmp_path, text=recipe_text(f'[[targets]]\nname = "local"\n{line}\n'))
-    assert_one_line_error(run_main("check", str(recipe)), *fragments)
+    assert_user_error(lambda: edgepress.check(recipe), *fragments)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import edgepress
 from edgepress.core.errors import UserError
 from edgepress.targets import TargetOptions, open_target
 from edgepress.targets import qemu
@@ -326,7 +327,7 @@ def test_a_difference_between_kernels_is_reported():
 
 
 @pytest.mark.slow
-def test_a_recipe_evaluates_and_gates_the_same_int8_model_on_x86_and_on_arm(prepared, tmp_path):
+def test_a_recipe_evaluates_and_gates_the_same_int8_model_on_x86_and_on_arm(prepared, tmp_path, monkeypatch):
     from tests.conftest import TINY_RECIPE, write_recipe
 
     targets = """
@@ -348,9 +349,10 @@ stages = ["ptq"]
 budgets = { accuracy_drop_points = 100.0 }
 """ % DOT_CPU
     recipe = write_recipe(tmp_path, text=TINY_RECIPE.format(epochs=2, budgets="agreement_min = 0.9") + targets)
-    proc = run_main("run", str(recipe), "--out", str(tmp_path / "out"), env={"EDGEPRESS_CACHE": str(prepared.cache)})
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    monkeypatch.setenv("EDGEPRESS_CACHE", str(prepared.cache))
+    ran = edgepress.run(recipe, out=tmp_path / "out")
+    assert ran.gate.passed, ran.gate.violations
+    report = ran.to_json_dict()
     ptq = report["stages"][-1]["metrics"]
     a53, dot = ptq["targets"]["qemu-aarch64:cortex-a53"], ptq["targets"][f"qemu-aarch64:{DOT_CPU}"]
     assert a53["emulated"] is True and a53["device"]["machine"] == "aarch64" and a53["runs"] == 200
