@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgepress.core import datapath
+from edgepress.io.artifact import ONNX_RUNTIME_FORMATS
 from edgepress.measure import metrics
 from edgepress.measure.datasets import DataSpec
 from edgepress.measure.metrics import usable_budgets
@@ -363,8 +364,8 @@ def _check_formats(recipe: Recipe) -> None:
                               fix="reorder the stages (export turns a torch model into ONNX)")
         current = REGISTRY[stage.kind].output_format
     timed = [name for b in _all_budgets(recipe) for name in metrics.TIMED_BUDGETS if name in b.limits()]
-    if current != "onnx" and timed:
-        raise SchemaError(f"budgets.{timed[0]} needs the last stage to produce an ONNX model",
+    if current not in ONNX_RUNTIME_FORMATS and timed:
+        raise SchemaError(f"budgets.{timed[0]} needs the last stage to produce an ONNX model (.onnx or .ort)",
                           fix="add an export stage (and ptq) after the torch stages")
     relative = [name for b in _all_budgets(recipe) for name in metrics.RELATIVE_BUDGETS if name in b.limits()]
     last = recipe.stages[-1].name if recipe.stages else "model"

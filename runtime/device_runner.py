@@ -218,6 +218,9 @@ def open_session(ort, path: str, args, *, profile_prefix=None):
         session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"],
                                        disabled_optimizers=list(args.disabled_optimizers or ()))
     except Exception as exc:  # ORT raises several types for a corrupt or unsupported file
+        if path.lower().endswith(".ort"):  # ORT format: written by one onnxruntime, read by it or a later one
+            raise BadInput(f"ONNX Runtime {ort.__version__} cannot load {path!r}: {ort_reason(exc)}",
+                           "convert the ONNX model again with the device's onnxruntime version") from None
         raise BadInput(f"ONNX Runtime cannot load {path!r}: {ort_reason(exc)}",
                        "re-export the model; check it with onnx.checker") from None
     return session, (time.perf_counter() - started) * 1e3

@@ -13,6 +13,8 @@ from edgepress.runtime.device_runner import ort_reason, set_denormals
 
 MAX_ONNX_BYTES = 2**31  # protobuf's limit for one message
 NOT_ONNX_FIX = "point to a .onnx file exported by torch.onnx or edgepress"
+NOT_ORT_FIX = ("convert the ONNX model again with this onnxruntime version (the ort_format stage, or "
+               "python -m onnxruntime.tools.convert_onnx_models_to_ort)")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ def open_session(path: Path, *, threads: int, optimization: bool = True, denorma
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=list(disabled_optimizers))
     except Exception as exc:  # ORT raises its own exception types for a bad protobuf or graph
+        if path.suffix.lower() == ".ort":
+            raise UserError(f"{path} is not an ORT-format model this onnxruntime {ort.__version__} loads "
+                            f"({ort_reason(exc)})", fix=NOT_ORT_FIX) from None
         raise UserError(f"{path} is not a valid ONNX model ({ort_reason(exc)})", fix=NOT_ONNX_FIX) from None
 
 

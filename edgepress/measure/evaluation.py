@@ -15,10 +15,10 @@ __all__ = ["outputs"]
 
 
 def outputs(artifact: Artifact, dataset, *, batch_size: int) -> Outputs:
-    """Every output of the artifact on the set, by name (N first): ONNX under ONNX Runtime, torch under torch."""
+    """Every output of the artifact on the set, by name (N first): ONNX and ORT format under ONNX Runtime, torch under torch."""
     progress = Progress(f"evaluate on {dataset.name}", total=len(dataset))
     feeds = dataset.feeds
-    if artifact.format == "onnx":
+    if artifact.runs_on_onnxruntime:
         from edgepress.runtime.session import check_feeds, open_session, run_all
 
         # Scores do not depend on thread count, so evaluation uses every core.

@@ -289,6 +289,8 @@ SIZE_AND_LATENCY = (
     Budget("latency_p90_ms", "latency_p90_ms", "max", Bounds(0, 3_600_000, low_open=True)),
     Budget("latency_ratio_max", "latency_ratio", "max", Bounds(0, 1000, low_open=True)),
     Budget("peak_memory_bytes", "peak_memory_bytes", "max", Bounds(1, 2**50)),
+    # Distinct operators the shipped graph uses: what a reduced ONNX Runtime build must contain (io/operators.py).
+    Budget("operator_count_max", "operator_count", "max", Bounds(1, 100_000)),
 )
 ARTIFACT_BUDGETS = tuple(b.name for b in SIZE_AND_LATENCY)
 TIMED_BUDGETS = ("latency_p90_ms", "latency_ratio_max", "peak_memory_bytes")  # measured by a target's runner

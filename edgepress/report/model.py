@@ -8,6 +8,9 @@ that shape changes, with a reader kept for every older one. What each version ho
   /1 wrote only sometimes now always there: `targets` (the recipe's targets, primary first, each with its own
   budgets), `budgets`, `onnx_reference_stage` (null when none), `metric`, `metric_values`, `warnings`, and a
   per-target table (`metrics.targets`) on every timed stage whose entries each say `emulated`.
+  Since ORT-format stages (2026-12-07) a stage may also hold `operator_count`, a stage's `format` may be `ort`,
+  and a target entry `same_as_source`: optional keys that an earlier /2 reader keeps as open ones (a stage
+  kind's own numbers, a runner's), so the shape stays /2.
 - edgepress.report/1 has two shapes. Since several targets per recipe (2026-12-01) it is /2's shape with some of
   those keys missing. Before that, a report names one `target` and no `targets` or `budgets` (the budgets are
   only in the gate's checks), and a stage's latency is only its headline `latency_ms`, holding the runs, threads,
@@ -42,7 +45,7 @@ SCHEMA_PREFIX = SCHEMA.rpartition("/")[0] + "/"
 SCHEMA_V1 = f"{SCHEMA_PREFIX}1"
 READABLE = (SCHEMA, SCHEMA_V1)
 # Quality numbers whatever the metric: every value of the metric table, and a target's answers against the host's.
-BUILTIN_VALUES = frozenset(VALUES) | {"same_as_host"}
+BUILTIN_VALUES = frozenset(VALUES) | {"same_as_host", "same_as_source"}
 # Not latency: a target whose timings are emulated. A report that does not list a target says so by its name.
 
 
@@ -171,6 +174,7 @@ class TargetEntry:
     params: int | None = None
     macs: int | None = None
     size_ratio: float | None = None
+    operator_count: int | None = None
     more: Mapping[str, Any] = _spread("more")  # the runner's own: warmup_runs, device, thread_settings, ...
 
     @property
@@ -194,6 +198,8 @@ class StageMetrics:
     params: int
     macs: int
     evaluation: Mapping[str, EvaluationSet] = field(default_factory=dict)
+    # Distinct operators the graph uses (an .ort's: what a reduced build needs); None for a torch model.
+    operator_count: int | None = None
     own: Mapping[str, Any] = _spread("more")  # the stage kind's: quantization, parity, train, sensitivity, ...
     size_ratio: float | None = None  # over the ONNX reference's size, for the stages after it
     targets: Mapping[str, TargetEntry] | None = None  # None for a stage no target timed (a torch stage)
@@ -211,7 +217,7 @@ class Stage:
     name: str
     kind: str
     artifact: str  # relative to the run folder
-    format: str  # "onnx" or "torch"
+    format: str  # "torch", "onnx" or "ort" (ONNX Runtime's own format)
     sha256: str
     seconds: float
     metrics: StageMetrics
@@ -365,7 +371,7 @@ class Report:
             raise ReportShapeError("warnings", "must be a list of strings")
 
 
-ARTIFACT_KEYS = ("size_bytes", "size_gzip_bytes", "params", "macs", "size_ratio")  # the file's: the same everywhere
+ARTIFACT_KEYS = ("size_bytes", "size_gzip_bytes", "params", "macs", "operator_count", "size_ratio")  # the file's: the same everywhere
 
 
 # ------------------------------------------------------------------------------------------------ reading

@@ -163,6 +163,9 @@ class Pipeline:
         self.reference_metrics: dict[str, Any] | None = None
         self.onnx_reference_metrics: dict[str, Any] | None = None  # of recipe.onnx_reference_stage, once measured
         self.targets: dict[str, Any] = {}
+        # What each evaluating target answered, by (stage, target, set): a converted model (an .ort) is compared
+        # with its source on the same device, the same kernels, so only the conversion can differ.
+        self.target_outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
 
     def prepare(self, *, probe_targets: bool = True) -> DataProvider:
         """Everything that can fail on bad input, checked before any stage runs."""
@@ -380,7 +383,7 @@ class Pipeline:
         """Fill the record's per-target numbers of an ONNX artifact, measuring only the targets whose key differs
         from the one their numbers in the record were `measured_under` (all of them for a new stage); targets no
         longer in the recipe are dropped. Returns ({target: key}, the targets measured now)."""
-        if artifact.format != "onnx":
+        if not artifact.runs_on_onnxruntime:
             return {}, []
         metrics, name = record["metrics"], record["name"]
         listed = [spec for spec in self.recipe.targets if not spec.stages or name in spec.stages]
@@ -457,8 +460,13 @@ class Pipeline:
                 # The same model's answers here against the host's on the same samples: where ARM kernels
                 # and x86 ones part ways, whatever the reference says.
                 per_set[subset.name]["same_as_host"] = self.task.same_answers(out, _head(host, count))
+                self.target_outputs[(stage, spec.name, subset.name)] = out
+                source = host_metrics.get("converted_from")
+                if source in self.artifacts:
+                    theirs = self._outputs_on(target, spec, stage=source, subset=subset)
+                    per_set[subset.name]["same_as_source"] = self.task.same_answers(out, theirs)
             first = per_set[data.evaluation[0].name]
-            entry.update({k: first[k] for k in self.task.keys + ("same_as_host",) if k in first})
+            entry.update({k: first[k] for k in self.task.keys + ("same_as_host", "same_as_source") if k in first})
             entry["evaluation"] = per_set
             primary_set, reference = data.evaluation[0], references[0]
             if primary_set.targets is not None and reference is not None and self.task.metric.score is not None:
@@ -468,6 +476,15 @@ class Pipeline:
                                                                    _head(primary_set.targets, count), self.task.output)
         elif index == 0:
             entry.update({k: host_metrics[k] for k in self.task.keys if k in host_metrics})
+
+    def _outputs_on(self, target, spec, *, stage: str, subset) -> dict[str, np.ndarray]:
+        """A finished stage's answers on this target: the ones it gave when it was evaluated here, else run now."""
+        key = (stage, spec.name, subset.name)
+        if key not in self.target_outputs:
+            say(f"    evaluate {subset.name} on {target.name} with {stage}, to compare")
+            self.target_outputs[key] = on_target.outputs_on(target, self.artifacts[stage], subset,
+                                                            batch_size=self.recipe.data.batch_size, spec=spec)
+        return self.target_outputs[key]
 
     def _target_checks(self, final: dict[str, Any]) -> list[dict[str, Any]]:
         """Each target's own budgets, on that target's numbers for the final stage."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgepress.compress import (accuracy_aware_ptq, distill, dynamic_int8, fuse_transformer, int4_weights, prune,
                                 prune_depth, ptq, qat, sparsify, train)
-from edgepress.export import export, export_transformer
+from edgepress.export import export, export_transformer, ort_format
 from edgepress.stages.stage import StageDef
 
 REGISTRY: dict[str, StageDef] = {
@@ -23,5 +23,6 @@ REGISTRY: dict[str, StageDef] = {
         fuse_transformer.STAGE,
         dynamic_int8.STAGE,
         int4_weights.STAGE,
+        ort_format.STAGE,
     )
 }
