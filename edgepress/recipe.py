@@ -347,6 +347,9 @@ def _all_budgets(recipe: Recipe) -> list[Budgets]:
     return [recipe.budgets] + [t.budgets for t in recipe.targets]
 
 
+_A_MODEL = {"torch": "a torch model", "onnx": "an ONNX model", "ort": "an ORT-format model (.ort)"}
+
+
 def _check_formats(recipe: Recipe) -> None:
     """Stages must chain: each one's input format is what the previous one produced."""
     current = "onnx" if recipe.model.onnx is not None else "torch"
@@ -360,8 +363,9 @@ def _check_formats(recipe: Recipe) -> None:
                               fix=f"use one of {', '.join(others)} for it")
         wanted = REGISTRY[stage.kind].input_format
         if wanted != current:
-            raise SchemaError(f"stage {stage.name!r} ({stage.kind}) takes a {wanted} model but gets a {current} one",
-                              fix="reorder the stages (export turns a torch model into ONNX)")
+            raise SchemaError(f"stage {stage.name!r} ({stage.kind}) takes {_A_MODEL[wanted]} but gets "
+                              f"{_A_MODEL[current]}", fix="reorder the stages (export turns a torch model into ONNX, "
+                                                           "ort_format an ONNX model into an .ort, which no stage takes)")
         current = REGISTRY[stage.kind].output_format
     timed = [name for b in _all_budgets(recipe) for name in metrics.TIMED_BUDGETS if name in b.limits()]
     if current not in ONNX_RUNTIME_FORMATS and timed:

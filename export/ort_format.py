@@ -48,6 +48,14 @@ class OrtFormatSettings:
         0.0, 1.0, default=0.99,
         help="the least share of samples, on every evaluation set, where the .ort answers as its source ONNX model "
              "does (top-1 class for a classifier, else the worst output's mean cosine); below it the stage fails")
+    # Cosine barely moves when a regressor's outputs shift by a rounding step; an absolute bound sees it.
+    max_error_vs_source: float | None = setting(
+        None, help="the largest |difference| allowed between any output of the .ort and of its source, on every "
+                   "evaluation set; above it the stage fails (none: only min_same_as_source is checked)")
+
+    def __post_init__(self) -> None:
+        if self.max_error_vs_source is not None and not self.max_error_vs_source >= 0:
+            raise ValueError("max_error_vs_source must be 0 or more")
 
     @property
     def config_name(self) -> str:
@@ -139,6 +147,13 @@ def run(source: Artifact, settings: OrtFormatSettings, ctx: StageContext) -> Sta
                             f"{settings.min_same_as_source:g}) at optimization_level {settings.optimization_level!r}",
                             fix='use optimization_level = "all" or "extended" (at "basic" Q/DQ pairs run in float), '
                                 "or lower min_same_as_source where NNAPI or CoreML runs the model")
+        limit = settings.max_error_vs_source
+        if limit is not None and found["max_abs_error_vs_source"] > limit:
+            raise UserError(f"the .ort model's outputs differ from its source ONNX model's by up to "
+                            f"{found['max_abs_error_vs_source']:.3g} on {name} (max_error_vs_source {limit:g}) at "
+                            f"optimization_level {settings.optimization_level!r}",
+                            fix='use optimization_level = "all" or "extended" (at "basic" Q/DQ pairs run in float), '
+                                "or raise max_error_vs_source")
     source_stage = next((name for name, a in ctx.artifacts.items() if a.path == source.path), None)
     listed = operators(out)
     # The .ort holds the source's weights and computation, rearranged: its params and MACs are the source's.

@@ -69,7 +69,7 @@ def test_unknown_stage_kind_suggests_closest(tmp_path):
 
 def test_stages_must_chain_formats(tmp_path):
     text = tiny(tmp_path, **{'kind = "export"': 'kind = "ptq"\nname = "early"'})
-    with pytest.raises(UserError, match="takes a onnx model but gets a torch one"):
+    with pytest.raises(UserError, match="takes an ONNX model but gets a torch model"):
         load_text(tmp_path, text)
 
 

@@ -1,0 +1,197 @@
+"""ort_format: ONNX -> .ort with ONNX Runtime's converter. On tiny real graphs (float and QDQ INT8): what each
+optimisation level leaves in the file (operator counts), that the required-operators config lists exactly the
+operators the .ort holds, numeric parity with the source, and that the input is never touched; then the stage in a
+recipe: report, budgets, resume, and the recipe errors around it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import edgepress
+from edgepress.compress.ptq import PtqSettings, quantize
+from edgepress.export.ort_format import OrtFormatSettings, convert
+from edgepress.io.operators import OPERATOR_CONFIG, TYPED_OPERATOR_CONFIG, config_operators, operators
+from tests.conftest import TINY_RECIPE, assert_user_error, tiny_recipe_with, write_recipe
+from tests.test_ptq import export, inputs
+
+
+def run(path, x) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A float conv net and its QDQ INT8 quantization."""
+    folder = tmp_path_factory.mktemp("ort-models")
+    fp32 = export(folder)
+    int8 = folder / "int8.onnx"
+    quantize(source=fp32, out=int8, calibration=inputs(64), settings=PtqSettings())
+    return {"fp32": fp32, "int8": int8}
+
+
+def converted(tmp_path, source, **settings):
+    folder = tmp_path / "_".join([source.stem] + [f"{k}-{v}" for k, v in settings.items()])
+    folder.mkdir()
+    chosen = OrtFormatSettings(**settings)
+    out, config = folder / "model.ort", folder / chosen.config_name
+    convert(source, out=out, config=config, settings=chosen, log=lambda _: None)
+    return out, config
+
+
+def names(listed) -> set[str]:
+    return {entry.rsplit(";", 1)[1] for entry in listed}
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize("level", ["none", "basic", "extended", "layout", "all"])
+def test_every_level_writes_an_ort_and_its_config_and_leaves_the_source_alone(models, tmp_path, kind, level):
+    source = models[kind]
+    before = sha256(source)
+    out, config = converted(tmp_path, source, optimization_level=level)
+    assert sha256(source) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, config.name])  # no scratch left
+    assert out.read_bytes()[4:8] == b"ORTM"  # the flatbuffer's file identifier: ORT format, not ONNX
+    assert config_operators(config) == operators(out)
+    assert f"# - {out.name}" in config.read_text()  # the header names the file that ships, not a scratch path
+    x = inputs(32, seed=3)
+    expected, got = run(source, x), run(out, x)
+    if kind == "fp32" or level not in ("none", "basic"):
+        # Float graphs differ only in summation order; integer kernels fused as the .onnx's session fuses them are
+        # the same kernels.
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 if kind == "fp32" else 0)
+    else:  # Q/DQ pairs left unfused run in float: close, not equal
+        assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+
+
+def test_levels_decide_which_kernels_a_reduced_build_needs(models, tmp_path):
+    basic = names(operators(converted(tmp_path, models["int8"], optimization_level="basic")[0]))
+    extended = names(operators(converted(tmp_path, models["int8"], optimization_level="extended")[0]))
+    fp32_basic = names(operators(converted(tmp_path, models["fp32"], optimization_level="basic")[0]))
+    fp32_extended = names(operators(converted(tmp_path, models["fp32"], optimization_level="extended")[0]))
+    assert {"Conv", "DequantizeLinear", "QuantizeLinear"} <= basic and "QLinearConv" not in basic
+    assert "QLinearConv" in extended and "Conv" not in extended
+    assert {"Conv", "Relu"} <= fp32_basic
+    assert "FusedConv" in fp32_extended and "Relu" not in fp32_extended  # conv+relu fused into one kernel
+
+
+def test_the_onnx_and_the_ort_operator_lists_are_read_from_the_graphs(models, tmp_path):
+    listed = operators(models["int8"])
+    assert {"Conv", "DequantizeLinear", "QuantizeLinear"} <= names(listed) and "QLinearConv" not in names(listed)
+    assert all(entry.startswith("ai.onnx;") for entry in listed)
+    out, _ = converted(tmp_path, models["int8"])
+    assert any(entry.startswith("com.microsoft;1;") for entry in operators(out))
+
+
+def test_operator_types_writes_the_typed_config(models, tmp_path):
+    out, config = converted(tmp_path, models["int8"], operator_types=True)
+    assert config.name == TYPED_OPERATOR_CONFIG and OrtFormatSettings().config_name == OPERATOR_CONFIG
+    text = config.read_text()
+    assert '{"inputs": {"0": ["uint8_t"]}}' in text
+    assert config_operators(config) == operators(out)
+
+
+def test_a_graph_onnx_runtime_cannot_load_is_one_line_error(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["y"], domain="acme")], "custom",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    source = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)]),
+              str(source))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert_user_error(lambda: convert(source, out=folder / "model.ort", config=folder / OPERATOR_CONFIG,
+                                      settings=OrtFormatSettings(), log=lambda _: None),
+                      "could not convert", "custom.onnx")
+    assert list(folder.iterdir()) == []  # neither a half-written .ort nor the scratch folder
+
+
+ORT_RECIPE = TINY_RECIPE + """
+[[stages]]
+kind = "ort_format"
+{settings}
+"""
+
+
+@pytest.fixture(scope="module")
+def ort_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ort-run")
+    recipe = write_recipe(folder, text=ORT_RECIPE.format(epochs=3, budgets="operator_count_max = 40\nsize_bytes = 100000",
+                                                         settings=""))
+    report = edgepress.run(recipe, out=folder / "out")
+    return folder, recipe, report
+
+
+def test_the_stage_ships_an_ort_that_answers_as_its_source(ort_run):
+    folder, _, report = ort_run
+    assert report.gate.passed, report.gate.violations
+    stage = report.stages[-1]
+    assert (stage.kind, stage.format, stage.artifact) == ("ort_format", "ort", "04-ort_format/model.ort")
+    own = stage.metrics.own["ort_format"]
+    assert own["source_stage"] == "ptq" and stage.metrics.own["converted_from"] == "ptq"
+    assert own["optimization_level"] == "all" and own["onnxruntime"] == ort.__version__
+    assert own["evaluation"]["digits:test"] == {"samples": 360, "same_as_source": 1.0, "max_abs_error_vs_source": 0.0}
+    config = folder / "out" / "04-ort_format" / own["config"]
+    assert tuple(own["operators"]) == config_operators(config) == operators(folder / "out" / stage.artifact)
+    assert stage.metrics.operator_count == len(own["operators"])
+    ptq = report.stage_named("ptq")
+    assert own["source_size_bytes"] == ptq.metrics.size_bytes
+    assert stage.metrics.params == ptq.metrics.params and stage.metrics.macs == ptq.metrics.macs
+    assert stage.metrics.values["accuracy"] == ptq.metrics.values["accuracy"]
+    assert stage.metrics.targets["local"].latency_ms is not None  # timed like any ONNX model
+    assert stage.metrics.latency_ratio is not None  # against the ONNX reference (export)
+    checks = {c.budget: c for c in report.gate.checks}
+    assert checks["operator_count_max"].value == len(own["operators"])
+    assert checks["size_bytes"].value == (folder / "out" / stage.artifact).stat().st_size
+
+
+def test_a_rerun_keeps_the_stage_and_an_operator_budget_gates_it(ort_run):
+    folder, recipe, report = ort_run
+    ptq_files = {p.name: sha256(p) for p in (folder / "out" / "03-ptq").iterdir() if p.is_file()}
+    count = report.stages[-1].metrics.operator_count
+    strict = recipe.read_text().replace("operator_count_max = 40", f"operator_count_max = {count - 1}")
+    recipe.write_text(strict)
+    again = edgepress.run(recipe, out=folder / "out")
+    assert again.stages[-1].seconds == report.stages[-1].seconds  # kept, not converted again
+    assert [(c.budget, c.value) for c in again.gate.violations] == [("operator_count_max", count)]
+    assert {p.name: sha256(p) for p in (folder / "out" / "03-ptq").iterdir() if p.is_file()} == ptq_files
+    summary = json.loads((folder / "out" / "report.json").read_text())["stages"][-1]
+    assert summary["metrics"]["operator_count"] == count
+
+
+def test_a_converted_model_that_answers_differently_fails_the_stage(tmp_path):
+    """At "basic" Q/DQ pairs stay unfused and the CPU runs the convolutions in float where the source's session
+    runs integer kernels: the outputs move, and a bound on that error refuses the file rather than ship it."""
+    settings = 'optimization_level = "basic"\nmax_error_vs_source = 1e-6'
+    recipe = write_recipe(tmp_path, text=ORT_RECIPE.format(epochs=1, budgets="", settings=settings))
+    assert_user_error(lambda: edgepress.run(recipe, out=tmp_path / "out"), "differ from its source ONNX model's",
+                      "max_error_vs_source 1e-06", "optimization_level 'basic'", 'optimization_level = "all"')
+    assert not (tmp_path / "out" / "04-ort_format").exists()
+    assert (tmp_path / "out" / "03-ptq" / "model.onnx").is_file()  # the stages before it are kept
+
+
+@pytest.mark.parametrize("text, fragments", [
+    (tiny_recipe_with('[[stages]]\nkind = "ort_format"').format(epochs=1, budgets=""),
+     ("stage 'ort_format' (ort_format) takes an ONNX model but gets a torch model",)),
+    (ORT_RECIPE.format(epochs=1, budgets="", settings="") + '\n[[stages]]\nname = "ptq2"\nkind = "ptq"\n',
+     ("stage 'ptq2' (ptq) takes an ONNX model but gets an ORT-format model (.ort)",)),
+])
+def test_the_stage_chains_only_after_an_onnx_stage(tmp_path, text, fragments):
+    assert_user_error(lambda: edgepress.check(write_recipe(tmp_path, text=text)), *fragments)
+
+
+def test_a_misspelt_setting_names_the_closest(tmp_path):
+    recipe = write_recipe(tmp_path, text=ORT_RECIPE.format(epochs=1, budgets="", settings='optimisation_level = "basic"'))
+    assert_user_error(lambda: edgepress.check(recipe), "optimisation_level", "did you mean 'optimization_level'")
