@@ -27,6 +27,8 @@ _API = {
     "bench": "edgepress.api:bench",
     "gate": "edgepress.api:gate",
     "output_folder": "edgepress.api:output_folder",
+    "merge_operators": "edgepress.api:merge_operators",
+    "MergedOperators": "edgepress.api:MergedOperators",
     "Report": "edgepress.report.model:Report",
     "read_report": "edgepress.report.model:read_report",
     "GateResult": "edgepress.gating.release:GateResult",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     from edgepress.gating.release import GateResult
     from edgepress.report.model import Report
 
-__all__ = ["CheckResult", "bench", "check", "gate", "load_recipe", "output_folder", "recipe_from_dict", "run"]
+__all__ = ["CheckResult", "MergedOperators", "bench", "check", "gate", "load_recipe", "merge_operators",
+           "output_folder", "recipe_from_dict", "run"]
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -116,3 +118,66 @@ def bench(model: str | Path, **options: Any) -> dict[str, Any]:
                             fix=f"did you mean {guess!r}?" if guess else f"use one of {', '.join(sorted(types))}")
         setattr(args, key, Path(value) if types[key] is Path and value is not None else value)
     return bench_command.measure(args)
+
+
+@dataclass(frozen=True)
+class MergedOperators:
+    """What `merge_operators` wrote: one ONNX Runtime operators config for a reduced build that runs every model."""
+
+    out: Path
+    models: tuple[Path, ...]  # the .ort files merged, in the order given, each once
+    types: bool  # whether the config lists each operator's types (build with --enable_reduced_operator_type_support)
+    operators: tuple[str, ...]  # "domain;opset;op", as read back from the written file, sorted
+
+    @property
+    def operator_count(self) -> int:
+        return len(self.operators)
+
+    @property
+    def by_domain(self) -> dict[str, int]:
+        """{domain: its operators}, in the config's order."""
+        found: dict[str, int] = {}
+        for entry in self.operators:
+            domain = entry.split(";", 1)[0]
+            found[domain] = found.get(domain, 0) + 1
+        return found
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": str(self.out), "models": [str(m) for m in self.models], "types": self.types,
+                "operator_count": self.operator_count, "by_domain": self.by_domain, "operators": list(self.operators)}
+
+
+def merge_operators(sources: Iterable[str | Path], out: str | Path, *, types: bool = False,
+                    force: bool = False) -> MergedOperators:
+    """`edgepress ops` in code: the operators the .ort models of several runs need, merged by ONNX Runtime's own
+    config writer into one file for a reduced build (`--include_ops_by_config`) that ships them all. A source is a
+    run folder or its report.json (every ORT-format stage of the run) or an .ort file. `types` lists each operator's
+    types too. An existing `out` is refused unless `force`; the file appears whole or not at all."""
+    from edgepress.core import atomic
+    from edgepress.core.errors import UserError
+    from edgepress.io.operators import config_operators, write_config
+    from edgepress.report.ort_models import ort_models
+    from edgepress.running.options import OUT
+
+    force_option = "--force (force=True in Python)"
+    out = Path(out)
+    models = ort_models(Path(s) for s in sources)
+    if out.is_dir():
+        raise UserError(f"the output file {out} is a folder",
+                        fix=f"pass {OUT} a file name, e.g. {out / 'required_operators.config'}")
+    if out.exists() and out.resolve() in {m.resolve() for m in models}:
+        raise UserError(f"the output file {out} is one of the models to merge", fix=f"pass {OUT} another file")
+    blocking = next((folder for folder in out.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"the output file {out} lies under {blocking}, which is a file",
+                        fix=f"pass {OUT} a path in a folder")
+    if out.exists() and not force:
+        raise UserError(f"the output file {out} exists", fix=f"pass {force_option} to replace it, or another {OUT}")
+    try:
+        with atomic.atomic_path(out) as scratch:
+            # The header names the models as the caller named them, not the scratch file's neighbours.
+            write_config(models, scratch, with_types=types, names=[str(m) for m in models])
+    except OSError as exc:
+        raise UserError(f"cannot write the output file {out} ({exc.strerror or exc})",
+                        fix=f"pass {OUT} a path in a writable folder with room on its disk") from None
+    return MergedOperators(out=out, models=tuple(models), types=types, operators=config_operators(out))

@@ -2,8 +2,8 @@
 1 a budget violated, 2 bad input) and its one-line errors, with no traceback. What each command computes is tested
 in-process through the Python API elsewhere; here only the process boundary is.
 
-The processes start together (two phases: the gate commands read the run's report), so the layer costs about one
-interpreter start-up plus one short run, not one per case."""
+The processes start together (two phases: the gate and ops commands read the run's report), so the layer costs about
+one interpreter start-up plus one short run, not one per case."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def _relu_model(folder: Path) -> Path:
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])])
 
 
+def _ort_model(source: Path) -> Path:
+    from edgepress.export.ort_format import OrtFormatSettings, convert
+
+    out = source.with_suffix(".ort")
+    convert(source, out=out, config=source.parent / "relu.config", settings=OrtFormatSettings(), log=lambda _: None)
+    return out
+
+
 @pytest.fixture(scope="module")
 def contract(tmp_path_factory) -> tuple[dict[str, Case], Path]:
     folder = tmp_path_factory.mktemp("contract")
@@ -58,6 +66,7 @@ def contract(tmp_path_factory) -> tuple[dict[str, Case], Path]:
     (folder / "loose.toml").write_text("size_bytes = 100000000\n")
     (folder / "broken.json").write_text("{ not json")
     model = _relu_model(folder)
+    ort_model = _ort_model(model)
     first = {
         "version": Case(["--version"], 0, ("edgepress ",)),
         "help": Case(["--help"], 0, ("check", "run", "bench", "gate")),
@@ -74,6 +83,7 @@ def contract(tmp_path_factory) -> tuple[dict[str, Case], Path]:
         "stages typo": Case(["stages", "ptqq"], 2, ("'ptqq'", "did you mean 'ptq'")),
         "metrics ok": Case(["metrics", "--json"], 0, ('"top1"',)),
         "target unknown": Case(["target", "setup", "qemu-mips"], 2, ("unknown target 'qemu-mips'", "qemu-aarch64")),
+        "ops ok": Case(["ops", str(ort_model), "--out", str(folder / "ops.config")], 0, ("merged 1 .ort model(s)",)),
     }
     for case in first.values():
         _start(case, folder)
@@ -86,6 +96,8 @@ def contract(tmp_path_factory) -> tuple[dict[str, Case], Path]:
         "gate unreadable report": Case(["gate", str(folder / "broken.json")], 2, ("broken.json",)),
         "gate missing budgets": Case(["gate", str(report), "--budgets", str(folder / "absent.toml")], 2,
                                      ("absent.toml",)),
+        "ops run without ort stage": Case(["ops", str(report.parent), "--out", str(folder / "ops2.config")], 2,
+                                          ("has no ORT-format stage",)),
     }
     if report.is_file():  # else "run over budget" fails and says why
         for case in second.values():
@@ -97,7 +109,8 @@ def contract(tmp_path_factory) -> tuple[dict[str, Case], Path]:
 
 CASES = ["version", "help", "unknown command", "usage error", "check ok", "check typo", "run into a file",
          "run over budget", "bench ok", "bench missing model", "stages ok", "stages typo", "metrics ok",
-         "target unknown", "gate over budget", "gate within budgets", "gate unreadable report", "gate missing budgets"]
+         "target unknown", "ops ok", "gate over budget", "gate within budgets", "gate unreadable report",
+         "gate missing budgets", "ops run without ort stage"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -1,4 +1,4 @@
-"""`edgepress check | run | demo | bench | gate | metrics | stages | target`: exit 0 ok, 1 a budget is violated,
+"""`edgepress check | run | demo | bench | gate | metrics | stages | target | ops`: exit 0 ok, 1 a budget is violated,
 2 bad input or any error."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from edgepress.core.errors import UserError
 EXIT_OK, EXIT_BUDGET, EXIT_ERROR = 0, 1, 2
 # Commands with a module of their own: each has HELP, add_arguments(parser) and run(args) -> exit code.
 COMMAND_MODULES = {"bench": "edgepress.cli.bench", "gate": "edgepress.cli.gate", "target": "edgepress.cli.target",
-                   "metrics": "edgepress.cli.metrics", "stages": "edgepress.cli.stages"}
+                   "metrics": "edgepress.cli.metrics", "stages": "edgepress.cli.stages", "ops": "edgepress.cli.ops"}
 
 
 class _Parser(argparse.ArgumentParser):

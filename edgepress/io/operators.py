@@ -61,7 +61,10 @@ def write_config(models: Sequence[Path], path: Path, *, with_types: bool, names:
     from onnxruntime.tools.ort_format_model import utils
 
     quiet = logging.getLogger(utils.log.name)  # it logs each file it writes at INFO, to the terminal
-    level, quiet.level = quiet.level, logging.WARNING
+    # setLevel, not `.level =`: only setLevel clears the loggers' cached isEnabledFor answers, so a converter that
+    # logged at INFO earlier in the process would otherwise still print.
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         create_config_from_models([Path(m) for m in models], Path(path), with_types)
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 from edgepress.core import atomic
 from edgepress.measure import metrics
+from edgepress.report import ort_section
 from edgepress.report import plots as report_plots
 from edgepress.report.model import Gate, Report, Stage, TargetEntry, read_report
 from edgepress.report.view import metric_of
@@ -157,6 +158,11 @@ def markdown(report: ReportLike) -> str:
     if _per_output_rows(report):
         lines += ["", "## Every output", "", f"Against stage `{report.reference_stage}`; the stage's figures are "
                   "the worst output's.", ""] + markdown_table(_OUTPUTS_HEADER, _per_output_rows(report))
+    ort = ort_section.section(report)
+    if ort is not None:
+        lines += ["", f"## {ort_section.TITLE}", "", ort_section.INTRO, ""]
+        lines += markdown_table(ort_section.FILES_HEADER, ort.files) + [""]
+        lines += markdown_table(ort.answers_header, ort.answers)
     for stage, sensitivity in _sensitivities(report):
         lines += ["", f"## Pruning sensitivity: stage `{stage}`", "",
                   f"Accuracy on the sensitivity subset with one layer pruned at a time "
@@ -253,6 +259,12 @@ def _html_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> s
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _inline_code(text: str) -> str:
+    """Markdown's `code` spans as <code>, the rest escaped."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{part}</code>" if index % 2 else part for index, part in enumerate(parts))
+
+
 def _warnings_html(report: Report) -> str:
     listed = report.warnings
     return ("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in listed) + "</ul>"
@@ -267,6 +279,10 @@ def html_page(report: ReportLike) -> str:
     sensitivity_html = "".join(f"<h2>Pruning sensitivity: stage <code>{html.escape(stage)}</code></h2>"
                                f"{sensitivity_plot_svg(table)}{_html_table(*_sensitivity_rows(table))}"
                                for stage, table in _sensitivities(report))
+    ort = ort_section.section(report)
+    ort_html = ("" if ort is None else
+                f"<h2>{html.escape(ort_section.TITLE)}</h2><p>{_inline_code(ort_section.INTRO)}</p>"
+                f"{_html_table(ort_section.FILES_HEADER, ort.files)}{_html_table(ort.answers_header, ort.answers)}")
     precision_html = "".join(f"<h2>Node precision: stage <code>{html.escape(stage)}</code></h2>{_html_table(header, rows)}"
                              for stage, _, header, rows in _precisions(report))
     return f"""<!doctype html>
@@ -288,6 +304,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f
 {_html_table(columns(report), [_row(s, quality_values(report)) for s in report.stages])}
 <h2>Every evaluation set</h2>{_html_table(_per_set_header(report), _per_set_rows(report))}
 {"<h2>Every output</h2>" + _html_table(_OUTPUTS_HEADER, _per_output_rows(report)) if _per_output_rows(report) else ""}
+{ort_html}
 {sensitivity_html}
 {precision_html}
 </body></html>
