@@ -116,6 +116,8 @@ def test_a_stage_surely_slower_than_its_reference_warns_in_every_report(tiny_run
     assert len(slower_than_reference({"local": entry, "qemu-aarch64": dict(entry, emulated=True)})) == 1
     unsure = dict(entry, latency_ratio=dict(entry["latency_ratio"], ci95=[0.99, 1.41]))
     assert slower_than_reference({"local": unsure, "other": {"latency_ms": {}}}) == []
+    assert "float_where_faster" in slower_than_reference({"local": entry})[0]  # what ptq can change
+    assert "optimization_level" in slower_than_reference({"local": entry}, kind="ort_format")[0]  # what an .ort can
 
 
 def test_every_timed_stage_has_a_per_operator_profile_and_its_plot(tiny_run):
