@@ -40,6 +40,10 @@ class OrtFormatSettings:
         "any", help='the CPU the .ort ships to, as the converter\'s --target_platform: "arm" lets int8 Q/DQ pairs '
                     'fuse as ARM kernels prefer, "amd64" adds the x86-only NCHWc layout (the file then runs on x86 '
                     'only), "any" runs everywhere')
+    # A fusion baked into the .ort cannot be skipped where it runs (a session does not optimise an .ort again).
+    disabled_optimizers: tuple[str, ...] = setting(
+        (), help="ONNX Runtime graph transformers not to bake into the .ort, e.g. [\"SkipLayerNormFusion\"] where "
+                 "the fused kernel is the slower one (as a target's disabled_optimizers does for an ONNX model)")
     operator_types: bool = setting(
         False, help="also list each operator's types (required_operators_and_types.config instead of "
                     "required_operators.config): a smaller reduced build, with "
@@ -56,6 +60,10 @@ class OrtFormatSettings:
     def __post_init__(self) -> None:
         if self.max_error_vs_source is not None and not self.max_error_vs_source >= 0:
             raise ValueError("max_error_vs_source must be 0 or more")
+        for name in self.disabled_optimizers:
+            if not name.isidentifier():
+                raise ValueError(f"disabled_optimizers: {name!r} is not an ONNX Runtime transformer name "
+                                 "(e.g. SkipLayerNormFusion)")
 
     @property
     def config_name(self) -> str:
@@ -73,8 +81,12 @@ def convert(source: Path, *, out: Path, config: Path, settings: OrtFormatSetting
     platform = None if settings.target_platform == "any" else settings.target_platform
     try:
         with _level(_LEVEL_NAMES[settings.optimization_level]), tool_output_to(log):
-            convert_onnx_models_to_ort(Path(source), output_dir=scratch, optimization_styles=[OptimizationStyle.Fixed],
-                                       target_platform=platform, enable_type_reduction=settings.operator_types)
+            if settings.disabled_optimizers:
+                _save_as_ort(Path(source), scratch / "model.ort", settings=settings)
+            else:
+                convert_onnx_models_to_ort(Path(source), output_dir=scratch,
+                                           optimization_styles=[OptimizationStyle.Fixed], target_platform=platform,
+                                           enable_type_reduction=settings.operator_types)
         converted = sorted(scratch.rglob("*.ort"))
         if len(converted) != 1:
             raise UserError(f"ONNX Runtime's converter wrote {len(converted)} .ort files from {source}",
@@ -90,6 +102,26 @@ def convert(source: Path, *, out: Path, config: Path, settings: OrtFormatSetting
         shutil.rmtree(scratch, ignore_errors=True)
     # ONNX Runtime's config writer again, on the .ort in place: the header then names the file that ships.
     write_config([out], config, with_types=settings.operator_types, names=[out.name])
+
+
+def _save_as_ort(source: Path, out: Path, *, settings: OrtFormatSettings) -> None:
+    """What convert_onnx_models_to_ort does for one model in the Fixed style (a session that saves the graph it
+    optimised, in ORT format, with the same session entries and NCHWc rule), plus the transformers to skip, which
+    its function cannot pass on."""
+    import onnxruntime as ort
+    from onnxruntime.tools.onnx_model_utils import get_optimization_level
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(out)
+    options.graph_optimization_level = get_optimization_level(_LEVEL_NAMES[settings.optimization_level])
+    options.add_session_config_entry("session.qdqisint8allowed", "1" if settings.target_platform == "arm" else "0")
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    skipped = list(settings.disabled_optimizers)
+    if settings.optimization_level in ("layout", "all") and settings.target_platform != "amd64":
+        skipped.append("NchwcTransformer")
+    ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=skipped)
 
 
 @contextlib.contextmanager

@@ -195,3 +195,43 @@ def test_the_stage_chains_only_after_an_onnx_stage(tmp_path, text, fragments):
 def test_a_misspelt_setting_names_the_closest(tmp_path):
     recipe = write_recipe(tmp_path, text=ORT_RECIPE.format(epochs=1, budgets="", settings='optimisation_level = "basic"'))
     assert_user_error(lambda: edgepress.check(recipe), "optimisation_level", "did you mean 'optimization_level'")
+
+
+def _add_layer_norm(path):
+    """Add then LayerNormalization over the last axis: what SkipLayerNormFusion fuses into one kernel."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Add", ["x", "skip"], ["sum"]),
+             helper.make_node("LayerNormalization", ["sum", "scale", "bias"], ["y"], axis=-1, epsilon=1e-5)]
+    graph = helper.make_graph(
+        nodes, "add_layer_norm",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4, 8]) for n in ("x", "skip")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8])],
+        initializer=[numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "scale"),
+                     numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "bias")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_disabled_optimizers_stay_out_of_the_ort_and_the_rest_is_the_converters_file(tmp_path):
+    source = _add_layer_norm(tmp_path / "add_ln.onnx")
+    fused, _ = converted(tmp_path, source)
+    plain, _ = converted(tmp_path, source, disabled_optimizers=("SkipLayerNormFusion",))
+    assert "SkipLayerNormalization" in names(operators(fused))
+    assert {"Add", "LayerNormalization"} <= names(operators(plain)) and "SkipLayerNormalization" not in names(
+        operators(plain))
+    feeds = {n: np.random.default_rng(1).normal(size=(3, 4, 8)).astype(np.float32) for n in ("x", "skip")}
+    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0] for p in (fused, plain)]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    # With nothing skipped, the session-saving path writes the converter's own file, byte for byte.
+    from edgepress.export.ort_format import _save_as_ort
+
+    _save_as_ort(source, tmp_path / "same" / "model.ort", settings=OrtFormatSettings())
+    assert (tmp_path / "same" / "model.ort").read_bytes() == fused.read_bytes()
+
+
+def test_a_disabled_optimizer_must_be_a_transformer_name():
+    with pytest.raises(ValueError, match="not an ONNX Runtime transformer name"):
+        OrtFormatSettings(disabled_optimizers=("Skip LayerNorm",))
