@@ -17,8 +17,9 @@ from edgepress.report.model import LatencyRatio, Report, Stage, TargetEntry
 TITLE = "ORT format (ONNX Runtime Mobile)"
 INTRO = ("Each .ort beside the ONNX model it was converted from. The .ort runs under the full onnxruntime build, "
          "here and on each target, not under a reduced build; the operators config is what a reduced build "
-         "takes (`--include_ops_by_config`). 'same as source' is the share of samples where the .ort answers as "
-         "its source does on the same machine; the max error is measured on the host only.")
+         "takes (`--include_ops_by_config`). 'same as source' compares the .ort's answers with its source's on the "
+         "same machine: a classifier's share of samples with the same top-1 class, another model's worst output's "
+         "mean cosine; the max error is measured on the host only.")
 HOST = "host"  # the "where" of the stage's own check: this machine's ONNX Runtime, every sample
 
 FILES_HEADER = ["stage", "from", ".onnx size", ".ort size", "operators .onnx", "operators .ort", "optimisation",
