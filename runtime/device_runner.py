@@ -6,6 +6,8 @@
     python3 device_runner.py predict MODEL.onnx --inputs X.npz --out Y.npz [--threads N] [--batch-size N]
     python3 device_runner.py probe      (what the device has: Python, onnxruntime, numpy, CPU)
 
+MODEL.ort works wherever MODEL.onnx does: ONNX Runtime reads a file named .ort as ORT format, any other as ONNX.
+
 Prints one JSON object on stdout (human progress goes to stderr). Bad input: {"error": ..., "fix": ...}, exit 2.
 While it times, bench also prints a progress line {"partial": true, "runs": N, "new_samples_ms": [[...]], ...} on
 stdout about once a second: the timings measured since the previous line (the first line also carries a "header"
@@ -175,6 +177,7 @@ def npz_feed(np, session, path: str) -> dict:
 _ORT_NOISE = (
     (re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : "), ""),
     (re.compile(r"^Load model from .*? failed:"), ""),
+    (re.compile(r"^\w+\.(?:cc|h):\d+ \S+ (?=\S)"), ""),  # a release build's short source location and function
     # a source location, a C++ signature and the failed check that precede the sentence a person can read
     (re.compile(r"/onnxruntime_src/\S+:\d+ [^(]*\(.*?\) (?:\S.*? was false\. )?(?=[A-Z])"), ""),
     (re.compile(r'In Node, \("([^"]*)", (\S+), "[^"]*", -?\d+\) : \(.*?\) -> \(.*?\) , '), r'in node "\1" (\2): '),
@@ -218,12 +221,48 @@ def open_session(ort, path: str, args, *, profile_prefix=None):
         session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"],
                                        disabled_optimizers=list(args.disabled_optimizers or ()))
     except Exception as exc:  # ORT raises several types for a corrupt or unsupported file
+        mismatch = format_mismatch(path)
+        if mismatch is not None:
+            raise BadInput(*mismatch) from None
         if path.lower().endswith(".ort"):  # ORT format: written by one onnxruntime, read by it or a later one
-            raise BadInput(f"ONNX Runtime {ort.__version__} cannot load {path!r}: {ort_reason(exc)}",
-                           "convert the ONNX model again with the device's onnxruntime version") from None
+            reason = ort_reason(exc)
+            raise BadInput(f"ONNX Runtime {ort.__version__} cannot load {path!r}: {reason}",
+                           ort_load_fix(reason)) from None
         raise BadInput(f"ONNX Runtime cannot load {path!r}: {ort_reason(exc)}",
                        "re-export the model; check it with onnx.checker") from None
     return session, (time.perf_counter() - started) * 1e3
+
+
+ORT_IDENTIFIER = b"ORTM"  # bytes 4-8 of an ORT-format (FlatBuffers) file
+
+
+def format_mismatch(path: str):
+    """(problem, fix) when the file's name and bytes disagree: ONNX Runtime reads a file named .ort as ORT format
+    and any other as an ONNX protobuf, so a renamed file fails with a parse error that does not say why."""
+    try:
+        with open(path, "rb") as model_file:
+            head = model_file.read(8)
+    except OSError:
+        return None
+    ort_bytes, ort_name = head[4:8] == ORT_IDENTIFIER, path.lower().endswith(".ort")
+    base, stem = os.path.basename(path), os.path.splitext(os.path.basename(path))[0]
+    if ort_bytes and not ort_name:
+        return (f"model {base!r} is an ORT-format model not named .ort, so ONNX Runtime read it as ONNX",
+                f"rename it to {stem}.ort")
+    if ort_name and not ort_bytes:
+        return (f"model {base!r} is named .ort but is not an ORT-format model (no 'ORTM' identifier); ONNX Runtime "
+                "reads a .ort file as ORT format", f"rename an ONNX model to {stem}.onnx, or convert it to ORT format")
+    return None
+
+
+def ort_load_fix(reason: str) -> str:
+    """What mends an .ort this onnxruntime refuses, from ONNX Runtime's reason."""
+    if "verification failed" in reason:  # FlatBuffers' verifier: offsets or sizes that do not hold together
+        return "the file is corrupt or truncated: convert the ONNX model again, or copy it again"
+    if "not a registered function/op" in reason or "Could not find an implementation" in reason:
+        # an .ort converted for amd64 holds x86-only operators (the NCHWc layout) that no ARM build registers
+        return "convert the ONNX model again for this device's CPU (ort_format target_platform \"any\")"
+    return "convert the ONNX model again with the device's onnxruntime version"
 
 
 def session_settings(args) -> dict:
@@ -236,13 +275,24 @@ def run_once_ms(session, feed) -> float:
     return (time.perf_counter_ns() - started) / 1e6
 
 
-def first_run(session, feed) -> float:
+def first_run(session, feed, path: str = "") -> float:
     try:
         return run_once_ms(session, feed)
     except Exception as exc:
-        raise BadInput(f"the model does not run on these inputs: {ort_reason(exc)}",
+        reason = ort_reason(exc)
+        raise BadInput(f"the model does not run on these inputs: {reason}",
+                       other_cpu_fix(path, reason) or
                        "give inputs of the model's shapes (--inputs FILE.npz, or --dim NAME=SIZE); if they are "
                        "right, the model itself fails on them: re-export it") from None
+
+
+def other_cpu_fix(path: str, reason: str):
+    """The fix for an .ort converted for amd64 on a CPU of other vector width: its NCHWc blocks (16 channels with
+    AVX-512, 8 with AVX2) are baked in, and kernels of another width fail on them (or, worse, answer wrongly)."""
+    if path.lower().endswith(".ort") and "NCHWc" in reason:
+        return ("this .ort was converted for amd64 on a CPU with other vector registers (its NCHWc layout is "
+                "baked in): convert the ONNX model again with ort_format target_platform \"any\"")
+    return None
 
 
 def warm_up(np, sessions, feeds, warmup: str) -> int:
@@ -534,7 +584,7 @@ def bench(args) -> dict:
         feed = (npz_feed(np, session, args.inputs) if args.inputs
                 else random_feed(np, session, dims=args.dims, seed=args.seed + index))
         sessions.append(session), feeds.append(feed)
-        first_ms = first_run(session, feed)
+        first_ms = first_run(session, feed, path)
         for _ in range(2):  # a few more runs: some kernels allocate their scratch on a later run
             session.run(None, feed)
         models.append({"session_create_ms": created, "first_run_ms": first_ms, "size_bytes": os.path.getsize(path),
@@ -594,8 +644,9 @@ def predict(args) -> dict:
         try:
             chunks.append(session.run(None, part))
         except Exception as exc:
-            raise BadInput(f"the model does not run on {args.inputs!r}: {ort_reason(exc)}",
-                           "give inputs of the model's shapes") from None
+            reason = ort_reason(exc)
+            raise BadInput(f"the model does not run on {args.inputs!r}: {reason}",
+                           other_cpu_fix(args.model, reason) or "give inputs of the model's shapes") from None
     names = [node.name for node in session.get_outputs()]
     outputs = {name: np.concatenate([chunk[i] for chunk in chunks]) for i, name in enumerate(names)}
     temporary = args.out + ".partial.npz"
@@ -672,7 +723,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command is None:
-            raise BadInput("no command", "run `device_runner.py bench MODEL.onnx`, `predict` or `probe`")
+            raise BadInput("no command", "run `device_runner.py bench MODEL.onnx` (or MODEL.ort), `predict` or `probe`")
         if args.command == "probe":
             print(json.dumps(probe()))
             return 0

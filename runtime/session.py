@@ -24,15 +24,27 @@ class InputInfo:
     dtype: str
 
 
-def check_model_path(path: Path, *, what: str = "ONNX model") -> None:
-    """A regular, non-empty file under protobuf's 2 GiB: checked before anything reads the file."""
+def is_ort_path(path: Path | str) -> bool:
+    """Whether ONNX Runtime reads the file as ORT format: it decides by the name alone, as this does."""
+    return str(path).lower().endswith(".ort")
+
+
+def check_model_path(path: Path, *, what: str | None = None, ort_format: bool | None = None) -> None:
+    """A regular, non-empty file under 2 GiB (protobuf's limit, and FlatBuffers' for an .ort): checked before
+    anything reads the file. `ort_format`: which format the caller wants (default: the one the name says)."""
+    ort_format = is_ort_path(path) if ort_format is None else ort_format
+    kind, fix = ("ORT-format model", NOT_ORT_FIX) if ort_format else ("ONNX model", NOT_ONNX_FIX)
+    what = what or kind
     if not path.exists():
         raise UserError(f"{what} {path} does not exist", fix="check the path, or run the stage that produces it")
     if not path.is_file():
-        raise UserError(f"{what} {path} is not a file", fix=NOT_ONNX_FIX)
+        raise UserError(f"{what} {path} is not a file", fix=fix)
     size = path.stat().st_size
     if size == 0:
-        raise UserError(f"{what} {path} is empty, not an ONNX model", fix=NOT_ONNX_FIX)
+        raise UserError(f"{what} {path} is empty, not an {kind}", fix=fix)
+    if size >= MAX_ONNX_BYTES and ort_format:  # 32-bit offsets: no larger .ort can exist
+        raise UserError(f"{what} {path} is {size} bytes, more than the 2 GiB an ORT-format (FlatBuffers) file can "
+                        "hold", fix="run the ONNX model, with its weights as external data, instead")
     if size >= MAX_ONNX_BYTES:  # never read whole: protobuf could not parse it anyway
         raise UserError(f"{what} {path} is {size} bytes, more than the 2 GiB an ONNX protobuf can hold",
                         fix="save the weights as external data: onnx.save(model, path, save_as_external_data=True)")
@@ -59,7 +71,7 @@ def open_session(path: Path, *, threads: int, optimization: bool = True, denorma
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=list(disabled_optimizers))
     except Exception as exc:  # ORT raises its own exception types for a bad protobuf or graph
-        if path.suffix.lower() == ".ort":
+        if is_ort_path(path):
             raise UserError(f"{path} is not an ORT-format model this onnxruntime {ort.__version__} loads "
                             f"({ort_reason(exc)})", fix=NOT_ORT_FIX) from None
         raise UserError(f"{path} is not a valid ONNX model ({ort_reason(exc)})", fix=NOT_ONNX_FIX) from None

@@ -281,3 +281,166 @@ def test_predict_writes_every_output_for_every_input(models, tmp_path):
     expected = ort.InferenceSession(str(small), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     with np.load(tmp_path / "out.npz") as got:
         np.testing.assert_allclose(got["y"], expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- ORT-format models (.ort)
+
+def ort_of(onnx_path: Path, out: Path | None = None, **settings) -> Path:
+    """`onnx_path` converted by the ort_format stage's own converter (ONNX Runtime's) to ORT format."""
+    from export.ort_format import OrtFormatSettings, convert
+
+    out = out or onnx_path.with_suffix(".ort")
+    convert(onnx_path, out=out, config=out.with_suffix(".config"), settings=OrtFormatSettings(**settings),
+            log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ort_models(models):
+    small, large = models
+    return ort_of(small), ort_of(large)
+
+
+def test_bench_times_an_ort_model_with_dims_inputs_and_profile(ort_models, tmp_path):
+    """What bench does for an .onnx it does for an .ort: the runner opens the file as ORT format (its bytes would
+    not parse as ONNX), sizes free dimensions by name (the converter keeps them), reads --inputs, profiles."""
+    small_ort, _ = ort_models
+    assert small_ort.read_bytes()[4:8] == b"ORTM"
+    out = tmp_path / "bench.json"
+    proc = run_main("bench", str(small_ort), "--runs", "50", "--warmup", "5", "--dim", "batch=4", "--profile",
+                    "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == result and result["complete"] is True
+    assert result["model"] == "small.ort" and result["size_bytes"] == small_ort.stat().st_size
+    assert result["inputs"] == {"x": {"shape": [4, 64], "dtype": "float32"}}
+    assert [row["op_type"] for row in result["profile"]["by_op_type"]] == ["MatMul"]
+    assert result["profile"]["by_op_type"][0]["nodes"] == 4
+    assert "small.ort on local: p50" in proc.stderr
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, x=np.ones((3, 64), dtype=np.float32))
+    proc = run_main("bench", str(small_ort), "--runs", "20", "--warmup", "2", "--inputs", str(inputs))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["inputs"]["x"]["shape"] == [3, 64]
+
+
+def test_an_ort_model_compares_with_an_onnx_model_either_way(models, ort_models):
+    """Interleaved in one runner, whichever format comes first: four 512x512 MatMuls (either format) are clearly
+    slower than four 64x64 ones (the other), so each ratio's interval must lie well clear of 1."""
+    import edgepress
+
+    small, large = models
+    small_ort, large_ort = ort_models
+    result = edgepress.bench(large_ort, compare=small, runs=200, warmup="10")
+    assert result["model"] == "large.ort" and result["compare"]["model"] == "small.onnx"
+    assert result["size_bytes"] == large_ort.stat().st_size
+    assert result["compare"]["p50_ratio_ci95"][0] > 1.5
+    proc = run_main("bench", str(small), "--compare", str(large_ort), "--runs", "200", "--warmup", "10")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["model"] == "small.onnx" and result["compare"]["model"] == "large.ort"
+    assert result["compare"]["size_bytes"] == large_ort.stat().st_size
+    assert result["compare"]["p50_ratio_ci95"][1] < 1 / 1.5
+    # the same model in both formats: the same file name twice would collide on the device, these do not
+    proc = run_main("bench", str(small_ort), "--compare", str(small), "--runs", "20", "--warmup", "2")
+    assert proc.returncode == 0, proc.stderr
+
+
+def _newer_format(ort_file: Path, out: Path) -> Path:
+    """`ort_file` claiming an ORT format version no onnxruntime writes yet (the version string is one digit)."""
+    from edgepress.io import ort_wire
+
+    data = bytearray(ort_file.read_bytes())
+    version = ort_wire.read_model(ort_file).format_version.encode()
+    at = data.rindex(len(version).to_bytes(4, "little") + version + b"\0")
+    data[at + 4:at + 4 + len(version)] = b"9" * len(version)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def hostile_ort_cases(small: Path, small_ort: Path, folder: Path) -> list[tuple[str, list[str], list[str]]]:
+    """(case, bench arguments, fragments of its one-line error): truncated, corrupt, misnamed, too new."""
+    data = small_ort.read_bytes()
+
+    def write(name: str, content: bytes) -> str:
+        (folder / name).write_bytes(content)
+        return str(folder / name)
+
+    cases = [(f"truncated to {cut} bytes", [write(f"cut{cut}.ort", data[:cut])], ["cut", "ORT-format model"])
+             for cut in (1, 7, 8, 12, 100, len(data) // 2, len(data) - 8)]
+    (folder / "folder.ort").mkdir()
+    cases += [
+        ("empty", [write("empty.ort", b"")], ["empty.ort is empty, not an ORT-format model"]),
+        ("a folder", [str(folder / "folder.ort")], ["folder.ort is not a file"]),
+        ("text", [write("text.ort", b"not an ORT model, just text\n" * 10)], ["lacks the file identifier 'ORTM'"]),
+        ("ONNX named .ort", [write("onnx-inside.ort", small.read_bytes())],
+         ["onnx-inside.ort is an ONNX model (protobuf) named .ort", "rename it to onnx-inside.onnx"]),
+        ("ORT named .onnx", [write("ort-inside.onnx", data)],
+         ["ort-inside.onnx is an ORT-format model", "rename it to ort-inside.ort"]),
+        ("ORT named .onnx, as --compare", [str(small), "--compare", str(folder / "ort-inside.onnx")],
+         ["--compare", "rename it to ort-inside.ort"]),
+        ("corrupt --compare", [str(small), "--compare", str(folder / "cut100.ort")], ["--compare", "cut100.ort"]),
+        # the host reads the version but leaves it to the device's onnxruntime, which alone knows what it reads
+        ("a newer ORT format", [str(_newer_format(small_ort, folder / "newer.ort"))],
+         ["on local", "cannot load 'newer.ort'", "ORT format model version [9] is not supported",
+          "convert the ONNX model again with the device's onnxruntime version"]),
+    ]
+    return cases
+
+
+def test_hostile_ort_files_are_one_line_errors(models, ort_models, tmp_path):
+    small, _ = models
+    for case, args, fragments in hostile_ort_cases(small, ort_models[0], tmp_path):
+        proc = run_main("bench", *args, "--runs", "5", "--warmup", "1")
+        line = assert_one_line_error(proc, *fragments)
+        assert "internal error" not in line and "[ONNXRuntimeError]" not in line, (case, line)
+        assert proc.stdout == "", case  # nothing was timed
+
+
+def test_the_api_refuses_a_corrupt_ort_as_a_user_error(ort_models, tmp_path):
+    import edgepress
+
+    from tests.conftest import assert_user_error
+
+    cut = tmp_path / "cut.ort"
+    cut.write_bytes(ort_models[0].read_bytes()[:300])
+    assert_user_error(lambda: edgepress.bench(cut), "cut.ort is not a valid ORT-format model", "truncated")
+
+
+def test_mutated_ort_files_run_or_fail_in_one_line(ort_models, tmp_path):
+    """Seeded byte changes in an .ort's tables (its first and last kilobyte; between them lie the weights): each
+    either loads and is timed, or is one line, from the host's check or from ONNX Runtime's own verifier."""
+    data = ort_models[0].read_bytes()
+    rng = np.random.default_rng(7)
+    positions = np.r_[8:1024, len(data) - 1024:len(data)]
+    outcomes = []
+    for index in range(8):
+        mutated = bytearray(data)
+        for at in rng.choice(positions, size=4, replace=False):
+            mutated[at] = int(rng.integers(0, 256))
+        path = tmp_path / f"mutant{index}.ort"
+        path.write_bytes(bytes(mutated))
+        proc = run_main("bench", str(path), "--runs", "3", "--warmup", "1")
+        if proc.returncode == 0:
+            assert json.loads(proc.stdout)["runs"] == 3
+        else:
+            assert_one_line_error(proc, f"mutant{index}.ort", "convert the ONNX model again")
+        outcomes.append(proc.returncode)
+    assert 2 in outcomes, "no mutant was refused: the mutations missed the tables"
+
+
+def test_runner_alone_names_a_model_whose_name_and_format_disagree(models, ort_models, tmp_path):
+    """By hand on a device (no host check before it): ONNX Runtime picks the format by the name, so a renamed
+    file fails to parse; the runner says which format the bytes are and which name mends it."""
+    small, _ = models
+    (tmp_path / "device_runner.py").write_bytes(RUNNER.read_bytes())
+    (tmp_path / "was-onnx.ort").write_bytes(small.read_bytes())
+    (tmp_path / "was-ort.onnx").write_bytes(ort_models[0].read_bytes())
+    for name, fragments in (("was-onnx.ort", ["named .ort but is not an ORT-format model", "was-onnx.onnx"]),
+                            ("was-ort.onnx", ["is an ORT-format model not named .ort", "was-ort.ort"])):
+        proc = subprocess.run([sys.executable, "device_runner.py", "bench", name, "--runs", "3"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        reply = json.loads(proc.stdout.splitlines()[-1])
+        said = reply["error"] + " fix: " + reply["fix"]
+        assert all(fragment in said for fragment in fragments), said

@@ -100,6 +100,13 @@ def test_bench_needs_neither_torch_nor_onnx(tmp_path):
     proc = run_cli("bench", str(model), "--runs", "5", "--warmup", "1", env=device_only)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["runs"] == 5
+    # an ORT-format model too, against the ONNX one: both files checked without onnx or protobuf
+    from tests.test_bench_cli import ort_of
+
+    converted = ort_of(model)
+    proc = run_cli("bench", str(converted), "--compare", str(model), "--runs", "5", "--warmup", "1", env=device_only)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["compare"]["model"] == "relu.onnx"
     hostile, _ = hostile_locations(tmp_path)["dot-dot"]
     assert_one_line_error(run_cli("bench", str(hostile), "--runs", "5", env=device_only), "'../outside.data'",
                           "outside")

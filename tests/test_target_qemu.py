@@ -268,6 +268,74 @@ def test_int8_model_on_arm_kernels_against_x86(cache_env, tmp_path, capsys, reco
         assert comparison["agreement"] >= 0.9, comparison["sentence"]
 
 
+@pytest.mark.slow
+def test_an_ort_model_is_benched_under_qemu_and_answers_as_its_onnx_source(cache_env, tmp_path):
+    """An .ort on ARM's kernels: timed against its source .onnx in one emulated runner (profiled, on real inputs),
+    its outputs there those of the .onnx there; one converted for amd64 (x86-only NCHWc operators) is refused in
+    one line that names the setting to change."""
+    from tests.test_bench_cli import ort_of
+
+    source = _tiny_model(tmp_path / "tiny.onnx")
+    converted = ort_of(source)
+    x = np.random.default_rng(4).standard_normal((40, 8)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    proc = run_main("bench", str(converted), "--compare", str(source), "--target", "qemu-aarch64:cortex-a53",
+                    "--runs", "20", "--warmup", "2", "--profile", "--inputs", str(tmp_path / "x.npz"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["emulated"] is True and result["device"]["machine"] == "aarch64"
+    assert result["model"] == "tiny.ort" and result["compare"]["model"] == "tiny.onnx"
+    assert result["size_bytes"] == converted.stat().st_size and result["inputs"]["x"]["shape"] == [40, 8]
+    assert {row["op_type"] for row in result["profile"]["by_op_type"]} <= {"MatMul", "Relu"}
+
+    target = open_target("qemu-aarch64:cortex-a53")
+    found = {}
+    for model in (converted, source):
+        out = f"y-{model.suffix[1:]}.npz"
+        target.run(files=[model, tmp_path / "x.npz"], fetch=[out], into=tmp_path, timeout_s=300,
+                   args=["predict", model.name, "--inputs", "x.npz", "--out", out])
+        with np.load(tmp_path / out) as outputs:
+            found[model.suffix] = outputs["y"]
+    assert found[".ort"].shape == (40, 4) and (found[".ort"] > 0).any()
+    np.testing.assert_allclose(found[".ort"], found[".onnx"], rtol=1e-6, atol=1e-6)
+
+    _int8_conv_model(tmp_path, np.random.default_rng(5).standard_normal((16, 3, 16, 16)).astype(np.float32))
+    for_x86 = ort_of(tmp_path / "cnn_fp32.onnx", tmp_path / "cnn_amd64.ort", target_platform="amd64")
+    assert_one_line_error(run_main("bench", str(for_x86), "--target", "qemu-aarch64:cortex-a53", "--runs", "5"),
+                          "on qemu-aarch64:cortex-a53", "cannot load 'cnn_amd64.ort'", "target_platform")
+
+
+@pytest.mark.slow
+def test_a_recipe_evaluates_its_ort_format_stage_under_qemu_against_its_source(prepared, tmp_path, monkeypatch):
+    """export, ptq, ort_format; the qemu target evaluates ptq and the .ort on ARM's kernels, where the .ort must
+    answer as its source INT8 ONNX model answers there (same_as_source: the share of equal top-1 answers)."""
+    from tests.conftest import TINY_RECIPE, write_recipe
+
+    text = TINY_RECIPE.format(epochs=2, budgets="").replace(
+        "[bench]", '[[stages]]\nkind = "ort_format"\n\n[bench]') + """
+[[targets]]
+name = "local"
+
+[[targets]]
+name = "qemu-aarch64"
+evaluate = true
+evaluate_samples = 32
+latency = false
+stages = ["ptq", "ort_format"]
+"""
+    monkeypatch.setenv("EDGEPRESS_CACHE", str(prepared.cache))
+    ran = edgepress.run(write_recipe(tmp_path, text=text), out=tmp_path / "out")
+    assert ran.gate.passed, ran.gate.violations
+    stages = {stage["name"]: stage["metrics"] for stage in ran.to_json_dict()["stages"]}
+    on_arm = stages["ort_format"]["targets"]["qemu-aarch64"]
+    assert on_arm["emulated"] is True and "latency_ms" not in on_arm
+    assert on_arm["evaluation"]["digits:test"]["samples"] == 32
+    assert on_arm["same_as_source"] == 1.0
+    # the .ort's ARM answers are the INT8 model's ARM answers: the same accuracy on the same 32 samples
+    assert on_arm["accuracy"] == stages["ptq"]["targets"]["qemu-aarch64"]["accuracy"]
+    assert "qemu-aarch64" not in stages["export"]["targets"]  # stages = ["ptq", "ort_format"]
+
+
 # ---------------------------------------------------------------- errors, one line each
 
 def test_unknown_cpu_names_the_closest(tmp_path):

@@ -231,6 +231,34 @@ def test_bench_through_user_host_port_and_identity_file(sshd, client, models, tm
     assert workdir.is_dir() and list(workdir.iterdir()) == []
 
 
+def test_bench_an_ort_model_against_an_onnx_one_on_the_device(client, models, tmp_path, capsys):
+    """An .ort travels and runs like an .onnx: timed against the other format on the device, profiled there; one
+    the host can tell is truncated never leaves it, and one the device's onnxruntime refuses (an ORT format
+    newer than it reads) is its one line, relayed, with the working folder gone."""
+    from tests.conftest import main_one_line_error
+    from tests.test_bench_cli import _newer_format, ort_of
+
+    model, other = models
+    converted = ort_of(model)
+    before = _remote_folders()
+    result = _bench(tmp_path, converted, f"ssh://{ALIAS}", "--compare", str(other), "--profile")
+    _check_compare(result, f"ssh://{ALIAS}", "tiny.ort", "other.onnx")
+    assert result["size_bytes"] == converted.stat().st_size and result["compare"]["size_bytes"] == other.stat().st_size
+    assert {row["op_type"] for row in result["profile"]["by_op_type"]} <= {"MatMul", "Relu"}
+    assert _remote_folders() == before and client.count() == 3
+
+    cut = tmp_path / "cut.ort"
+    cut.write_bytes(converted.read_bytes()[:200])
+    main_one_line_error(capsys, ["bench", str(cut), "--target", f"ssh://{ALIAS}", "--python", sys.executable],
+                        "cut.ort is not a valid ORT-format model")
+    assert client.count() == 3  # refused on the host: no connection made
+    newer = _newer_format(converted, tmp_path / "newer.ort")
+    main_one_line_error(capsys, ["bench", str(newer), "--target", f"ssh://{ALIAS}", "--python", sys.executable],
+                        f"on ssh://{ALIAS}:", "cannot load 'newer.ort'", "ORT format model version [9]",
+                        "the device's onnxruntime version")
+    assert _remote_folders() == before and client.count() == 6  # copy, run, remove; never retried
+
+
 def test_shell_metacharacters_reach_the_device_as_plain_words(sshd, client, tmp_path):
     model = _tiny_model(tmp_path / f"{PAYLOAD}.onnx", 1.0)
     other = _tiny_model(tmp_path / f"{PAYLOAD} 2.onnx", 3.0)

@@ -1,4 +1,4 @@
-"""`edgepress bench MODEL.onnx`: latency on a target, with statistics that hold up on a noisy machine."""
+"""`edgepress bench MODEL.onnx|MODEL.ort`: latency on a target, with statistics that hold up on a noisy machine."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from edgepress.running.folder import check_output_file
 from edgepress.core.schema import THREADS, Bounds
 from edgepress.targets import FORMS
 
-HELP = f"time an ONNX model on a target ({FORMS}) and print JSON"
+HELP = f"time an ONNX or ORT-format model on a target ({FORMS}) and print JSON"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path)
+    parser.add_argument("model", type=Path, metavar="MODEL",
+                        help="MODEL.onnx, or MODEL.ort (ORT format: ONNX Runtime reads a file by its name's suffix)")
     parser.add_argument("--target", default="local", help=f"{FORMS}; default local")
-    parser.add_argument("--compare", type=Path, help="a second model, timed interleaved with MODEL in one process")
+    parser.add_argument("--compare", type=Path,
+                        help="a second model (.onnx or .ort), timed interleaved with MODEL in one process")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     parser.add_argument("--inter-op-threads", type=int, default=1)
     parser.add_argument("--spinning", choices=("default", "on", "off"), default="default",
@@ -76,9 +78,12 @@ def runner_args(args: argparse.Namespace) -> list[str]:
 
 def _check(args: argparse.Namespace) -> list[Path]:
     """The files the device needs, by distinct base names: the models, their external data, the inputs.
-    Each model is checked here, before any session opens it (edgepress/io/onnx_check.py)."""
+    Each model is checked here, before any session opens it (edgepress/io/onnx_check.py, or ort_check.py for an
+    .ort: ONNX Runtime reads a file as ORT format by its name, and the check follows it)."""
     from edgepress.core.archives import check_npz
     from edgepress.io.onnx_check import check_onnx_file
+    from edgepress.io.ort_check import check_ort_file
+    from edgepress.runtime.session import is_ort_path
 
     files = [args.model] + [p for p in (args.compare, args.inputs) if p is not None]
     for path in files:
@@ -86,7 +91,9 @@ def _check(args: argparse.Namespace) -> list[Path]:
             raise UserError(f"{path} does not exist", fix="pass the path of an existing file")
     for flag, model in (("MODEL", args.model), ("--compare", args.compare)):
         if model is not None:
-            files += _carried(check_onnx_file(model, what=flag), model=model)
+            carried = (check_ort_file(model, what=flag) if is_ort_path(model) else
+                       check_onnx_file(model, what=flag, takes_ort=True))
+            files += _carried(carried, model=model)
     if args.inputs is not None:
         if not args.inputs.is_file():
             raise UserError(f"--inputs {args.inputs} is not a file", fix="pass an .npz written by numpy.savez")

@@ -6,6 +6,7 @@ ModelProto with a graph (read without the onnx package, edgepress/io/onnx_wire.p
 checks too), and keep any external data in plain files inside its own folder, within their bounds.
 ONNX Runtime (1.32) and onnx.load refuse absolute and escaping external-data paths themselves; this check
 says so up front in one line with the fix, and names the files bench must carry along with the model.
+An ORT-format model is checked by edgepress/io/ort_check.py; one given where ONNX is read is named as such.
 """
 
 from __future__ import annotations
@@ -14,29 +15,30 @@ import os
 from pathlib import Path, PurePath
 from typing import Sequence
 
-from edgepress.io import onnx_wire
+from edgepress.io import onnx_wire, ort_wire
 from edgepress.core.errors import UserError
-from edgepress.runtime.session import NOT_ONNX_FIX, check_model_path
+from edgepress.runtime.session import NOT_ONNX_FIX, check_model_path, is_ort_path
 
 _EXTERNAL = 1  # TensorProto.EXTERNAL
 
 
-def check_onnx_file(path: Path, *, what: str = "ONNX model") -> tuple[Path, ...]:
-    """Refuse `path` unless it is a loadable ONNX file; returns the external data files it reads (often none)."""
+def check_onnx_file(path: Path, *, what: str = "ONNX model", takes_ort: bool = False) -> tuple[Path, ...]:
+    """Refuse `path` unless it is a loadable ONNX file; returns the external data files it reads (often none).
+    `takes_ort`: the caller also takes ORT-format models (bench), so an ORT file misnamed is told to be renamed."""
     path = Path(path)
-    check_model_path(path, what=what)
-    _parse_whole(path, what=what)
+    check_model_path(path, what=what, ort_format=False)
+    _parse_whole(path, what=what, takes_ort=takes_ort)
     try:
         model = onnx_wire.read_model(path)
     except (onnx_wire.WireError, OSError) as exc:
-        raise _unparsable(path, exc, what=what) from None
+        raise _unparsable(path, exc, what=what, takes_ort=takes_ort) from None
     if model.ir_version <= 0 or not model.has_graph or not model.graph_outputs:
         raise UserError(f"{what} {path} is not a valid ONNX model (it has no IR version or no graph with outputs)",
                         fix=NOT_ONNX_FIX)
     return _external_files(model.tensors, path=path, what=what)
 
 
-def _parse_whole(path: Path, *, what: str) -> None:
+def _parse_whole(path: Path, *, what: str, takes_ort: bool) -> None:
     """Where onnx is installed (the host tools), every field must parse, not only those onnx_wire reads: the
     stages load the model with onnx. A device-only install leaves the rest to ONNX Runtime's own parser."""
     try:
@@ -47,12 +49,28 @@ def _parse_whole(path: Path, *, what: str) -> None:
     try:
         onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError, OSError) as exc:
-        raise _unparsable(path, exc, what=what) from None
+        raise _unparsable(path, exc, what=what, takes_ort=takes_ort) from None
 
 
-def _unparsable(path: Path, exc: Exception, *, what: str) -> UserError:
+def _unparsable(path: Path, exc: Exception, *, what: str, takes_ort: bool) -> UserError:
+    ort_format = _is_ort_format(path)
+    if ort_format and takes_ort and not is_ort_path(path):  # ONNX Runtime reads it as ONNX, by its name
+        return UserError(f"{what} {path} is an ORT-format model (its bytes are ORT's FlatBuffers, not an ONNX "
+                         "protobuf); ONNX Runtime reads only a file named .ort as ORT format",
+                         fix=f"rename it to {path.stem}.ort")
+    if ort_format:  # where only ONNX will do (a recipe's source model)
+        return UserError(f"{what} {path} is an ORT-format model, not an ONNX model",
+                         fix="point to the ONNX model it was converted from (the ort_format stage makes the .ort)")
     reason = " ".join(str(exc).split())[:160] or type(exc).__name__
     return UserError(f"{what} {path} is not a valid ONNX model (it does not parse: {reason})", fix=NOT_ONNX_FIX)
+
+
+def _is_ort_format(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return ort_wire.has_identifier(file.read(8))
+    except OSError:
+        return False
 
 
 def _external_files(tensors: Sequence[onnx_wire.Tensor], *, path: Path, what: str) -> tuple[Path, ...]:

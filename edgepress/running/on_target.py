@@ -1,4 +1,4 @@
-"""A recipe's targets: each stage's ONNX model timed by the device runner on every target, and evaluated
+"""A recipe's targets: each stage's ONNX or ORT-format model timed by the device runner on every target, and evaluated
 there when the target asks for it (ARM kernels may answer differently from x86 on the same INT8 model)."""
 
 from __future__ import annotations
