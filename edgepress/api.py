@@ -99,7 +99,7 @@ def gate(report: Report | str | Path, *, budgets: str | Path | None = None,
 
 
 def bench(model: str | Path, **options: Any) -> dict[str, Any]:
-    """`edgepress bench` in code: the latency JSON of an ONNX model on a target. Options are the command's flags
+    """`edgepress bench` in code: the latency JSON of an ONNX model (.onnx or .ort) on a target. Options are the command's flags
     with underscores (target="qemu-aarch64", compare=path, threads=2, runs=500, duration=5.0, inputs=path,
     dim=["batch=1"], samples=True, profile=True, ...), with the command's defaults."""
     from edgepress.cli import bench as bench_command

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgepress.core import datapath
+from edgepress.core.errors import UserError
 from edgepress.io.artifact import ONNX_RUNTIME_FORMATS
 from edgepress.measure import metrics
 from edgepress.measure.datasets import DataSpec
@@ -265,6 +266,7 @@ def from_table(table: dict[str, Any], *, path: Path) -> Recipe:
         reference_stage=reference,
     )
     _check_formats(recipe)
+    _check_stage_targets(recipe)
     if recipe.data.metric != "auto":  # "auto" is decided by the data and the model's outputs, at check
         check_budgets(recipe, metric=metrics.METRICS.get(recipe.data.metric) or user)
     return recipe
@@ -348,6 +350,19 @@ def _all_budgets(recipe: Recipe) -> list[Budgets]:
 
 
 _A_MODEL = {"torch": "a torch model", "onnx": "an ONNX model", "ort": "an ORT-format model (.ort)"}
+
+
+def _check_stage_targets(recipe: Recipe) -> None:
+    """A stage whose output runs only on some CPUs is refused now if the recipe's targets include others."""
+    names = tuple(target.name for target in recipe.targets)
+    for stage in recipe.stages:
+        check = REGISTRY[stage.kind].check_targets
+        if check is None:
+            continue
+        try:
+            check(stage.settings, names)
+        except UserError as exc:
+            raise SchemaError(f"stage {stage.name!r}: {exc.problem}", fix=exc.fix) from None
 
 
 def _check_formats(recipe: Recipe) -> None:

@@ -38,8 +38,9 @@ class OrtFormatSettings:
                     'advises where NNAPI or CoreML takes the model), or "none"')
     target_platform: Literal["any", "arm", "amd64"] = setting(
         "any", help='the CPU the .ort ships to, as the converter\'s --target_platform: "arm" lets int8 Q/DQ pairs '
-                    'fuse as ARM kernels prefer, "amd64" adds the x86-only NCHWc layout (the file then runs on x86 '
-                    'only), "any" runs everywhere')
+                    'fuse as ARM kernels prefer, "amd64" adds the NCHWc layout sized for this machine\'s vector '
+                    'width (the file then answers correctly only on x86 CPUs like this one: refused unless every '
+                    'target is local), "any" runs everywhere')
     # A fusion baked into the .ort cannot be skipped where it runs (a session does not optimise an .ort again).
     disabled_optimizers: tuple[str, ...] = setting(
         (), help="ONNX Runtime graph transformers not to bake into the .ort, e.g. [\"SkipLayerNormFusion\"] where "
@@ -158,11 +159,25 @@ def compare_with_source(ort_model: Artifact, source: Artifact, ctx: StageContext
     return found
 
 
+def check_platform(settings: OrtFormatSettings, targets: tuple[str, ...]) -> None:
+    """An "amd64" .ort bakes in NCHWc blocks as wide as this CPU's vectors: on an x86 CPU of another width it runs
+    and answers wrongly (a conv net under qemu-x86_64 as Haswell was off by up to 24.8 in an output), with no error."""
+    from edgepress.targets import scheme_of
+
+    elsewhere = [name for name in targets if scheme_of(name) != "local"]
+    if settings.target_platform == "amd64" and elsewhere:
+        raise UserError(f'target_platform = "amd64" bakes in a layout sized for this machine\'s CPU, and the recipe '
+                        f"also runs the .ort on {elsewhere[0]}",
+                        fix='use target_platform = "any" (or "arm" for a phone), or convert on the device\'s kind '
+                            "of CPU with only a local target")
+
+
 def run(source: Artifact, settings: OrtFormatSettings, ctx: StageContext) -> StageOutput:
     import onnxruntime
 
     from edgepress.io.onnx_stats import count_params_and_macs
 
+    check_platform(settings, ctx.targets)  # a pure call's targets too, not only a recipe's
     out = ctx.output_path("ort")
     config = ctx.work_dir / settings.config_name
     ctx.log(f"converting with ONNX Runtime {onnxruntime.__version__}: level {settings.optimization_level}, "
@@ -201,6 +216,6 @@ def run(source: Artifact, settings: OrtFormatSettings, ctx: StageContext) -> Sta
 
 
 STAGE = StageDef(kind="ort_format", settings_type=OrtFormatSettings, input_format="onnx", output_format="ort", run=run,
-                 modalities=("image", "text"),
+                 modalities=("image", "text"), check_targets=check_platform,
                  summary="ONNX -> ORT format (.ort) for ONNX Runtime Mobile, with the required-operators config of a "
                          "reduced build, checked against its source on the evaluation sets")

@@ -235,3 +235,14 @@ def test_disabled_optimizers_stay_out_of_the_ort_and_the_rest_is_the_converters_
 def test_a_disabled_optimizer_must_be_a_transformer_name():
     with pytest.raises(ValueError, match="not an ONNX Runtime transformer name"):
         OrtFormatSettings(disabled_optimizers=("Skip LayerNorm",))
+
+
+def test_an_amd64_ort_is_refused_before_any_work_where_another_cpu_runs_it(tmp_path):
+    """An "amd64" .ort holds NCHWc blocks as wide as this CPU's vectors: elsewhere it answers wrongly, silently."""
+    targets = '\n[[targets]]\nname = "local"\n\n[[targets]]\nname = "qemu-x86_64:Haswell"\nlatency = false\n'
+    text = ORT_RECIPE.format(epochs=1, budgets="", settings='target_platform = "amd64"')
+    recipe = write_recipe(tmp_path, text=text.replace("[budgets]", targets + "\n[budgets]"))
+    assert_user_error(lambda: edgepress.load_recipe(recipe), "stage 'ort_format'", "qemu-x86_64:Haswell",
+                      'target_platform = "any"')
+    local_only = write_recipe(tmp_path, text=text, name="local.toml")
+    assert edgepress.load_recipe(local_only).stages[-1].settings.target_platform == "amd64"

@@ -61,6 +61,9 @@ class StageDef:
     # Checks, before any stage runs, that the stage can work on the recipe's task (edgepress/measure/task.py) with these
     # settings: a training loss for its metric, one input where it traces one, ...
     check_task: Callable[[Any, Any], None] | None = None
+    # Checks, before any stage runs, that its output can run on the recipe's targets (their names, primary first)
+    # with these settings; raises UserError.
+    check_targets: Callable[[Any, tuple[str, ...]], None] | None = None
     # Whether, with these settings, its output depends on timings on the primary target (a search that keeps
     # the fastest candidate): then that target's threads are part of the stage's resume key.
     timed: Callable[[Any], bool] | None = None
