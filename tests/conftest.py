@@ -152,6 +152,30 @@ def assert_user_error(call, *fragments: str) -> str:
     return line
 
 
+# TINY_RECIPE ending in ort_format, on a local target that evaluates the models too.
+ORT_TINY_RECIPE = TINY_RECIPE.format(epochs=1, budgets="operator_count_max = 40\nsize_bytes = 100000") + """
+[[stages]]
+kind = "ort_format"
+
+[[targets]]
+name = "local"
+threads = 1
+evaluate = true
+evaluate_samples = 120
+"""
+
+
+@pytest.fixture(scope="session")
+def ort_tiny_run(tmp_path_factory):
+    """ORT_TINY_RECIPE run once through the API for the tests of the stage and of its report: (the folder holding
+    recipe.toml and out/, the typed report). A test that changes the run works on a copy of the folder."""
+    import edgepress
+
+    folder = tmp_path_factory.mktemp("ort-tiny")
+    report = edgepress.run(write_recipe(folder, text=ORT_TINY_RECIPE), out=folder / "out")
+    return folder, report
+
+
 def tiny_recipe_with(stages_toml: str) -> str:
     """TINY_RECIPE with `stages_toml` ([[stages]] tables) inserted after training, before export."""
     return TINY_RECIPE.replace('[[stages]]\nkind = "export"', stages_toml.strip() + '\n\n[[stages]]\nkind = "export"')

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -125,17 +126,8 @@ kind = "ort_format"
 """
 
 
-@pytest.fixture(scope="module")
-def ort_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ort-run")
-    recipe = write_recipe(folder, text=ORT_RECIPE.format(epochs=3, budgets="operator_count_max = 40\nsize_bytes = 100000",
-                                                         settings=""))
-    report = edgepress.run(recipe, out=folder / "out")
-    return folder, recipe, report
-
-
-def test_the_stage_ships_an_ort_that_answers_as_its_source(ort_run):
-    folder, _, report = ort_run
+def test_the_stage_ships_an_ort_that_answers_as_its_source(ort_tiny_run):
+    folder, report = ort_tiny_run
     assert report.gate.passed, report.gate.violations
     stage = report.stages[-1]
     assert (stage.kind, stage.format, stage.artifact) == ("ort_format", "ort", "04-ort_format/model.ort")
@@ -157,8 +149,11 @@ def test_the_stage_ships_an_ort_that_answers_as_its_source(ort_run):
     assert checks["size_bytes"].value == (folder / "out" / stage.artifact).stat().st_size
 
 
-def test_a_rerun_keeps_the_stage_and_an_operator_budget_gates_it(ort_run):
-    folder, recipe, report = ort_run
+def test_a_rerun_keeps_the_stage_and_an_operator_budget_gates_it(ort_tiny_run, tmp_path):
+    shared, report = ort_tiny_run
+    folder = tmp_path / "copy"
+    shutil.copytree(shared, folder)
+    recipe = folder / "recipe.toml"
     ptq_files = {p.name: sha256(p) for p in (folder / "out" / "03-ptq").iterdir() if p.is_file()}
     count = report.stages[-1].metrics.operator_count
     strict = recipe.read_text().replace("operator_count_max = 40", f"operator_count_max = {count - 1}")

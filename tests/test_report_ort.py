@@ -9,31 +9,17 @@ import html
 import onnxruntime
 import pytest
 
-import edgepress
 from edgepress.report import writer
 from edgepress.report.model import read_report
-from tests.conftest import TINY_RECIPE, write_recipe
 from tests.test_report_model import _report
 
-RECIPE = TINY_RECIPE.format(epochs=1, budgets="") + """
-[[stages]]
-kind = "ort_format"
-
-[[targets]]
-name = "local"
-threads = 1
-evaluate = true
-evaluate_samples = 120
-"""
 TITLE = "## ORT format (ONNX Runtime Mobile)"
 
 
-@pytest.fixture(scope="module")
-def ran(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ort-report")
-    out = folder / "out"
-    report = edgepress.run(write_recipe(folder, text=RECIPE), out=out)
-    return out, report
+@pytest.fixture
+def ran(ort_tiny_run):
+    folder, report = ort_tiny_run  # tests/conftest.py: train, export, ptq, ort_format; local evaluates too
+    return folder / "out", report
 
 
 def _section(markdown: str) -> list[list[str]]:
