@@ -305,37 +305,6 @@ def test_an_ort_model_is_benched_under_qemu_and_answers_as_its_onnx_source(cache
                           "on qemu-aarch64:cortex-a53", "cannot load 'cnn_amd64.ort'", "target_platform")
 
 
-@pytest.mark.slow
-def test_a_recipe_evaluates_its_ort_format_stage_under_qemu_against_its_source(prepared, tmp_path, monkeypatch):
-    """export, ptq, ort_format; the qemu target evaluates ptq and the .ort on ARM's kernels, where the .ort must
-    answer as its source INT8 ONNX model answers there (same_as_source: the share of equal top-1 answers)."""
-    from tests.conftest import TINY_RECIPE, write_recipe
-
-    text = TINY_RECIPE.format(epochs=2, budgets="").replace(
-        "[bench]", '[[stages]]\nkind = "ort_format"\n\n[bench]') + """
-[[targets]]
-name = "local"
-
-[[targets]]
-name = "qemu-aarch64"
-evaluate = true
-evaluate_samples = 32
-latency = false
-stages = ["ptq", "ort_format"]
-"""
-    monkeypatch.setenv("EDGEPRESS_CACHE", str(prepared.cache))
-    ran = edgepress.run(write_recipe(tmp_path, text=text), out=tmp_path / "out")
-    assert ran.gate.passed, ran.gate.violations
-    stages = {stage["name"]: stage["metrics"] for stage in ran.to_json_dict()["stages"]}
-    on_arm = stages["ort_format"]["targets"]["qemu-aarch64"]
-    assert on_arm["emulated"] is True and "latency_ms" not in on_arm
-    assert on_arm["evaluation"]["digits:test"]["samples"] == 32
-    assert on_arm["same_as_source"] == 1.0
-    # the .ort's ARM answers are the INT8 model's ARM answers: the same accuracy on the same 32 samples
-    assert on_arm["accuracy"] == stages["ptq"]["targets"]["qemu-aarch64"]["accuracy"]
-    assert "qemu-aarch64" not in stages["export"]["targets"]  # stages = ["ptq", "ort_format"]
-
-
 # ---------------------------------------------------------------- errors, one line each
 
 def test_unknown_cpu_names_the_closest(tmp_path):
@@ -413,20 +382,28 @@ name = "qemu-aarch64:%s"
 evaluate = true
 evaluate_samples = 150
 latency = false
-stages = ["ptq"]
+stages = ["ptq", "ort_format"]
 budgets = { accuracy_drop_points = 100.0 }
 """ % DOT_CPU
-    recipe = write_recipe(tmp_path, text=TINY_RECIPE.format(epochs=2, budgets="agreement_min = 0.9") + targets)
+    text = TINY_RECIPE.format(epochs=2, budgets="agreement_min = 0.9").replace(
+        "[bench]", '[[stages]]\nkind = "ort_format"\n\n[bench]')
+    recipe = write_recipe(tmp_path, text=text + targets)
     monkeypatch.setenv("EDGEPRESS_CACHE", str(prepared.cache))
     ran = edgepress.run(recipe, out=tmp_path / "out")
     assert ran.gate.passed, ran.gate.violations
     report = ran.to_json_dict()
-    ptq = report["stages"][-1]["metrics"]
+    stages = {stage["name"]: stage["metrics"] for stage in report["stages"]}
+    ptq = stages["ptq"]
     a53, dot = ptq["targets"]["qemu-aarch64:cortex-a53"], ptq["targets"][f"qemu-aarch64:{DOT_CPU}"]
     assert a53["emulated"] is True and a53["device"]["machine"] == "aarch64" and a53["runs"] == 200
     assert "latency_ms" not in dot  # latency = false: evaluated, not timed
-    export = report["stages"][-2]["metrics"]["targets"]
-    assert f"qemu-aarch64:{DOT_CPU}" not in export and "qemu-aarch64:cortex-a53" in export  # stages = ["ptq"]
+    export = stages["export"]["targets"]
+    assert f"qemu-aarch64:{DOT_CPU}" not in export and "qemu-aarch64:cortex-a53" in export  # stages = [...]
+    # The .ort answers as its source INT8 model does with ARM's kernels: on both CPUs, every one of the 150 images.
+    for name in ("qemu-aarch64:cortex-a53", f"qemu-aarch64:{DOT_CPU}"):
+        on_arm = stages["ort_format"]["targets"][name]
+        assert on_arm["evaluation"]["digits:test"]["samples"] == 150
+        assert on_arm["same_as_source"] == 1.0 and on_arm["accuracy"] == ptq["targets"][name]["accuracy"]
     for on_arm in (a53, dot):
         assert on_arm["evaluation"]["digits:test"]["samples"] == 150
         assert on_arm["agreement"] >= 0.9 and 0.0 <= on_arm["accuracy"] <= 1.0
