@@ -2,7 +2,8 @@
 sizes, operator counts (the kernels a reduced build needs), the .ort's answers against its source on the host and
 on each target that evaluated it (same_as_source), and the .ort's p50 over its source's, timed here interleaved
 in one process (`edgepress bench MODEL.ort --compare SOURCE.onnx`: rounds alternate the two, the ratio's 95%
-interval is over rounds). Both sides of every number come from the same run and machine.
+interval is over rounds), with the session settings of the run's primary target. Both sides of every number come
+from the same run and machine.
 
     python bench/ort_format_bench.py RUN_FOLDER... [--runs 2000] [--threads 1] [--json results.json]
 
@@ -40,15 +41,18 @@ def pairs(run: Path) -> list[dict]:
             "same_as_source_host": {name: v["same_as_source"] for name, v in own["evaluation"].items()},
             "max_abs_error_vs_source_host": {name: v["max_abs_error_vs_source"] for name, v in own["evaluation"].items()},
             "same_as_source_targets": targets,
-            # The primary target's session settings, the ones the run timed with (the .ort has its fusions baked in).
+            # The primary target's session settings, the ones the run timed with: the .onnx then runs the graph
+            # the recipe ships it with; the .ort has its fusions baked in, and a session changes none of them.
             "denormals": report.targets[0].session.denormals if report.targets[0].session else "keep",
+            "disabled_optimizers": list(report.targets[0].session.disabled_optimizers) if report.targets[0].session
+            else [],
         })
     return found
 
 
 def timed(pair: dict, *, runs: int, threads: int) -> dict:
     result = edgepress.bench(pair["ort"], compare=pair["onnx"], runs=runs, warmup=50, threads=threads,
-                             denormals=pair["denormals"])
+                             denormals=pair["denormals"], disabled_optimizers=pair["disabled_optimizers"])
     compare = result["compare"]
     return {"ort_p50_ms": result["latency_ms"]["p50"], "onnx_p50_ms": compare["latency_ms"]["p50"],
             "p50_ratio": compare["p50_ratio"], "p50_ratio_ci95": compare["p50_ratio_ci95"], "runs": runs,

@@ -138,16 +138,18 @@ def _level(name: str):
             os.environ[_LEVEL_VARIABLE] = before
 
 
-def compare_with_source(ort_model: Artifact, source: Artifact, ctx: StageContext) -> dict[str, dict[str, float]]:
+def compare_with_source(ort_model: Artifact, source: Artifact, ctx: StageContext, *,
+                        disabled_optimizers: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
     """{evaluation set: samples, same_as_source and max_abs_error_vs_source} of the .ort against its source on
-    this machine: the one kernel set, so what differs is what the conversion changed."""
+    this machine: the one kernel set, and the source's session skipping the transformers the .ort left out, so
+    what differs is what the conversion changed."""
     from edgepress.measure import metrics
     from edgepress.measure.evaluation import outputs as run_outputs
 
     found = {}
     for labeled in ctx.data.evaluation:
         converted = run_outputs(ort_model, labeled, batch_size=_BATCH)
-        original = run_outputs(source, labeled, batch_size=_BATCH)
+        original = run_outputs(source, labeled, batch_size=_BATCH, disabled_optimizers=disabled_optimizers)
         if list(converted) != list(original):
             raise UserError(f"the .ort model's outputs {list(converted)} are not its source's {list(original)}",
                             fix='try optimization_level = "basic"')
@@ -184,7 +186,7 @@ def run(source: Artifact, settings: OrtFormatSettings, ctx: StageContext) -> Sta
             f"platform {settings.target_platform}")
     convert(source.path, out=out, config=config, settings=settings, log=ctx.log)
     converted = Artifact(path=out, format="ort")
-    checked = compare_with_source(converted, source, ctx)
+    checked = compare_with_source(converted, source, ctx, disabled_optimizers=settings.disabled_optimizers)
     for name, found in checked.items():
         ctx.log(f"{name}: same as the source on {found['same_as_source']:.4f}, max |error| "
                 f"{found['max_abs_error_vs_source']:.3g}")

@@ -14,15 +14,17 @@ from edgepress.io.artifact import Artifact
 __all__ = ["outputs"]
 
 
-def outputs(artifact: Artifact, dataset, *, batch_size: int) -> Outputs:
-    """Every output of the artifact on the set, by name (N first): ONNX and ORT format under ONNX Runtime, torch under torch."""
+def outputs(artifact: Artifact, dataset, *, batch_size: int, disabled_optimizers: tuple[str, ...] = ()) -> Outputs:
+    """Every output of the artifact on the set, by name (N first): ONNX and ORT format under ONNX Runtime (skipping
+    `disabled_optimizers`, graph transformers), torch under torch."""
     progress = Progress(f"evaluate on {dataset.name}", total=len(dataset))
     feeds = dataset.feeds
     if artifact.runs_on_onnxruntime:
         from edgepress.runtime.session import check_feeds, open_session, run_all
 
         # Scores do not depend on thread count, so evaluation uses every core.
-        session = open_session(artifact.path, threads=os.cpu_count() or 1)
+        session = open_session(artifact.path, threads=os.cpu_count() or 1,
+                               disabled_optimizers=tuple(disabled_optimizers))
         feeds = _by_session_names(session, feeds)
         check_feeds(session, feeds, source=f"evaluation set {dataset.name!r}")
         return run_all(session, feeds, batch_size=batch_size, on_batch=progress.update)
