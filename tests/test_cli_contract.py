@@ -18,6 +18,9 @@ import pytest
 
 from tests.conftest import TINY_RECIPE, assert_one_line_error, one_node_model
 
+# About 10 s for the layer's processes: over the fast command's 3 s a test (README).
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Case:

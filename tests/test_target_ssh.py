@@ -529,3 +529,23 @@ def test_a_device_dying_in_a_recipe_keeps_earlier_stages_and_the_other_targets(c
     assert dead["latency_ms"]["min"] <= dead["latency_ms"]["p50"] <= dead["latency_ms"]["max"]
     assert "stopped after" in dead["error"] and dead["incomplete"]["runs_measured"] == dead["runs"]
     assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_device_evaluates_the_ort_of_a_recipe_against_its_source_there(client, tmp_path):
+    """export, ptq, ort_format on a device over ssh that evaluates ptq and the .ort: the .ort answers as its source
+    INT8 model answers there, and the device's folder is removed."""
+    import edgepress
+    from tests.conftest import ORT_TINY_RECIPE
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    device = (f'\n[[targets]]\nname = "ssh://{ALIAS}"\npython = "{sys.executable}"\nworkdir = "{workdir}"\n'
+              'evaluate = true\nevaluate_samples = 64\nlatency = false\nstages = ["ptq", "ort_format"]\n')
+    ran = edgepress.run(write_recipe(tmp_path, text=ORT_TINY_RECIPE + device), out=tmp_path / "out")
+    assert ran.gate.passed, ran.gate.violations
+    on_device = ran.stage_named("ort_format").metrics.targets[f"ssh://{ALIAS}"]
+    assert on_device.values["same_as_source"] == 1.0
+    assert on_device.evaluation["digits:test"].samples == 64
+    assert on_device.values["accuracy"] == ran.stage_named("ptq").metrics.targets[f"ssh://{ALIAS}"].values["accuracy"]
+    assert list(workdir.iterdir()) == []
