@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -77,8 +78,8 @@ def convert(source: Path, *, out: Path, config: Path, settings: OrtFormatSetting
     Only `out`'s folder is written (a scratch folder inside it, removed)."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    scratch = out.parent / ".ort-convert"
-    shutil.rmtree(scratch, ignore_errors=True)
+    # A fresh folder of its own: nothing already beside `out` is touched, whatever its name.
+    scratch = Path(tempfile.mkdtemp(prefix=".ort-convert-", dir=out.parent))
     platform = None if settings.target_platform == "any" else settings.target_platform
     try:
         with _level(_LEVEL_NAMES[settings.optimization_level]), tool_output_to(log):

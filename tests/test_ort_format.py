@@ -245,3 +245,15 @@ def test_an_amd64_ort_is_refused_before_any_work_where_another_cpu_runs_it(tmp_p
                       'target_platform = "any"')
     local_only = write_recipe(tmp_path, text=text, name="local.toml")
     assert edgepress.load_recipe(local_only).stages[-1].settings.target_platform == "amd64"
+
+
+def test_convert_touches_nothing_beside_its_output(models, tmp_path):
+    """Called as a pure function into a user's folder: their files, even one named like a scratch folder, stay."""
+    mine = tmp_path / ".ort-convert"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (tmp_path / "other.txt").write_text("mine too")
+    convert(models["int8"], out=tmp_path / "model.ort", config=tmp_path / OPERATOR_CONFIG,
+            settings=OrtFormatSettings(), log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".ort-convert", OPERATOR_CONFIG, "model.ort", "other.txt"])
+    assert (mine / "notes.txt").read_text() == "mine" and (tmp_path / "other.txt").read_text() == "mine too"
