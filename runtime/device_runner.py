@@ -224,7 +224,7 @@ def open_session(ort, path: str, args, *, profile_prefix=None):
         mismatch = format_mismatch(path)
         if mismatch is not None:
             raise BadInput(*mismatch) from None
-        if path.lower().endswith(".ort"):  # ORT format: written by one onnxruntime, read by it or a later one
+        if is_ort_path(path):  # ORT format: written by one onnxruntime, read by it or a later one
             reason = ort_reason(exc)
             raise BadInput(f"ONNX Runtime {ort.__version__} cannot load {path!r}: {reason}",
                            ort_load_fix(reason)) from None
@@ -236,6 +236,16 @@ def open_session(ort, path: str, args, *, profile_prefix=None):
 ORT_IDENTIFIER = b"ORTM"  # bytes 4-8 of an ORT-format (FlatBuffers) file
 
 
+def is_ort_path(path) -> bool:
+    """Whether ONNX Runtime reads the file as ORT format: it decides by the name alone, as this does."""
+    return str(path).lower().endswith(".ort")
+
+
+def has_ort_identifier(head: bytes) -> bool:
+    """Whether a file's first 8 bytes mark it as ORT format (FlatBuffers' file identifier)."""
+    return len(head) >= 8 and head[4:8] == ORT_IDENTIFIER
+
+
 def format_mismatch(path: str):
     """(problem, fix) when the file's name and bytes disagree: ONNX Runtime reads a file named .ort as ORT format
     and any other as an ONNX protobuf, so a renamed file fails with a parse error that does not say why."""
@@ -244,7 +254,7 @@ def format_mismatch(path: str):
             head = model_file.read(8)
     except OSError:
         return None
-    ort_bytes, ort_name = head[4:8] == ORT_IDENTIFIER, path.lower().endswith(".ort")
+    ort_bytes, ort_name = has_ort_identifier(head), is_ort_path(path)
     base, stem = os.path.basename(path), os.path.splitext(os.path.basename(path))[0]
     if ort_bytes and not ort_name:
         return (f"model {base!r} is an ORT-format model not named .ort, so ONNX Runtime read it as ONNX",
@@ -289,7 +299,7 @@ def first_run(session, feed, path: str = "") -> float:
 def other_cpu_fix(path: str, reason: str):
     """The fix for an .ort converted for amd64 on a CPU of other vector width: its NCHWc blocks (16 channels with
     AVX-512, 8 with AVX2) are baked in, and kernels of another width fail on them (or, worse, answer wrongly)."""
-    if path.lower().endswith(".ort") and "NCHWc" in reason:
+    if is_ort_path(path) and "NCHWc" in reason:
         return ("this .ort was converted for amd64 on a CPU with other vector registers (its NCHWc layout is "
                 "baked in): convert the ONNX model again with ort_format target_platform \"any\"")
     return None

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgepress.core.errors import UserError
-from edgepress.runtime.device_runner import ort_reason, set_denormals
+from edgepress.runtime.device_runner import is_ort_path, ort_reason, set_denormals
 
 MAX_ONNX_BYTES = 2**31  # protobuf's limit for one message
 NOT_ONNX_FIX = "point to a .onnx file exported by torch.onnx or edgepress"
@@ -22,11 +22,6 @@ class InputInfo:
     name: str
     shape: tuple[int | str | None, ...]
     dtype: str
-
-
-def is_ort_path(path: Path | str) -> bool:
-    """Whether ONNX Runtime reads the file as ORT format: it decides by the name alone, as this does."""
-    return str(path).lower().endswith(".ort")
 
 
 def check_model_path(path: Path, *, what: str | None = None, ort_format: bool | None = None) -> None:

@@ -15,8 +15,9 @@ import os
 from pathlib import Path, PurePath
 from typing import Sequence
 
-from edgepress.io import onnx_wire, ort_wire
+from edgepress.io import onnx_wire
 from edgepress.core.errors import UserError
+from edgepress.runtime.device_runner import has_ort_identifier
 from edgepress.runtime.session import NOT_ONNX_FIX, check_model_path, is_ort_path
 
 _EXTERNAL = 1  # TensorProto.EXTERNAL
@@ -68,7 +69,7 @@ def _unparsable(path: Path, exc: Exception, *, what: str, takes_ort: bool) -> Us
 def _is_ort_format(path: Path) -> bool:
     try:
         with open(path, "rb") as file:
-            return ort_wire.has_identifier(file.read(8))
+            return has_ort_identifier(file.read(8))
     except OSError:
         return False
 

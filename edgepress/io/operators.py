@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from edgepress.runtime.device_runner import is_ort_path
+
 # ONNX Runtime's own names for the two configurations (convert_onnx_models_to_ort writes the same).
 OPERATOR_CONFIG = "required_operators.config"
 TYPED_OPERATOR_CONFIG = "required_operators_and_types.config"
@@ -17,7 +19,7 @@ def operators(path: Path) -> tuple[str, ...]:
     configuration spells it (`ai.onnx` for the default domain), sorted. An .ort file is read with ONNX Runtime's
     own reader; what it lists is what a reduced build needs, after the optimisations baked into the file."""
     path = Path(path)
-    if path.suffix.lower() == ".ort":
+    if is_ort_path(path):
         return _ort_operators(path)
     return _onnx_operators(path)
 

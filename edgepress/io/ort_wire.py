@@ -16,7 +16,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-IDENTIFIER = b"ORTM"  # FlatBuffers' file identifier, bytes 4-8: ONNX Runtime's own test for "is ORT format"
+from edgepress.runtime.device_runner import has_ort_identifier
+
 MAX_VERSION_CHARS = 16  # "6" in ONNX Runtime 1.32; anything this long is not a version
 
 
@@ -37,15 +38,10 @@ class OrtModel:
     graph_outputs: tuple[str, ...]
 
 
-def has_identifier(head: bytes) -> bool:
-    """Whether the file's first 8 bytes mark it as ORT format."""
-    return len(head) >= 8 and head[4:8] == IDENTIFIER
-
-
 def read_model(path: Path) -> OrtModel:
     """Raises NotOrt for a file without the identifier, WireError for one whose tables do not hold together."""
     data = Path(path).read_bytes()
-    if not has_identifier(data[:8]):
+    if not has_ort_identifier(data[:8]):
         raise NotOrt("it lacks the ORT format's file identifier 'ORTM'")
     buffer = _Buffer(data)
     session = buffer.table(buffer.u32(0), "InferenceSession")

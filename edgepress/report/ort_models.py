@@ -11,6 +11,7 @@ from pathlib import Path
 from edgepress.core.errors import UserError
 from edgepress.io.operators import operators
 from edgepress.report.model import read_report
+from edgepress.runtime.device_runner import is_ort_path
 
 ORT_FORMAT = "ort"  # a stage record's format for ONNX Runtime's own format
 _WHAT = "a run folder of `edgepress run`, its report.json, or .ort files"
@@ -37,7 +38,7 @@ def _models_of(source: Path) -> list[Path]:
         return _from_report(report)
     if not source.exists():
         raise UserError(f"{source} does not exist", fix=f"pass {_WHAT}")
-    if source.suffix.lower() == ".ort":
+    if is_ort_path(source):
         return [source]
     return _from_report(source)  # anything else must be a report: read_report says so in one line if not
 
