@@ -201,3 +201,4 @@ if __name__ == "__main__":  # the job torchrun starts
     # Both ranks leave together, as `edgepress run` does: a rank that exits with its gloo group alive while the
     # other still saves died of SIGABRT ("terminate called without an active exception") in CI.
     distributed.teardown()
+    distributed.exit_rank(0)

@@ -7,8 +7,10 @@ imports torch.distributed and pays nothing.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import sys
+from typing import NoReturn
 
 
 def _group():
@@ -76,6 +78,9 @@ def teardown() -> None:
     dist = _group()
     if dist is None:
         return
+    # A DDP wrapper left in a reference cycle holds the group's C++ object; collected later, at interpreter
+    # teardown, its gloo threads abort the process. Collect it now, while the group and Python are whole.
+    gc.collect()
     # Every rank leaves together: a rank that destroys its gloo group and exits while another still
     # holds it died with SIGABRT at exit ("terminate called without an active exception").
     try:
@@ -83,6 +88,15 @@ def teardown() -> None:
     except Exception:  # a rank that failed or timed out must still release the group
         pass
     dist.destroy_process_group()
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End a torchrun rank whose group is torn down without the interpreter's own teardown. Even after
+    `teardown()` a rank died of SIGABRT at exit in a full test run ("terminate called without an active
+    exception": gloo's threads meeting a finalising interpreter); everything a run owes is written by then."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def barrier(*, timeout_s: float | None = None) -> None:

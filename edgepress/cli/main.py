@@ -92,8 +92,15 @@ def _run(recipe_path: Path, out: Path | None, *, force: bool = False, rerun_from
     finally:
         if joined:
             distributed.teardown()
-    if report is None:
-        return EXIT_OK  # a rank other than 0: rank 0 reports for all
+    code = EXIT_OK if report is None else _print_outcome(report, recipe, out)  # rank 0 reports for all ranks
+    if joined:
+        distributed.exit_rank(code)
+    return code
+
+
+def _print_outcome(report, recipe, out: Path | None) -> int:
+    from edgepress import api
+
     for line in report.warnings:
         print(f"edgepress: warning: {line}", file=sys.stderr)
     for check in report.gate.checks:
