@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from edgepress.core.datapath import data_root
+# The README runs the tests in two processes (pytest-xdist's `-n 2`) on two cores: a second torch thread in each
+# would spin against the other process and slow both many times over. One thread per worker and the processes it
+# starts, set before anything imports torch; a value the caller set stays.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from edgepress.core.datapath import data_root  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
