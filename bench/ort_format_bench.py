@@ -20,15 +20,14 @@ import sys
 from pathlib import Path
 
 import edgepress
+from edgepress.report.ort_section import ort_stages
 
 
 def pairs(run: Path) -> list[dict]:
     """Each ort_format stage of a run, with its source: their files and what the run measured of them."""
     report = edgepress.read_report(run / "report.json")
     found = []
-    for stage in report.stages:
-        if stage.format != "ort":
-            continue
+    for stage in ort_stages(report):
         source = report.stage_named(stage.metrics.own["ort_format"]["source_stage"])
         own = stage.metrics.own["ort_format"]
         targets = {name: entry.values.get("same_as_source") for name, entry in (stage.metrics.targets or {}).items()

@@ -157,9 +157,8 @@ def merge_operators(sources: Iterable[str | Path], out: str | Path, *, types: bo
     from edgepress.core.errors import UserError
     from edgepress.io.operators import config_operators, write_config
     from edgepress.report.ort_models import ort_models
-    from edgepress.running.options import OUT
+    from edgepress.running.options import FORCE, OUT
 
-    force_option = "--force (force=True in Python)"
     out = Path(out)
     models = ort_models(Path(s) for s in sources)
     if out.is_dir():
@@ -172,7 +171,7 @@ def merge_operators(sources: Iterable[str | Path], out: str | Path, *, types: bo
         raise UserError(f"the output file {out} lies under {blocking}, which is a file",
                         fix=f"pass {OUT} a path in a folder")
     if out.exists() and not force:
-        raise UserError(f"the output file {out} exists", fix=f"pass {force_option} to replace it, or another {OUT}")
+        raise UserError(f"the output file {out} exists", fix=f"pass {FORCE} to replace it, or another {OUT}")
     try:
         with atomic.atomic_path(out) as scratch:
             # The header names the models as the caller named them, not the scratch file's neighbours.

@@ -220,5 +220,8 @@ def run(source: Artifact, settings: OrtFormatSettings, ctx: StageContext) -> Sta
 
 STAGE = StageDef(kind="ort_format", settings_type=OrtFormatSettings, input_format="onnx", output_format="ort", run=run,
                  modalities=("image", "text"), check_targets=check_platform,
+                 when_slower="the .ort runs what its optimisation level baked in, and no session optimises it again: "
+                             "time it against its source (`edgepress bench model.ort --compare SOURCE.onnx`), try "
+                             "another optimization_level, or gate it with latency_ratio_max",
                  summary="ONNX -> ORT format (.ort) for ONNX Runtime Mobile, with the required-operators config of a "
                          "reduced build, checked against its source on the evaluation sets")

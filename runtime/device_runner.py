@@ -246,15 +246,21 @@ def has_ort_identifier(head: bytes) -> bool:
     return len(head) >= 8 and head[4:8] == ORT_IDENTIFIER
 
 
+def file_is_ort(path) -> bool | None:
+    """Whether the file's bytes are ORT format, whatever its name; None when it cannot be read."""
+    try:
+        with open(path, "rb") as model_file:
+            return has_ort_identifier(model_file.read(8))
+    except OSError:
+        return None
+
+
 def format_mismatch(path: str):
     """(problem, fix) when the file's name and bytes disagree: ONNX Runtime reads a file named .ort as ORT format
     and any other as an ONNX protobuf, so a renamed file fails with a parse error that does not say why."""
-    try:
-        with open(path, "rb") as model_file:
-            head = model_file.read(8)
-    except OSError:
+    ort_bytes, ort_name = file_is_ort(path), is_ort_path(path)
+    if ort_bytes is None:
         return None
-    ort_bytes, ort_name = has_ort_identifier(head), is_ort_path(path)
     base, stem = os.path.basename(path), os.path.splitext(os.path.basename(path))[0]
     if ort_bytes and not ort_name:
         return (f"model {base!r} is an ORT-format model not named .ort, so ONNX Runtime read it as ONNX",

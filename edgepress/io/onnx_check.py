@@ -17,7 +17,7 @@ from typing import Sequence
 
 from edgepress.io import onnx_wire
 from edgepress.core.errors import UserError
-from edgepress.runtime.device_runner import has_ort_identifier
+from edgepress.runtime.device_runner import file_is_ort
 from edgepress.runtime.session import NOT_ONNX_FIX, check_model_path, is_ort_path
 
 _EXTERNAL = 1  # TensorProto.EXTERNAL
@@ -54,7 +54,7 @@ def _parse_whole(path: Path, *, what: str, takes_ort: bool) -> None:
 
 
 def _unparsable(path: Path, exc: Exception, *, what: str, takes_ort: bool) -> UserError:
-    ort_format = _is_ort_format(path)
+    ort_format = bool(file_is_ort(path))
     if ort_format and takes_ort and not is_ort_path(path):  # ONNX Runtime reads it as ONNX, by its name
         return UserError(f"{what} {path} is an ORT-format model (its bytes are ORT's FlatBuffers, not an ONNX "
                          "protobuf); ONNX Runtime reads only a file named .ort as ORT format",
@@ -64,14 +64,6 @@ def _unparsable(path: Path, exc: Exception, *, what: str, takes_ort: bool) -> Us
                          fix="point to the ONNX model it was converted from (the ort_format stage makes the .ort)")
     reason = " ".join(str(exc).split())[:160] or type(exc).__name__
     return UserError(f"{what} {path} is not a valid ONNX model (it does not parse: {reason})", fix=NOT_ONNX_FIX)
-
-
-def _is_ort_format(path: Path) -> bool:
-    try:
-        with open(path, "rb") as file:
-            return has_ort_identifier(file.read(8))
-    except OSError:
-        return False
 
 
 def _external_files(tensors: Sequence[onnx_wire.Tensor], *, path: Path, what: str) -> tuple[Path, ...]:

@@ -56,11 +56,9 @@ def write_config(models: Sequence[Path], path: Path, *, with_types: bool, names:
     """ONNX Runtime's configuration of the operators (and, `with_types`, each one's types) that `models` need
     together, written by ONNX Runtime's own code to `path`. `names` replace the models' paths in its header
     (a stage's scratch folder is no name to ship)."""
-    from onnxruntime.tools.ort_format_model import create_config_from_models
-
     import logging
 
-    from onnxruntime.tools.ort_format_model import utils
+    from onnxruntime.tools.ort_format_model import create_config_from_models, utils
 
     quiet = logging.getLogger(utils.log.name)  # it logs each file it writes at INFO, to the terminal
     # setLevel, not `.level =`: only setLevel clears the loggers' cached isEnabledFor answers, so a converter that

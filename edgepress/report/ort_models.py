@@ -11,9 +11,9 @@ from pathlib import Path
 from edgepress.core.errors import UserError
 from edgepress.io.operators import operators
 from edgepress.report.model import read_report
+from edgepress.report.ort_section import ort_stages
 from edgepress.runtime.device_runner import is_ort_path
 
-ORT_FORMAT = "ort"  # a stage record's format for ONNX Runtime's own format
 _WHAT = "a run folder of `edgepress run`, its report.json, or .ort files"
 
 
@@ -45,7 +45,7 @@ def _models_of(source: Path) -> list[Path]:
 
 def _from_report(path: Path) -> list[Path]:
     report = read_report(path)
-    staged = [stage for stage in report.stages if stage.format == ORT_FORMAT]
+    staged = ort_stages(report)
     if not staged:
         raise UserError(f"run {report.name!r} ({path}) has no ORT-format stage",
                         fix='add [[stages]] kind = "ort_format" to its recipe and rerun it, or pass .ort files')

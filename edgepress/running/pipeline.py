@@ -540,28 +540,23 @@ class Pipeline:
         return RunResult(report=result, out_dir=self.out_dir)
 
 
-# What to try when a stage's model is surely slower than the ONNX reference, by stage kind.
-_WHEN_SLOWER = {
-    "ort_format": "the .ort runs what its optimisation level baked in, and no session optimises it again: time it "
-                  "against its source (`edgepress bench model.ort --compare SOURCE.onnx`), try another "
-                  "optimization_level, or gate it with latency_ratio_max",
-}
-_WHEN_SLOWER_DEFAULT = ("where its time goes is in the report's per-operator profile (report.html, or `edgepress bench "
-                        "--profile`): let ptq keep in float what measures faster there (float_where_faster = true) or "
-                        "name the slow nodes (nodes_to_exclude), or gate it with latency_ratio_max")
+# What to try when a stage's model is surely slower than the ONNX reference, unless its StageDef says otherwise.
+_WHEN_SLOWER = ("where its time goes is in the report's per-operator profile (report.html, or `edgepress bench "
+                "--profile`): let ptq keep in float what measures faster there (float_where_faster = true) or "
+                "name the slow nodes (nodes_to_exclude), or gate it with latency_ratio_max")
 
 
 def slower_than_reference(targets: dict[str, Any], *, kind: str = "ptq") -> list[str]:
     """A warning for each (real) target where the stage's model is surely slower than the ONNX reference, its
     p50 ratio's whole interval above 1: an INT8 model slower than its FP32 source ships only knowingly."""
+    advice = getattr(REGISTRY.get(kind), "when_slower", None) or _WHEN_SLOWER
     found = []
     for name, entry in targets.items():
         ratio = (entry or {}).get("latency_ratio")
         if entry.get("emulated") or not isinstance(ratio, dict) or ratio["ci95"][0] <= 1.0:
             continue
         found.append(f"on {name} this model is slower than {ratio['reference_stage']}'s: p50 {ratio['p50']:.2f}x "
-                     f"[95% CI {ratio['ci95'][0]:.2f}-{ratio['ci95'][1]:.2f}]; "
-                     + _WHEN_SLOWER.get(kind, _WHEN_SLOWER_DEFAULT))
+                     f"[95% CI {ratio['ci95'][0]:.2f}-{ratio['ci95'][1]:.2f}]; {advice}")
     return found
 
 

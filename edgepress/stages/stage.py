@@ -70,3 +70,6 @@ class StageDef:
     # Whether, with these settings, its output depends on which CPUs the recipe's targets are (ptq's automatic
     # saturation guard): then the targets' names are part of the stage's resume key.
     reads_targets: Callable[[Any], bool] | None = None
+    # What to try when its model is surely slower than the ONNX reference on a target (the run's warning ends with
+    # it); None: the pipeline's advice for a quantized model (the per-operator profile, ptq's float fallbacks).
+    when_slower: str | None = None
