@@ -162,10 +162,11 @@ def test_changed_settings_budgets_force_from_and_a_damaged_artifact(clean, tmp_p
     assert_one_line_error(edgepress_run(str(recipe), "--out", str(out), "--from", "export", "--force"))
 
 
-def _run_until(recipe: Path, out: Path, *, stage: str | None, delay_s: float) -> tuple[list[tuple[float, str]], int]:
+def _run_until(recipe: Path, out: Path, *, stage: str | None, delay_s: float,
+               checkpoint_in: Path | None = None) -> tuple[list[tuple[float, str]], int]:
     """Start `edgepress run`, SIGKILL it `delay_s` after it announces `stage` (or after it finished its
-    stages, for "report"; never, for None); the lines it printed, each with the second it came, and the
-    exit code."""
+    stages, for "report"; never, for None), or after that `delay_s` after a first epoch checkpoint appears in
+    `checkpoint_in`; the lines it printed, each with the second it came, and the exit code."""
     started = time.monotonic()
     victim = subprocess.Popen([sys.executable, "-m", "edgepress", "run", str(recipe), "--out", str(out)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -186,6 +187,10 @@ def _run_until(recipe: Path, out: Path, *, stage: str | None, delay_s: float) ->
     reader.start()
     if stage is not None:
         assert armed.wait(timeout=300), f"{stage} never started: {lines[-5:]}"
+        deadline = time.monotonic() + 300
+        while (checkpoint_in is not None and not list(checkpoint_in.rglob("last.pt")) and victim.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.005)
         time.sleep(delay_s)
         victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=300)
@@ -201,18 +206,21 @@ def _complete(out: Path) -> list[str]:
 def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and_matches(clean, tmp_path):
     recipe, clean_out, seconds = clean
     # Moments from each stage's announcement to about halfway to the next one's (one in the source model's,
-    # which is done in a blink; four in training, three of them late enough to land after an epoch
-    # checkpoint but, as runs vary, not so late that training is over), and two after the last stage, while
-    # the report is written and the process ends: 15 kills. A kill at an announcement lands in its stage.
-    fractions = {"00-model": (0.0,), "01-train": (0.0, 0.6, 0.75, 0.85), "report": (0.0, 0.3)}
-    moments = [(stage, f * seconds[stage]) for stage in STAGES + ["report"]
+    # which is done in a blink; four in training: two late enough to land after an epoch checkpoint but, as
+    # runs vary, not so late that training is over, and one just after the first checkpoint, which lands
+    # there however busy the machine is), and two after the last stage, while the report is written and the
+    # process ends: 15 kills. A kill at an announcement lands in its stage.
+    fractions = {"00-model": (0.0,), "01-train": (0.0, 0.75, 0.85), "report": (0.0, 0.3)}
+    moments = [(stage, f * seconds[stage], False) for stage in STAGES + ["report"]
                for f in fractions.get(stage, (0.0, 0.45))]
+    moments.insert(2, ("01-train", 0.0, True))  # a delay after the first epoch checkpoint, not the announcement
     expected = deterministic(report_of(clean_out))
 
     def kill_and_rerun(index: int) -> dict:
-        stage, delay = moments[index]
+        stage, delay, after_checkpoint = moments[index]
         out = tmp_path / f"kill{index:02d}"
-        printed, _ = _run_until(recipe, out, stage=stage, delay_s=delay)
+        printed, _ = _run_until(recipe, out, stage=stage, delay_s=delay,
+                                checkpoint_in=out / f".resume-{stage}" if after_checkpoint else None)
         landed = ([m for _, line in printed if (m := STARTED.search(line))] or [None])[-1]
         complete = _complete(out)
         rerunner = rerunners.get()
@@ -222,7 +230,7 @@ def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and
             rerunners.put(rerunner)
         train_log = out / "01-train" / "stage.log"
         resumed = re.search(r"resuming train after epoch (\d+)", train_log.read_text()) if train_log.exists() else None
-        return {"moment": (stage, round(delay, 2)), "landed": landed.group(1) if landed else "startup",
+        return {"moment": (stage, "first checkpoint" if after_checkpoint else f"{delay:.2f} s"), "landed": landed.group(1) if landed else "startup",
                 "complete": complete, "rc": rerun.returncode, "kept": kept(rerun.stderr), "stderr": rerun.stderr[-2000:],
                 "same": rerun.returncode == 0 and deterministic(report_of(out)) == expected,
                 "leftovers": sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != MARKER),
@@ -244,7 +252,7 @@ def test_sigkill_at_many_moments_then_the_rerun_finishes_keeps_what_was_done_and
     (tmp_path / "kills.md").write_text(  # for the record: pytest keeps the last runs' tmp_path folders
         "| kill | after | landed in | stages complete | rerun exit | kept | training resumed after epoch | report as uninterrupted |\n"
         "|---|---|---|---|---|---|---|---|\n" + "".join(
-            f"| {i + 1} | {r['moment'][0]} +{r['moment'][1]} s | {r['landed']} | {len(r['complete'])} | {r['rc']} | "
+            f"| {i + 1} | {r['moment'][0]} +{r['moment'][1]} | {r['landed']} | {len(r['complete'])} | {r['rc']} | "
             f"{len(r['kept'])} | {r['resumed_epoch'] or '-'} | {'yes' if r['same'] else 'NO'} |\n"
             for i, r in enumerate(results)))
     for result in results:
